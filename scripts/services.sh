@@ -1,0 +1,52 @@
+# Sourced by scripts/test and scripts/dev: makes sure a Redis and a PostgreSQL answer on their
+# standard local ports, installing them from Debian packages and starting them when needed.
+# Leaves running servers alone.
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_install() {
+  if ! command -v apt-get >/dev/null; then
+    echo "cannot install $*: this script knows Debian/Ubuntu (apt-get) only; install it by hand" >&2
+    return 1
+  fi
+  [ -n "${APT_UPDATED:-}" ] || { as_root apt-get update -qq; APT_UPDATED=1; }
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+pg_bin_dir() {
+  ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1
+}
+
+ensure_redis() {
+  if redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then return 0; fi
+  command -v redis-server >/dev/null || apt_install redis-server redis-tools
+  echo "starting redis-server on 127.0.0.1:6379"
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+    --logfile /tmp/step-worker-redis.log >/dev/null
+  for _ in $(seq 50); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && return 0; sleep 0.1; done
+  echo "redis-server did not start (see /tmp/step-worker-redis.log)" >&2
+  return 1
+}
+
+ensure_postgres() {
+  [ -n "$(pg_bin_dir)" ] || apt_install postgresql
+  command -v pg_isready >/dev/null || apt_install postgresql-client
+  if ! pg_isready -q -h 127.0.0.1 -p 5432; then
+    echo "starting PostgreSQL on 127.0.0.1:5432"
+    if command -v pg_ctlcluster >/dev/null && [ -d /etc/postgresql ]; then
+      version=$(ls /etc/postgresql | sort -V | tail -n 1)
+      as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || as_root pg_ctlcluster "$version" main start
+    else
+      echo "no PostgreSQL cluster to start; create one (pg_createcluster) or set TEST_DATABASE_URL" >&2
+      return 1
+    fi
+    for _ in $(seq 100); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.1; done
+  fi
+  # The tests connect over TCP as postgres/postgres. A fresh Debian cluster asks for a password
+  # on TCP that the postgres role does not have yet: give it one (trust-auth clusters ignore it).
+  if ! PGPASSWORD=postgres psql -h 127.0.0.1 -U postgres -d postgres -tAc 'select 1' >/dev/null 2>&1; then
+    as_root runuser -u postgres -- psql -q -c "ALTER USER postgres PASSWORD 'postgres'" >/dev/null
+  fi
+}

@@ -1,0 +1,310 @@
+//! Configuration: one flat, typed struct read once from the environment at startup.
+//!
+//! Rules: every variable has a documented default (or is required in production); a bad value
+//! stops the process with one line naming the variable and the form it expects; secrets are
+//! wrapped in [`Secret`] so they never reach a log line. envy maps the environment onto a flat
+//! struct of raw strings; parsing happens here so each error can name its variable precisely.
+
+mod parse;
+mod secret;
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use parse::ConfigError;
+use parse::{Var, parse_bool, parse_int, parse_one_of};
+pub use secret::{Secret, redact_url};
+
+/// The raw environment, as envy sees it: every variable optional, every value a string.
+/// Keep it flat: `#[serde(flatten)]` breaks non-string fields in envy.
+#[derive(Debug, Default, Deserialize)]
+struct RawEnv {
+    app_env: Option<String>,
+    node_env: Option<String>,
+    queue_driver: Option<String>,
+    redis_url: Option<String>,
+    database_url: Option<String>,
+    worker_concurrency: Option<String>,
+    step_timeout_ms: Option<String>,
+    step_timeout_max_ms: Option<String>,
+    max_retry_attempts: Option<String>,
+    retry_backoff_ms: Option<String>,
+    retry_backoff_max_ms: Option<String>,
+    shutdown_timeout_ms: Option<String>,
+    database_pool_size: Option<String>,
+    database_migrate: Option<String>,
+    log_level: Option<String>,
+    log_format: Option<String>,
+    health_check_enabled: Option<String>,
+    health_check_port: Option<String>,
+    port: Option<String>,
+    queue_key: Option<String>,
+    heartbeat_interval_ms: Option<String>,
+    worker_deadline_ms: Option<String>,
+    max_recoveries: Option<String>,
+    claim_block_ms: Option<String>,
+    claim_batch_size: Option<String>,
+    persist_batch_size: Option<String>,
+}
+
+/// Where the process runs; production turns on JSON logs and refuses local defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppEnv {
+    Development,
+    Test,
+    Production,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+/// The effective configuration. Durations are already converted; secrets are wrapped.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub app_env: AppEnv,
+    pub redis_url: Secret,
+    pub database_url: Secret,
+    pub concurrency: usize,
+    pub step_timeout: Duration,
+    pub step_timeout_max: Duration,
+    pub max_retries: u32,
+    pub retry_backoff: Duration,
+    pub retry_backoff_max: Duration,
+    pub shutdown_timeout: Duration,
+    pub database_pool_size: u32,
+    pub database_migrate: bool,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub health_check_enabled: bool,
+    pub health_check_port: u16,
+    pub queue_key: String,
+    pub heartbeat_interval: Duration,
+    pub worker_deadline: Duration,
+    pub max_recoveries: u32,
+    pub claim_block: Duration,
+    pub claim_batch_size: usize,
+    pub persist_batch_size: usize,
+}
+
+/// Local services on their standard ports: what `cargo run` and the test suite use.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432/postgres";
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_vars(std::env::vars())
+    }
+
+    /// Reads configuration from `(NAME, value)` pairs; tests build configs this way instead of
+    /// mutating the process environment.
+    pub fn from_vars<I, K, V>(vars: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        // Empty values count as unset, as platforms often render an unset variable as "".
+        let pairs = vars
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .filter(|(_, v)| !v.trim().is_empty());
+        let raw: RawEnv = envy::from_iter(pairs)
+            .map_err(|e| ConfigError::new("environment", "readable variables", &e.to_string()))?;
+        Self::from_raw(raw)
+    }
+
+    fn from_raw(raw: RawEnv) -> Result<Self, ConfigError> {
+        let app_env = match (&raw.app_env, &raw.node_env) {
+            (Some(v), _) => parse_app_env(Var::new("APP_ENV", v))?,
+            (None, Some(v)) => parse_app_env(Var::new("NODE_ENV", v))?,
+            (None, None) => AppEnv::Development,
+        };
+        let production = app_env == AppEnv::Production;
+        if let Some(v) = &raw.queue_driver {
+            parse_one_of(Var::new("QUEUE_DRIVER", v), &["redis"])?;
+        }
+        let redis_url = url_var(
+            "REDIS_URL",
+            raw.redis_url,
+            DEFAULT_REDIS_URL,
+            production,
+            &["redis://", "rediss://"],
+        )?;
+        let database_url = url_var(
+            "DATABASE_URL",
+            raw.database_url,
+            DEFAULT_DATABASE_URL,
+            production,
+            &["postgres://", "postgresql://"],
+        )?;
+        let ms = |name: &'static str, raw: &Option<String>, default: u64, min: u64, max: u64| {
+            parse_int(name, raw.as_deref(), default, min, max).map(Duration::from_millis)
+        };
+        let step_timeout = ms("STEP_TIMEOUT_MS", &raw.step_timeout_ms, 30_000, 1, 86_400_000)?;
+        let step_timeout_max = ms("STEP_TIMEOUT_MAX_MS", &raw.step_timeout_max_ms, 900_000, 1, 86_400_000)?;
+        let retry_backoff = ms("RETRY_BACKOFF_MS", &raw.retry_backoff_ms, 1_000, 0, 86_400_000)?;
+        let retry_backoff_max = ms(
+            "RETRY_BACKOFF_MAX_MS",
+            &raw.retry_backoff_max_ms,
+            600_000,
+            0,
+            86_400_000,
+        )?;
+        let heartbeat_interval = ms("HEARTBEAT_INTERVAL_MS", &raw.heartbeat_interval_ms, 5_000, 100, 60_000)?;
+        let worker_deadline = ms("WORKER_DEADLINE_MS", &raw.worker_deadline_ms, 30_000, 1_000, 600_000)?;
+        if worker_deadline < heartbeat_interval * 3 {
+            return Err(ConfigError::new(
+                "WORKER_DEADLINE_MS",
+                "at least 3 × HEARTBEAT_INTERVAL_MS, so a live worker survives two missed beats",
+                &worker_deadline.as_millis().to_string(),
+            ));
+        }
+        let log_format = match &raw.log_format {
+            Some(v) => match parse_one_of(Var::new("LOG_FORMAT", v), &["json", "pretty", "text"])? {
+                "json" => LogFormat::Json,
+                _ => LogFormat::Pretty,
+            },
+            None if production => LogFormat::Json,
+            None => LogFormat::Pretty,
+        };
+        let health_check_port = match (&raw.health_check_port, &raw.port) {
+            (Some(v), _) => parse_int("HEALTH_CHECK_PORT", Some(v), 3001, 0, 65_535)? as u16,
+            (None, Some(v)) => parse_int("PORT", Some(v), 3001, 0, 65_535)? as u16,
+            (None, None) => 3001,
+        };
+        let queue_key = raw.queue_key.unwrap_or_else(|| "step.ready".to_owned());
+        if queue_key.contains(['{', '}']) || queue_key.len() > 200 {
+            return Err(ConfigError::new(
+                "QUEUE_KEY",
+                "a Redis key of at most 200 characters without `{` or `}`",
+                &queue_key,
+            ));
+        }
+        Ok(Config {
+            app_env,
+            redis_url,
+            database_url,
+            concurrency: parse_int("WORKER_CONCURRENCY", raw.worker_concurrency.as_deref(), 10, 1, 10_000)? as usize,
+            step_timeout,
+            step_timeout_max,
+            max_retries: parse_int("MAX_RETRY_ATTEMPTS", raw.max_retry_attempts.as_deref(), 3, 0, 1_000)? as u32,
+            retry_backoff,
+            retry_backoff_max,
+            shutdown_timeout: ms("SHUTDOWN_TIMEOUT_MS", &raw.shutdown_timeout_ms, 25_000, 0, 3_600_000)?,
+            database_pool_size: parse_int("DATABASE_POOL_SIZE", raw.database_pool_size.as_deref(), 5, 1, 1_000)? as u32,
+            database_migrate: parse_bool("DATABASE_MIGRATE", raw.database_migrate.as_deref(), true)?,
+            log_level: parse_log_level(raw.log_level)?,
+            log_format,
+            health_check_enabled: parse_bool("HEALTH_CHECK_ENABLED", raw.health_check_enabled.as_deref(), true)?,
+            health_check_port,
+            queue_key,
+            heartbeat_interval,
+            worker_deadline,
+            max_recoveries: parse_int("MAX_RECOVERIES", raw.max_recoveries.as_deref(), 3, 0, 1_000)? as u32,
+            claim_block: ms("CLAIM_BLOCK_MS", &raw.claim_block_ms, 30_000, 100, 300_000)?,
+            claim_batch_size: parse_int("CLAIM_BATCH_SIZE", raw.claim_batch_size.as_deref(), 64, 1, 1_000)? as usize,
+            persist_batch_size: parse_int("PERSIST_BATCH_SIZE", raw.persist_batch_size.as_deref(), 500, 1, 10_000)?
+                as usize,
+        })
+    }
+
+    /// The effective configuration as `NAME=value` lines, secrets redacted: what
+    /// `step-worker config check` prints.
+    pub fn describe(&self) -> Vec<(&'static str, String)> {
+        let ms = |d: Duration| d.as_millis().to_string();
+        vec![
+            ("APP_ENV", format!("{:?}", self.app_env).to_lowercase()),
+            ("QUEUE_DRIVER", "redis".to_owned()),
+            ("REDIS_URL", self.redis_url.redacted()),
+            ("DATABASE_URL", self.database_url.redacted()),
+            ("QUEUE_KEY", self.queue_key.clone()),
+            ("WORKER_CONCURRENCY", self.concurrency.to_string()),
+            ("STEP_TIMEOUT_MS", ms(self.step_timeout)),
+            ("STEP_TIMEOUT_MAX_MS", ms(self.step_timeout_max)),
+            ("MAX_RETRY_ATTEMPTS", self.max_retries.to_string()),
+            ("RETRY_BACKOFF_MS", ms(self.retry_backoff)),
+            ("RETRY_BACKOFF_MAX_MS", ms(self.retry_backoff_max)),
+            ("SHUTDOWN_TIMEOUT_MS", ms(self.shutdown_timeout)),
+            ("DATABASE_POOL_SIZE", self.database_pool_size.to_string()),
+            ("DATABASE_MIGRATE", self.database_migrate.to_string()),
+            ("LOG_LEVEL", self.log_level.clone()),
+            ("LOG_FORMAT", format!("{:?}", self.log_format).to_lowercase()),
+            ("HEALTH_CHECK_ENABLED", self.health_check_enabled.to_string()),
+            ("HEALTH_CHECK_PORT", self.health_check_port.to_string()),
+            ("HEARTBEAT_INTERVAL_MS", ms(self.heartbeat_interval)),
+            ("WORKER_DEADLINE_MS", ms(self.worker_deadline)),
+            ("MAX_RECOVERIES", self.max_recoveries.to_string()),
+            ("CLAIM_BLOCK_MS", ms(self.claim_block)),
+            ("CLAIM_BATCH_SIZE", self.claim_batch_size.to_string()),
+            ("PERSIST_BATCH_SIZE", self.persist_batch_size.to_string()),
+        ]
+    }
+}
+
+fn parse_app_env(var: Var<'_>) -> Result<AppEnv, ConfigError> {
+    Ok(
+        match parse_one_of(var, &["development", "dev", "test", "production", "prod", "staging"])? {
+            "production" | "prod" | "staging" => AppEnv::Production,
+            "test" => AppEnv::Test,
+            _ => AppEnv::Development,
+        },
+    )
+}
+
+/// A connection URL: required in production (a local default there would point a deployed worker
+/// at nothing), defaulted to the local service elsewhere.
+fn url_var(
+    name: &'static str,
+    raw: Option<String>,
+    default: &str,
+    production: bool,
+    schemes: &[&str],
+) -> Result<Secret, ConfigError> {
+    let expected = format!("a URL starting with {}", schemes.join(" or "));
+    let value = match raw {
+        Some(v) => v,
+        None if production => {
+            return Err(ConfigError::new(
+                name,
+                &format!("{expected} (required when APP_ENV=production)"),
+                "",
+            ));
+        }
+        None => default.to_owned(),
+    };
+    if !schemes.iter().any(|s| value.starts_with(s)) {
+        return Err(ConfigError::new(name, &expected, &redact_url(&value)));
+    }
+    Ok(Secret::new(value))
+}
+
+fn parse_log_level(raw: Option<String>) -> Result<String, ConfigError> {
+    let Some(v) = raw else {
+        return Ok("info".to_owned());
+    };
+    // Either a plain level or a full tracing filter directive such as `info,step_worker=debug`.
+    // A bare word is a level; EnvFilter would otherwise take a typo for a target name and log nothing.
+    const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+    let directive = v.contains(['=', ',']);
+    let valid = if directive {
+        tracing_subscriber::EnvFilter::try_new(&v).is_ok()
+    } else {
+        LEVELS.contains(&v.trim().to_ascii_lowercase().as_str())
+    };
+    match valid {
+        true => Ok(v.trim().to_ascii_lowercase()),
+        false => Err(ConfigError::new(
+            "LOG_LEVEL",
+            "one of error, warn, info, debug, trace (or a tracing filter such as info,step_worker=debug)",
+            &v,
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests;

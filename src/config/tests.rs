@@ -1,0 +1,115 @@
+use super::*;
+
+fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    Config::from_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+}
+
+#[test]
+fn empty_environment_gives_the_documented_defaults() {
+    let c = config(&[]).unwrap();
+    assert_eq!(c.app_env, AppEnv::Development);
+    assert_eq!(c.redis_url.expose(), DEFAULT_REDIS_URL);
+    assert_eq!(c.concurrency, 10);
+    assert_eq!(c.step_timeout, Duration::from_secs(30));
+    assert_eq!(c.max_retries, 3);
+    assert_eq!(c.shutdown_timeout, Duration::from_millis(25_000));
+    assert_eq!(c.health_check_port, 3001);
+    assert_eq!(c.queue_key, "step.ready");
+    assert_eq!(c.log_format, LogFormat::Pretty);
+    assert!(c.database_migrate && c.health_check_enabled);
+}
+
+#[test]
+fn invalid_integer_names_the_variable_and_the_expected_form() {
+    let err = config(&[("WORKER_CONCURRENCY", "lots")]).unwrap_err();
+    assert_eq!(err.variable, "WORKER_CONCURRENCY");
+    let line = err.to_string();
+    assert!(
+        line.contains("WORKER_CONCURRENCY") && line.contains("an integer from 1 to 10000"),
+        "{line}"
+    );
+    assert!(line.contains("\"lots\""), "{line}");
+}
+
+#[test]
+fn zero_concurrency_is_rejected() {
+    assert_eq!(
+        config(&[("WORKER_CONCURRENCY", "0")]).unwrap_err().variable,
+        "WORKER_CONCURRENCY"
+    );
+}
+
+#[test]
+fn invalid_boolean_and_enum_values_are_rejected_by_name() {
+    assert_eq!(
+        config(&[("HEALTH_CHECK_ENABLED", "maybe")]).unwrap_err().variable,
+        "HEALTH_CHECK_ENABLED"
+    );
+    assert_eq!(
+        config(&[("QUEUE_DRIVER", "kafka")]).unwrap_err().variable,
+        "QUEUE_DRIVER"
+    );
+    assert_eq!(config(&[("LOG_FORMAT", "xml")]).unwrap_err().variable, "LOG_FORMAT");
+    assert_eq!(config(&[("APP_ENV", "space")]).unwrap_err().variable, "APP_ENV");
+    assert_eq!(config(&[("LOG_LEVEL", "loud")]).unwrap_err().variable, "LOG_LEVEL");
+}
+
+#[test]
+fn wrong_url_scheme_is_rejected_without_printing_the_password() {
+    let err = config(&[("REDIS_URL", "http://user:hunter2@cache:6379")]).unwrap_err();
+    assert_eq!(err.variable, "REDIS_URL");
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+}
+
+#[test]
+fn production_requires_explicit_connection_urls_and_logs_json() {
+    let err = config(&[("APP_ENV", "production")]).unwrap_err();
+    assert_eq!(err.variable, "REDIS_URL");
+    let c = config(&[
+        ("NODE_ENV", "production"),
+        ("REDIS_URL", "rediss://default:tok@example.upstash.io:6379"),
+        ("DATABASE_URL", "postgres://u:p@db:5432/app"),
+    ])
+    .unwrap();
+    assert_eq!(c.app_env, AppEnv::Production);
+    assert_eq!(c.log_format, LogFormat::Json);
+}
+
+#[test]
+fn platform_port_is_used_when_health_check_port_is_unset() {
+    assert_eq!(config(&[("PORT", "8080")]).unwrap().health_check_port, 8080);
+    assert_eq!(
+        config(&[("PORT", "8080"), ("HEALTH_CHECK_PORT", "9000")])
+            .unwrap()
+            .health_check_port,
+        9000
+    );
+}
+
+#[test]
+fn deadline_must_leave_room_for_missed_heartbeats() {
+    let err = config(&[("HEARTBEAT_INTERVAL_MS", "5000"), ("WORKER_DEADLINE_MS", "6000")]).unwrap_err();
+    assert_eq!(err.variable, "WORKER_DEADLINE_MS");
+}
+
+#[test]
+fn secrets_are_redacted_in_debug_and_describe() {
+    let c = config(&[("DATABASE_URL", "postgres://app:s3cret@db:5432/app?password=other")]).unwrap();
+    let debug = format!("{c:?}");
+    assert!(!debug.contains("s3cret") && !debug.contains("other"), "{debug}");
+    let described: String = c.describe().into_iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+    assert!(
+        described.contains("DATABASE_URL=postgres://app:***@db:5432/app?password=***"),
+        "{described}"
+    );
+}
+
+#[test]
+fn empty_values_count_as_unset() {
+    assert_eq!(config(&[("WORKER_CONCURRENCY", "")]).unwrap().concurrency, 10);
+}
+
+#[test]
+fn queue_key_with_braces_is_rejected() {
+    assert_eq!(config(&[("QUEUE_KEY", "{x}")]).unwrap_err().variable, "QUEUE_KEY");
+}

@@ -1,0 +1,150 @@
+//! What `/health` reports: Redis and Postgres reachability, claim-loop progress, draining.
+//! Signals are passive where possible (the heartbeat already proves Redis every few seconds, the
+//! pipeline proves Postgres on every flush), so a probe costs no Redis command; Postgres is
+//! pinged only when nothing has proven it recently.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Check {
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+struct Dep {
+    ok_at: Option<Instant>,
+    error: Option<String>,
+}
+
+pub struct Health {
+    started: AtomicBool,
+    draining: AtomicBool,
+    redis: Mutex<Dep>,
+    postgres: Mutex<Dep>,
+    claim: Mutex<(Instant, bool)>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        let dep = || {
+            Mutex::new(Dep {
+                ok_at: None,
+                error: Some("not checked yet".to_owned()),
+            })
+        };
+        Health {
+            started: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            redis: dep(),
+            postgres: dep(),
+            claim: Mutex::new((Instant::now(), true)),
+        }
+    }
+}
+
+impl Health {
+    pub fn set_started(&self) {
+        self.started.store(true, Ordering::Release);
+    }
+
+    pub fn is_started(&self) -> bool {
+        self.started.load(Ordering::Acquire)
+    }
+
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    pub fn redis_ok(&self) {
+        ok(&self.redis);
+    }
+
+    pub fn redis_failed(&self, e: &dyn std::fmt::Display) {
+        failed(&self.redis, e);
+    }
+
+    pub fn postgres_ok(&self) {
+        ok(&self.postgres);
+    }
+
+    pub fn postgres_failed(&self, e: &dyn std::fmt::Display) {
+        failed(&self.postgres, e);
+    }
+
+    /// The claim loop finished a pass (or is about to wait for a free slot).
+    pub fn claim_progress(&self) {
+        self.claim.lock().unwrap().0 = Instant::now();
+    }
+
+    /// Waiting for a slot is not a stall: the running jobs have their own timeouts.
+    pub fn claim_waiting(&self, waiting: bool) {
+        *self.claim.lock().unwrap() = (Instant::now(), waiting);
+    }
+
+    /// Redis is healthy if the last heartbeat succeeded and was recent.
+    pub fn redis_check(&self, max_age: Duration) -> Check {
+        check(&self.redis, max_age)
+    }
+
+    /// Postgres as last seen; `None` when no operation has proven it within `max_age`.
+    pub fn postgres_check(&self, max_age: Duration) -> Option<Check> {
+        let d = self.postgres.lock().unwrap();
+        if d.error.is_some() {
+            return Some(Check {
+                ok: false,
+                error: d.error.clone(),
+            });
+        }
+        d.ok_at
+            .filter(|t| t.elapsed() <= max_age)
+            .map(|_| Check { ok: true, error: None })
+    }
+
+    /// The claim loop is healthy when it is waiting for a slot or has completed a pass within
+    /// `max_quiet` (a blocking claim's block time plus slack).
+    pub fn claim_check(&self, max_quiet: Duration) -> Check {
+        let (at, waiting) = *self.claim.lock().unwrap();
+        if waiting || at.elapsed() <= max_quiet {
+            Check { ok: true, error: None }
+        } else {
+            Check {
+                ok: false,
+                error: Some(format!("no claim-loop progress for {} s", at.elapsed().as_secs())),
+            }
+        }
+    }
+}
+
+fn ok(dep: &Mutex<Dep>) {
+    let mut d = dep.lock().unwrap();
+    d.ok_at = Some(Instant::now());
+    d.error = None;
+}
+
+fn failed(dep: &Mutex<Dep>, e: &dyn std::fmt::Display) {
+    dep.lock().unwrap().error = Some(e.to_string());
+}
+
+fn check(dep: &Mutex<Dep>, max_age: Duration) -> Check {
+    let d = dep.lock().unwrap();
+    match (&d.error, d.ok_at) {
+        (Some(e), _) => Check {
+            ok: false,
+            error: Some(e.clone()),
+        },
+        (None, Some(t)) if t.elapsed() <= max_age => Check { ok: true, error: None },
+        (None, _) => Check {
+            ok: false,
+            error: Some(format!("no successful heartbeat for over {} s", max_age.as_secs())),
+        },
+    }
+}

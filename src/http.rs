@@ -1,0 +1,147 @@
+//! The embedded HTTP server: `/health` (readiness, probed by the platform), `/health/live`
+//! (liveness), `/metrics` (Prometheus). It shuts down with the worker's shutdown token.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::health::{Check, Health};
+use crate::lease::Lease;
+use crate::metrics::Metrics;
+use crate::queue::RedisQueue;
+use crate::store::Store;
+
+/// Longest a probe or scrape waits on Redis or Postgres: probes have short timeouts of their own.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Postgres counts as proven by any successful operation this recent; otherwise a probe pings it.
+const POSTGRES_PROVEN_FOR: Duration = Duration::from_secs(10);
+
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub health: Arc<Health>,
+    pub metrics: Arc<Metrics>,
+    pub queue: RedisQueue,
+    pub store: Store,
+    pub lease: Arc<Lease>,
+    pub slots: Arc<Semaphore>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/health/live", get(live))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// Serves until `stop` is cancelled; returns the bound address through `bound` first.
+pub async fn serve(listener: TcpListener, state: AppState, stop: CancellationToken) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+}
+
+async fn health(State(s): State<AppState>) -> Response {
+    let redis = s
+        .health
+        .redis_check(s.config.heartbeat_interval * 2 + Duration::from_secs(1));
+    let postgres = match s.health.postgres_check(POSTGRES_PROVEN_FOR) {
+        Some(c) if c.ok => c,
+        _ => match tokio::time::timeout(PROBE_TIMEOUT, s.store.ping()).await {
+            Ok(Ok(())) => {
+                s.health.postgres_ok();
+                Check { ok: true, error: None }
+            }
+            Ok(Err(e)) => {
+                s.health.postgres_failed(&e);
+                Check {
+                    ok: false,
+                    error: Some(e.to_string()),
+                }
+            }
+            Err(_) => Check {
+                ok: false,
+                error: Some("ping timed out".to_owned()),
+            },
+        },
+    };
+    let claim = s.health.claim_check(s.config.claim_block + Duration::from_secs(15));
+    let started = s.health.is_started();
+    let draining = s.health.is_draining();
+    let lease = s.lease.is_valid();
+    let ok = started && !draining && redis.ok && postgres.ok && claim.ok && lease;
+    let status = match (ok, started, draining) {
+        (true, _, _) => "ok",
+        (_, false, _) => "starting",
+        (_, _, true) => "draining",
+        _ => "unavailable",
+    };
+    let body = json!({
+        "status": status,
+        "worker_id": s.lease.identity().wid,
+        "version": env!("CARGO_PKG_VERSION"),
+        "checks": {
+            "redis": redis,
+            "postgres": postgres,
+            "claim_loop": claim,
+            "lease": { "ok": lease },
+            "draining": draining,
+        },
+        "in_flight": s.config.concurrency - s.slots.available_permits(),
+        "concurrency": s.config.concurrency,
+    });
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+async fn live(State(s): State<AppState>) -> Response {
+    (
+        StatusCode::OK,
+        Json(json!({ "status": "alive", "worker_id": s.lease.identity().wid })),
+    )
+        .into_response()
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    let m = &s.metrics;
+    match tokio::time::timeout(PROBE_TIMEOUT, s.queue.depths()).await {
+        Ok(Ok(d)) => {
+            for (queue, n) in [
+                ("ready", d.ready),
+                ("delayed", d.delayed),
+                ("in_flight", d.in_flight),
+                ("poison", d.poison),
+            ] {
+                m.queue_depth.with_label_values(&[queue]).set(n as i64);
+            }
+            m.live_workers.set(d.workers as i64);
+        }
+        Ok(Err(_)) | Err(_) => m.redis_errors.with_label_values(&["depths"]).inc(),
+    }
+    match tokio::time::timeout(PROBE_TIMEOUT, s.store.pending_dead_letters()).await {
+        Ok(Ok(n)) => m.queue_depth.with_label_values(&["dead"]).set(n),
+        Ok(Err(_)) | Err(_) => m.postgres_errors.with_label_values(&["depths"]).inc(),
+    }
+    m.in_flight
+        .set((s.config.concurrency - s.slots.available_permits()) as i64);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        m.render(),
+    )
+        .into_response()
+}

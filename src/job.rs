@@ -1,0 +1,190 @@
+//! The job contract: decoding a payload from `step.ready` into a [`Job`], or into the reason it
+//! must be dead-lettered. This is a public interface (README, "The job contract"); unknown fields
+//! are kept, not rejected, so producers can add their own.
+
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde_json::{Map, Value};
+
+/// Longest accepted job id: ids are primary keys and log fields, so they stay short.
+pub const MAX_ID_LEN: usize = 200;
+/// Longest accepted step name.
+pub const MAX_STEP_LEN: usize = 200;
+
+/// A decoded job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    pub id: String,
+    pub step: String,
+    pub input: Value,
+    pub run_id: Option<String>,
+    pub correlation_id: String,
+    pub enqueued_at: Option<DateTime<Utc>>,
+    pub max_retries: Option<u32>,
+    pub timeout: Option<Duration>,
+    /// Fields the contract does not define, kept as the producer sent them.
+    pub extra: Map<String, Value>,
+}
+
+/// Why a payload cannot be run at all. The variants are the `reason` codes stored with dead
+/// letters; the message says exactly what was wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("payload is not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("{0}")]
+    InvalidEnvelope(String),
+}
+
+impl DecodeError {
+    /// The short reason code stored in `step_dead_letters.reason`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DecodeError::InvalidJson(_) => "invalid_json",
+            DecodeError::InvalidEnvelope(_) => "invalid_envelope",
+        }
+    }
+}
+
+/// What could be salvaged from a payload that failed to decode: enough to file the dead letter
+/// under the job's id when there is a usable one.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Salvage {
+    pub id: Option<String>,
+    pub step: Option<String>,
+    pub run_id: Option<String>,
+}
+
+/// Decodes a raw payload. On error, returns what could be salvaged with the reason.
+pub fn decode(payload: &[u8]) -> Result<Job, (DecodeError, Salvage)> {
+    let value: Value =
+        serde_json::from_slice(payload).map_err(|e| (DecodeError::InvalidJson(e.to_string()), Salvage::default()))?;
+    let Value::Object(mut map) = value else {
+        return Err((
+            DecodeError::InvalidEnvelope(format!("payload must be a JSON object, got {}", kind(&value))),
+            Salvage::default(),
+        ));
+    };
+    let salvage = Salvage {
+        id: map
+            .get("id")
+            .and_then(Value::as_str)
+            .filter(|s| valid_id(s))
+            .map(str::to_owned),
+        step: map
+            .get("step")
+            .and_then(Value::as_str)
+            .map(|s| truncate(s, MAX_STEP_LEN)),
+        run_id: map
+            .get("run_id")
+            .and_then(Value::as_str)
+            .map(|s| truncate(s, MAX_ID_LEN)),
+    };
+    let envelope = |msg: String| (DecodeError::InvalidEnvelope(msg), salvage.clone());
+    let id = required_string(&mut map, "id", MAX_ID_LEN).map_err(envelope)?;
+    let step = required_string(&mut map, "step", MAX_STEP_LEN).map_err(envelope)?;
+    let input = map.remove("input").unwrap_or(Value::Null);
+    let run_id = optional_string(&mut map, "run_id", MAX_ID_LEN).map_err(envelope)?;
+    let correlation_id = optional_string(&mut map, "correlation_id", MAX_ID_LEN)
+        .map_err(envelope)?
+        .or_else(|| run_id.clone())
+        .unwrap_or_else(|| id.clone());
+    let enqueued_at = match map.remove("enqueued_at") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(parse_time(&v).ok_or_else(|| {
+            envelope(format!(
+                "field `enqueued_at` must be epoch milliseconds or an RFC 3339 timestamp, got {v}"
+            ))
+        })?),
+    };
+    let max_retries = match map.remove("max_retries") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| envelope(format!("field `max_retries` must be an integer >= 0, got {v}")))?,
+        ),
+    };
+    let timeout = match map.remove("timeout_ms") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_u64()
+                .filter(|n| *n > 0)
+                .map(Duration::from_millis)
+                .ok_or_else(|| envelope(format!("field `timeout_ms` must be an integer > 0, got {v}")))?,
+        ),
+    };
+    Ok(Job {
+        id,
+        step,
+        input,
+        run_id,
+        correlation_id,
+        enqueued_at,
+        max_retries,
+        timeout,
+        extra: map,
+    })
+}
+
+fn valid_id(s: &str) -> bool {
+    !s.is_empty() && s.chars().count() <= MAX_ID_LEN
+}
+
+fn required_string(map: &mut Map<String, Value>, field: &str, max: usize) -> Result<String, String> {
+    match map.remove(field) {
+        None | Some(Value::Null) => Err(format!("missing required field `{field}`")),
+        Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= max => Ok(s),
+        Some(v) => Err(format!(
+            "field `{field}` must be a string of 1 to {max} characters, got {}",
+            describe(&v)
+        )),
+    }
+}
+
+fn optional_string(map: &mut Map<String, Value>, field: &str, max: usize) -> Result<Option<String>, String> {
+    match map.remove(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= max => Ok(Some(s)),
+        Some(v) => Err(format!(
+            "field `{field}` must be a string of 1 to {max} characters, got {}",
+            describe(&v)
+        )),
+    }
+}
+
+fn parse_time(v: &Value) -> Option<DateTime<Utc>> {
+    match v {
+        Value::Number(n) => n.as_i64().and_then(|ms| Utc.timestamp_millis_opt(ms).single()),
+        Value::String(s) => DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc)),
+        _ => None,
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// A short description of a wrong value: its kind, and its length for strings (the value itself
+/// may be huge or sensitive).
+fn describe(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("a string of {} characters", s.chars().count()),
+        other => kind(other).to_owned(),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,46 @@
+//! step-worker: a durable executor for workflow steps pushed as JSON onto a Redis list.
+//!
+//! The job's path, one module each: [`claimer`] (claim from Redis) → [`job`] (decode) →
+//! [`runner`] (run the step under its timeout) → [`pipeline`] (persist to Postgres, then settle
+//! in Redis). [`queue`] is the Redis protocol, [`store`] the Postgres schema, [`lease`] and
+//! [`maintenance`] keep workers honest (heartbeat, fencing, reaping, retries). [`worker`] wires
+//! it together; [`http`] serves health and metrics.
+//!
+//! Embedding native steps:
+//! ```no_run
+//! use step_worker::{Config, Registry, Shutdown, StepError};
+//! # async fn demo() -> anyhow::Result<()> {
+//! let registry = Registry::new().register("email.send", |_ctx, input: serde_json::Value| async move {
+//!     let to = input["to"].as_str().ok_or_else(|| StepError::permanent("input.to is required"))?;
+//!     Ok(serde_json::json!({ "sent_to": to }))
+//! });
+//! step_worker::worker::run(Config::from_env()?, registry, Shutdown::new()).await
+//! # }
+//! ```
+
+pub mod backoff;
+pub mod builtin;
+pub mod claimer;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod handler;
+pub mod health;
+pub mod http;
+pub mod inflight;
+pub mod job;
+pub mod lease;
+pub mod maintenance;
+pub mod metrics;
+pub mod outcome;
+pub mod pipeline;
+pub mod queue;
+pub mod runner;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;
+pub mod worker;
+
+pub use config::Config;
+pub use handler::{Handler, Registry, Retry, StepContext, StepError, StepResult};
+pub use shutdown::Shutdown;

@@ -1,0 +1,52 @@
+//! The `step-worker` binary: parse the command line, read the configuration, start logging,
+//! dispatch, map the result to an exit code. Everything else lives in the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use step_worker::cli::{Cli, Command, ConfigCommand};
+use step_worker::{Config, Registry, Shutdown, commands, telemetry};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let command = cli.command.unwrap_or(Command::Run);
+    if matches!(command, Command::Run | Command::Migrate { .. }) {
+        telemetry::init(&config);
+    }
+    let result = runtime.block_on(async {
+        match command {
+            Command::Run => {
+                let shutdown = Shutdown::new();
+                shutdown.listen_for_signals()?;
+                step_worker::worker::run(config, Registry::new(), shutdown).await
+            }
+            Command::Migrate { revert } => commands::migrate(&config, revert).await,
+            Command::Config {
+                command: ConfigCommand::Check,
+            } => commands::config_check(&config),
+            Command::Healthcheck { url } => commands::healthcheck(&config, url).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "exiting after an error");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! Background duties that keep the protocol moving: the heartbeat (which also fences this worker
+//! and learns what else needs doing), the reaper that rescues dead workers' jobs, the promoter
+//! that returns due retries to the ready list, and the drain of the poison outbox into Postgres.
+//!
+//! Idle cost matters (managed Redis bills per command): the heartbeat script also promotes due
+//! retries and reports whether reaping or a poison drain is needed, so an idle worker sends one
+//! command per heartbeat and nothing else on a timer.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::health::Health;
+use crate::inflight::InFlight;
+use crate::lease::Lease;
+use crate::metrics::Metrics;
+use crate::queue::{Beat, BeatMode, BeatStatus, RedisQueue};
+use crate::store::{Batch, DeadLetterRecord, ResultRecord, Status, Store};
+
+/// Poison entries moved into Postgres per drain.
+const POISON_DRAIN: usize = 100;
+
+pub struct Maintenance {
+    pub config: Arc<Config>,
+    pub queue: RedisQueue,
+    pub store: Store,
+    pub lease: Arc<Lease>,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    pub inflight: Arc<InFlight>,
+    pub promoter: Arc<Promoter>,
+}
+
+impl Maintenance {
+    /// The grace the reaper adds to a deadline before declaring a worker dead.
+    fn grace(&self) -> Duration {
+        self.config.heartbeat_interval
+    }
+
+    /// Registers this worker. Called before the first claim, so no other worker can ever see our
+    /// in-flight list without a registry entry.
+    pub async fn register(&self) -> redis::RedisResult<()> {
+        let id = self.lease.identity();
+        let sent = Instant::now();
+        self.queue
+            .heartbeat(&id.wid, self.config.worker_deadline, BeatMode::Register, self.grace())
+            .await?;
+        self.lease.beat_ok(sent);
+        self.health.redis_ok();
+        Ok(())
+    }
+
+    /// Beats every `HEARTBEAT_INTERVAL_MS` until `stop` is cancelled.
+    pub async fn run_heartbeat(&self, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(self.config.heartbeat_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => return,
+            }
+            self.beat_once().await;
+        }
+    }
+
+    /// One heartbeat and whatever it says needs doing. Public so tests can drive it.
+    pub async fn beat_once(&self) {
+        let id = self.lease.identity();
+        let sent = Instant::now();
+        match self
+            .queue
+            .heartbeat(&id.wid, self.config.worker_deadline, BeatMode::Beat, self.grace())
+            .await
+        {
+            Ok(beat) => self.on_beat(beat, sent).await,
+            Err(e) => {
+                self.metrics.redis_errors.with_label_values(&["heartbeat"]).inc();
+                self.health.redis_failed(&e);
+                if self.lease.beat_failed() {
+                    self.metrics.fenced.inc();
+                    tracing::error!(error = %e, "no heartbeat for too long: stopped running jobs until Redis answers again");
+                } else {
+                    tracing::warn!(error = %e, "heartbeat failed");
+                }
+            }
+        }
+    }
+
+    async fn on_beat(&self, beat: Beat, sent: Instant) {
+        self.health.redis_ok();
+        match beat.status {
+            BeatStatus::Ok => {
+                if self.lease.beat_ok(sent) {
+                    tracing::info!("heartbeat restored; the lease is valid again");
+                }
+            }
+            BeatStatus::Reaped => {
+                self.metrics.fenced.inc();
+                let new = self.lease.reaped(self.queue.keys());
+                tracing::error!(new_worker_id = %new.wid, "this worker was declared dead and its jobs given to others; stopped them and re-registered");
+                if let Err(e) = self.register().await {
+                    tracing::warn!(error = %e, "re-registration failed; retrying on the next beat");
+                }
+                return;
+            }
+            BeatStatus::Reregistered => {
+                self.lease.beat_ok(sent);
+                let id = self.lease.identity();
+                let payloads = self.inflight.payloads_of(&id);
+                match self.queue.adopt(&id.proc_key, &payloads).await {
+                    Ok(n) => tracing::warn!(
+                        restored = n,
+                        "Redis had lost this worker's registration; re-registered and restored its claims"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "restoring claims after a registry loss failed")
+                    }
+                }
+            }
+        }
+        if let Some(due) = beat.next_due {
+            self.promoter.schedule(due);
+        }
+        if beat.reap_needed && self.lease.streak() >= self.config.worker_deadline {
+            self.reap().await;
+        }
+        if beat.poison_pending > 0 {
+            self.drain_poison().await;
+        }
+    }
+
+    /// Rescues the jobs of every worker whose deadline has passed. Public so tests can drive it.
+    pub async fn reap(&self) {
+        let owner = self.lease.identity().wid.clone();
+        let victims = match self.queue.reap_candidates(self.grace(), &owner).await {
+            Ok(v) => v,
+            Err(e) => {
+                self.metrics.redis_errors.with_label_values(&["reap"]).inc();
+                tracing::warn!(error = %e, "listing dead workers failed");
+                return;
+            }
+        };
+        for victim in victims.iter().filter(|v| **v != owner) {
+            match self.queue.reap(victim, self.grace(), self.config.max_recoveries).await {
+                Ok(Some((moved, poisoned))) if moved + poisoned > 0 => {
+                    self.metrics.recovered.inc_by(moved);
+                    tracing::warn!(worker = %victim, recovered = moved, poisoned, "returned a dead worker's jobs to the queue");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.metrics.redis_errors.with_label_values(&["reap"]).inc();
+                    tracing::warn!(worker = %victim, error = %e, "reaping failed");
+                }
+            }
+        }
+    }
+
+    /// Moves poison payloads from the Redis outbox into dead letters. Idempotent enough: a crash
+    /// between the commit and the removal files the dead letter again under a new id, but the
+    /// job's result row stays single (keyed by job id).
+    pub async fn drain_poison(&self) {
+        let entries = match self.queue.poison_peek(POISON_DRAIN).await {
+            Ok(e) if !e.is_empty() => e,
+            Ok(_) => return,
+            Err(e) => {
+                self.metrics.redis_errors.with_label_values(&["poison"]).inc();
+                return tracing::warn!(error = %e, "reading the poison outbox failed");
+            }
+        };
+        let mut batch = Batch::default();
+        for entry in &entries {
+            poison_rows(entry, self.config.max_recoveries, &mut batch);
+        }
+        if let Err(e) = self.store.persist(&batch).await {
+            self.metrics.postgres_errors.with_label_values(&["poison"]).inc();
+            return tracing::warn!(error = %e, "writing poison dead letters failed; retrying on a later beat");
+        }
+        self.metrics.poisoned.inc_by(entries.len() as u64);
+        tracing::error!(
+            count = entries.len(),
+            "jobs that kept killing their workers were dead-lettered"
+        );
+        if let Err(e) = self.queue.poison_remove(&entries).await {
+            tracing::warn!(error = %e, "clearing the poison outbox failed; entries will be filed again");
+        }
+    }
+}
+
+/// Parses an outbox entry `recoveries|at_ms|wid|payload` into dead-letter rows.
+fn poison_rows(entry: &[u8], max_recoveries: u32, batch: &mut Batch) {
+    let mut parts = entry.splitn(4, |b| *b == b'|');
+    let (Some(count), Some(at), Some(wid), Some(payload)) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return tracing::error!("malformed poison outbox entry ignored");
+    };
+    let count = String::from_utf8_lossy(count).into_owned();
+    let at = std::str::from_utf8(at)
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .and_then(|ms| chrono::DateTime::from_timestamp_millis(ms as i64));
+    let dead_at = at.unwrap_or_else(chrono::Utc::now);
+    let worker_id = String::from_utf8_lossy(wid).into_owned();
+    let error = format!("the job was running on a worker that died {count} times (MAX_RECOVERIES = {max_recoveries})");
+    let job = crate::job::decode(payload).ok();
+    let letter = DeadLetterRecord {
+        id: uuid::Uuid::now_v7(),
+        job_id: job.as_ref().map(|j| j.id.clone()),
+        run_id: job.as_ref().and_then(|j| j.run_id.clone()),
+        step: job.as_ref().map(|j| j.step.clone()),
+        reason: "interrupted".to_owned(),
+        error: Some(error.clone()),
+        attempts: 0,
+        payload: payload.into(),
+        worker_id: worker_id.clone(),
+        dead_at,
+        with_result: job.is_some(),
+    };
+    if let Some(job) = job.filter(|j| !batch.results.iter().any(|r| r.job_id == j.id)) {
+        batch.results.push(ResultRecord {
+            job_id: job.id,
+            run_id: job.run_id,
+            step: job.step,
+            status: Status::Dead,
+            attempts: 0,
+            output: None,
+            error: Some(format!("interrupted: {error}")),
+            enqueued_at: job.enqueued_at,
+            started_at: None,
+            finished_at: dead_at,
+            duration_ms: None,
+            worker_id,
+        });
+    }
+    batch.dead_letters.push(letter);
+}
+
+/// Wakes up when the earliest known retry is due and moves due retries back to ready. It learns
+/// due times from this worker's own retries and from heartbeats (other workers' retries), so
+/// promotion is prompt without polling.
+#[derive(Default)]
+pub struct Promoter {
+    next: Mutex<Option<Instant>>,
+    wake: Notify,
+}
+
+impl Promoter {
+    pub fn schedule(&self, after: Duration) {
+        let at = Instant::now() + after;
+        let mut next = self.next.lock().unwrap();
+        if next.is_none_or(|n| at < n) {
+            *next = Some(at);
+            drop(next);
+            self.wake.notify_one();
+        }
+    }
+
+    pub async fn run(&self, queue: RedisQueue, metrics: Arc<Metrics>, stop: CancellationToken) {
+        loop {
+            let next = *self.next.lock().unwrap();
+            let sleep = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = self.wake.notified() => continue,
+                _ = sleep => {}
+            }
+            *self.next.lock().unwrap() = None;
+            match queue.promote().await {
+                Ok((_, Some(due))) => self.schedule(due),
+                Ok((_, None)) => {}
+                Err(e) => {
+                    metrics.redis_errors.with_label_values(&["promote"]).inc();
+                    tracing::warn!(error = %e, "promoting due retries failed; the next heartbeat retries it");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! Prometheus metrics, owned by one struct with its own registry. Each metric's help text is in
+//! its constructor; labels are low-cardinality (step names, outcomes), never job ids. Gauges that
+//! describe Redis (queue depths) are set at scrape time by the HTTP handler.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Run-time buckets: from a sub-millisecond no-op to the 15-minute timeout cap.
+const DURATION_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+];
+/// Queue-wait buckets: milliseconds when the queue is healthy, up to hours when it is backlogged.
+const WAIT_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    /// Attempts by step and outcome (succeeded, failed, timed_out, panicked, dead, requeued, ...).
+    pub jobs: IntCounterVec,
+    pub job_duration: HistogramVec,
+    pub queue_wait: HistogramVec,
+    pub queue_depth: IntGaugeVec,
+    pub in_flight: IntGauge,
+    pub concurrency: IntGauge,
+    pub redis_errors: IntCounterVec,
+    pub postgres_errors: IntCounterVec,
+    pub recovered: IntCounter,
+    pub poisoned: IntCounter,
+    pub duplicate_completions: IntCounter,
+    pub fenced: IntCounter,
+    pub persist_batch: Histogram,
+    pub live_workers: IntGauge,
+}
+
+impl Metrics {
+    pub fn new(worker_id: &str) -> Self {
+        let registry = Registry::new();
+        let jobs = IntCounterVec::new(
+            Opts::new(
+                "step_worker_jobs_total",
+                "Job attempts and terminal outcomes, by step and outcome.",
+            ),
+            &["step", "outcome"],
+        )
+        .unwrap();
+        let job_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "step_worker_job_duration_seconds",
+                "Run time of one attempt of a step, by step and outcome.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["step", "outcome"],
+        )
+        .unwrap();
+        let queue_wait = HistogramVec::new(
+            HistogramOpts::new(
+                "step_worker_queue_wait_seconds",
+                "Time from the job's enqueued_at to its claim by a worker (jobs that carry enqueued_at).",
+            )
+            .buckets(WAIT_BUCKETS.to_vec()),
+            &["step"],
+        )
+        .unwrap();
+        let queue_depth = IntGaugeVec::new(
+            Opts::new(
+                "step_worker_queue_depth",
+                "Jobs per queue structure at scrape time: ready, delayed (retries), in_flight (claimed), dead (dead letters not replayed), poison (awaiting their dead letter).",
+            ),
+            &["queue"],
+        )
+        .unwrap();
+        let in_flight = IntGauge::new(
+            "step_worker_in_flight",
+            "Jobs this worker holds: claimed and not yet settled.",
+        )
+        .unwrap();
+        let concurrency = IntGauge::new(
+            "step_worker_concurrency",
+            "Configured WORKER_CONCURRENCY of this worker.",
+        )
+        .unwrap();
+        let redis_errors = IntCounterVec::new(
+            Opts::new(
+                "step_worker_redis_errors_total",
+                "Failed Redis operations, by operation.",
+            ),
+            &["op"],
+        )
+        .unwrap();
+        let postgres_errors = IntCounterVec::new(
+            Opts::new(
+                "step_worker_postgres_errors_total",
+                "Failed Postgres operations, by operation.",
+            ),
+            &["op"],
+        )
+        .unwrap();
+        let recovered = IntCounter::new(
+            "step_worker_recovered_jobs_total",
+            "Jobs this worker's reaper returned to ready from workers that stopped heartbeating.",
+        )
+        .unwrap();
+        let poisoned = IntCounter::new(
+            "step_worker_poison_jobs_total",
+            "Jobs dead-lettered because they were recovered from dead workers more than MAX_RECOVERIES times.",
+        )
+        .unwrap();
+        let duplicate_completions = IntCounter::new(
+            "step_worker_duplicate_completions_total",
+            "Terminal outcomes that found a result row already written (a job run more than once).",
+        )
+        .unwrap();
+        let fenced = IntCounter::new(
+            "step_worker_fenced_total",
+            "Times this worker stopped its running jobs because it lost its lease (no heartbeat, or reaped).",
+        )
+        .unwrap();
+        let persist_batch = Histogram::with_opts(
+            HistogramOpts::new(
+                "step_worker_persist_batch_size",
+                "Outcome rows written per Postgres round trip.",
+            )
+            .buckets(vec![1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0]),
+        )
+        .unwrap();
+        let live_workers = IntGauge::new(
+            "step_worker_live_workers",
+            "Workers registered on this queue at scrape time.",
+        )
+        .unwrap();
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "step_worker_build_info",
+                "Always 1; labels carry the version and this process's worker id.",
+            ),
+            &["version", "worker_id"],
+        )
+        .unwrap();
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), worker_id])
+            .set(1);
+
+        for c in [
+            Box::new(jobs.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(job_duration.clone()),
+            Box::new(queue_wait.clone()),
+            Box::new(queue_depth.clone()),
+            Box::new(in_flight.clone()),
+            Box::new(concurrency.clone()),
+            Box::new(redis_errors.clone()),
+            Box::new(postgres_errors.clone()),
+            Box::new(recovered.clone()),
+            Box::new(poisoned.clone()),
+            Box::new(duplicate_completions.clone()),
+            Box::new(fenced.clone()),
+            Box::new(persist_batch.clone()),
+            Box::new(live_workers.clone()),
+            Box::new(build_info),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .expect("process collector registers once");
+        Metrics {
+            registry,
+            jobs,
+            job_duration,
+            queue_wait,
+            queue_depth,
+            in_flight,
+            concurrency,
+            redis_errors,
+            postgres_errors,
+            recovered,
+            poisoned,
+            duplicate_completions,
+            fenced,
+            persist_batch,
+            live_workers,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("text exposition is UTF-8")
+    }
+
+    pub fn job(&self, step: &str, outcome: &str) {
+        self.jobs.with_label_values(&[step, outcome]).inc();
+    }
+}

@@ -1,0 +1,64 @@
+//! What a finished job hands to the persist-then-settle pipeline: the rows to write and the Redis
+//! settle to apply after they are committed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::lease::Identity;
+use crate::queue::Payload;
+use crate::store::{AttemptRecord, DeadLetterRecord, ResultRecord};
+
+/// A job this worker has moved into its in-flight list. Holding the concurrency permit here means
+/// the slot frees only when the job has been settled (so a Postgres outage stops claiming).
+#[derive(Debug)]
+pub struct Claimed {
+    pub payload: Payload,
+    pub identity: Arc<Identity>,
+    /// Failed attempts before this one.
+    pub failures: u32,
+    pub claimed_at: chrono::DateTime<chrono::Utc>,
+    pub permit: OwnedSemaphorePermit,
+    pub ticket: crate::inflight::Ticket,
+}
+
+/// How the job leaves this worker's list once its rows are committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// Terminal: succeeded or dead-lettered.
+    Done,
+    /// Failed attempt; try again after this delay.
+    Retry(Duration),
+    /// Unfinished (shutdown or lost lease): back to ready, not counted as an attempt.
+    Requeue,
+}
+
+#[derive(Debug)]
+pub struct Finished {
+    pub claimed: Claimed,
+    pub settle: Settle,
+    pub result: Option<ResultRecord>,
+    pub dead_letter: Option<DeadLetterRecord>,
+    pub attempt: Option<AttemptRecord>,
+    /// Metric label: the step name when it has a handler, else `unknown` / `invalid`.
+    pub step_label: Arc<str>,
+}
+
+impl Finished {
+    pub fn requeue(claimed: Claimed, step_label: Arc<str>) -> Self {
+        Finished {
+            claimed,
+            settle: Settle::Requeue,
+            result: None,
+            dead_letter: None,
+            attempt: None,
+            step_label,
+        }
+    }
+
+    /// Whether any row must be committed before the settle.
+    pub fn has_rows(&self) -> bool {
+        self.result.is_some() || self.dead_letter.is_some() || self.attempt.is_some()
+    }
+}

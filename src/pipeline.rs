@@ -1,0 +1,233 @@
+//! The persist-then-settle pipeline. Finished jobs queue up here; each flush writes all waiting
+//! outcomes to Postgres in one statement, and only after that commit settles them in Redis with
+//! one script call. Never the other order: settling first would lose the result if the process
+//! died before the commit.
+//!
+//! Batching is natural (group commit): a flush takes whatever is waiting, up to
+//! `PERSIST_BATCH_SIZE`, so an idle worker writes one row at once and a busy one writes hundreds
+//! per round trip. Failed writes are retried with backoff for as long as it takes; the jobs stay
+//! in this worker's Redis list meanwhile, and their permits stay taken, so a Postgres outage
+//! stops claiming by itself. Jobs whose lease was lost are neither persisted nor settled here:
+//! they belong to whoever the reaper gave them to.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio_util::sync::CancellationToken;
+
+use crate::health::Health;
+use crate::lease::Lease;
+use crate::maintenance::Promoter;
+use crate::metrics::Metrics;
+use crate::outcome::{Finished, Settle};
+use crate::queue::{RedisQueue, SettleOp};
+use crate::store::{self, Batch, DeadLetterRecord, Store};
+
+/// Retry pauses for Postgres and Redis writes: quick at first, then no more than every 30 s.
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+pub struct Pipeline {
+    pub store: Store,
+    pub queue: RedisQueue,
+    pub lease: Arc<Lease>,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    pub promoter: Arc<Promoter>,
+    pub batch_size: usize,
+}
+
+impl Pipeline {
+    /// Flushes until the channel closes. `give_up` (the end of the shutdown drain) turns
+    /// persistence failures into hand-backs and ends settle retries, so shutdown is bounded.
+    pub async fn run(self, mut rx: UnboundedReceiver<Finished>, give_up: CancellationToken) {
+        let mut items = Vec::with_capacity(self.batch_size);
+        while rx.recv_many(&mut items, self.batch_size).await > 0 {
+            self.flush(std::mem::take(&mut items), &give_up).await;
+        }
+    }
+
+    async fn flush(&self, items: Vec<Finished>, give_up: &CancellationToken) {
+        let mut items = self.drop_rescued(items);
+        if items.iter().any(Finished::has_rows) {
+            self.lease.wait_valid(give_up).await;
+            items = self.drop_rescued(items);
+            if !self.lease.is_valid() {
+                // Shutdown with no lease (Redis unreachable): leave the jobs in our list, where
+                // the other workers' reapers will find them.
+                return;
+            }
+            if !self.persist(&mut items, give_up).await {
+                for item in &mut items {
+                    item.settle = Settle::Requeue;
+                }
+            }
+        }
+        self.settle(items, give_up).await;
+    }
+
+    /// Jobs claimed under an identity that was reaped now run elsewhere: forget them.
+    fn drop_rescued(&self, items: Vec<Finished>) -> Vec<Finished> {
+        let (keep, lost): (Vec<_>, Vec<_>) = items.into_iter().partition(|f| !f.claimed.identity.is_reaped());
+        for f in &lost {
+            tracing::debug!(step = %f.step_label, "outcome dropped: the job was rescued after this worker lost its lease");
+            self.metrics.job(&f.step_label, "abandoned");
+        }
+        keep
+    }
+
+    /// Writes the rows of `items`; false when it gave up (shutdown) before a commit.
+    async fn persist(&self, items: &mut [Finished], give_up: &CancellationToken) -> bool {
+        let batch = batch_of(items.iter());
+        let mut pause = RETRY_MIN;
+        loop {
+            match self.store.persist(&batch).await {
+                Ok(written) => {
+                    self.health.postgres_ok();
+                    self.metrics.persist_batch.observe(batch.len() as f64);
+                    let duplicates = batch.results.len().saturating_sub(written.len());
+                    self.metrics.duplicate_completions.inc_by(duplicates as u64);
+                    return true;
+                }
+                Err(e) if store::is_data_error(&e) => {
+                    tracing::error!(error = %e, "a batch was refused for its data; writing its rows one by one");
+                    self.metrics.postgres_errors.with_label_values(&["persist_data"]).inc();
+                    self.persist_each(items).await;
+                    return true;
+                }
+                Err(e) => {
+                    self.metrics.postgres_errors.with_label_values(&["persist"]).inc();
+                    self.health.postgres_failed(&e);
+                    tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, rows = batch.len(), "persisting outcomes failed; retrying");
+                    if sleep_or(pause, give_up).await {
+                        return false;
+                    }
+                    pause = (pause * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+
+    /// Last resort for a batch Postgres refuses: each item alone, and an item that still fails is
+    /// reduced to a dead letter holding its raw payload and the database's error.
+    async fn persist_each(&self, items: &mut [Finished]) {
+        for item in items.iter_mut() {
+            let one = batch_of(std::iter::once(&*item));
+            let Err(e) = self.store.persist(&one).await else {
+                continue;
+            };
+            let reduced = Batch {
+                dead_letters: vec![DeadLetterRecord {
+                    id: uuid::Uuid::now_v7(),
+                    job_id: None,
+                    run_id: None,
+                    step: None,
+                    reason: "unstorable".to_owned(),
+                    error: Some(format!("the outcome could not be stored: {e}")),
+                    attempts: item.attempt.as_ref().map_or(0, |a| a.attempt),
+                    payload: item.claimed.payload.clone(),
+                    worker_id: item.claimed.identity.wid.clone(),
+                    dead_at: chrono::Utc::now(),
+                    with_result: false,
+                }],
+                ..Batch::default()
+            };
+            if let Err(e) = self.store.persist(&reduced).await {
+                tracing::error!(error = %e, "an outcome could not be stored even as a dead letter; the job stays claimed until recovered");
+                item.settle = Settle::Requeue;
+                continue;
+            }
+            item.settle = Settle::Done;
+        }
+    }
+
+    async fn settle(&self, items: Vec<Finished>, give_up: &CancellationToken) {
+        let mut groups: HashMap<&str, Vec<&Finished>> = HashMap::new();
+        for item in &items {
+            groups
+                .entry(item.claimed.identity.proc_key.as_str())
+                .or_default()
+                .push(item);
+        }
+        for (proc, group) in groups {
+            let ops: Vec<SettleOp> = group.iter().map(|f| settle_op(f)).collect();
+            let mut pause = RETRY_MIN;
+            let owned = loop {
+                if group[0].claimed.identity.is_reaped() {
+                    break None;
+                }
+                match self.queue.settle(proc, &ops).await {
+                    Ok(owned) => break Some(owned),
+                    Err(e) => {
+                        self.metrics.redis_errors.with_label_values(&["settle"]).inc();
+                        tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "settling jobs in Redis failed; retrying");
+                        if sleep_or(pause, give_up).await {
+                            break None;
+                        }
+                        pause = (pause * 2).min(RETRY_MAX);
+                    }
+                }
+            };
+            let Some(owned) = owned else { continue };
+            for (f, owned) in group.iter().zip(owned) {
+                self.count(f, owned);
+            }
+        }
+    }
+
+    fn count(&self, f: &Finished, owned: bool) {
+        if !owned {
+            tracing::debug!(step = %f.step_label, "settle found the job gone from our list (settled before, or rescued)");
+            return;
+        }
+        match f.settle {
+            Settle::Done if f.dead_letter.is_some() => self.metrics.job(&f.step_label, "dead"),
+            Settle::Done => {}
+            Settle::Retry(delay) => {
+                self.metrics.job(&f.step_label, "retried");
+                self.promoter.schedule(delay);
+            }
+            Settle::Requeue => self.metrics.job(&f.step_label, "requeued"),
+        }
+    }
+}
+
+fn settle_op(f: &Finished) -> SettleOp {
+    let p = f.claimed.payload.clone();
+    match f.settle {
+        Settle::Done => SettleOp::Done(p),
+        Settle::Retry(delay) => SettleOp::Retry(p, delay),
+        Settle::Requeue => SettleOp::Requeue(p),
+    }
+}
+
+/// The rows of some finished jobs, with at most one result row per job id (Postgres refuses a
+/// statement that would upsert one key twice; the first outcome wins, as it would across batches).
+fn batch_of<'a>(items: impl Iterator<Item = &'a Finished>) -> Batch {
+    let mut batch = Batch::default();
+    let mut seen = std::collections::HashSet::new();
+    for f in items {
+        if f.settle == Settle::Requeue {
+            continue;
+        }
+        if let Some(r) = &f.result {
+            if !seen.insert(r.job_id.clone()) {
+                continue;
+            }
+            batch.results.push(r.clone());
+        }
+        batch.dead_letters.extend(f.dead_letter.clone());
+        batch.attempts.extend(f.attempt.clone());
+    }
+    batch
+}
+
+/// Sleeps for `pause`; true if `stop` was cancelled first.
+async fn sleep_or(pause: Duration, stop: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(pause) => false,
+        _ = stop.cancelled() => true,
+    }
+}

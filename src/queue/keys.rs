@@ -1,0 +1,88 @@
+//! Redis key names. Every key except the public ready list carries the hash tag `{<queue>}`, so
+//! all of them live in the ready list's Cluster slot (Redis hashes only the text between the first
+//! `{` and `}`, and `step.ready` has no braces, so its whole name is that text). Scripts and
+//! BLMOVE may therefore touch any pair of them on Redis Cluster, while producers and dashboards
+//! keep using the plain `LPUSH step.ready` / `LLEN step.ready`.
+
+/// The key names of one queue.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    /// Pending payloads; producers `LPUSH`, workers take from the right.
+    pub ready: String,
+    /// ZSET of live workers: wid → heartbeat deadline (ms, Redis server time).
+    pub workers: String,
+    /// ZSET of reaped workers: wid → reaped at; their lists are re-drained for a while.
+    pub reaped: String,
+    /// ZSET of scheduled retries: payload → due time (ms).
+    pub delayed: String,
+    /// HASH sha1(payload) → failed attempts so far.
+    pub attempts: String,
+    /// HASH sha1(payload) → times recovered from a dead worker.
+    pub interrupts: String,
+    /// LIST outbox of poison payloads taken out by the reaper, waiting for their dead-letter row.
+    pub poison: String,
+    /// STRING lock so one replica at a time scans for dead workers.
+    pub reaper_lock: String,
+    proc_prefix: String,
+}
+
+impl Keys {
+    pub fn new(queue: &str) -> Self {
+        let tag = format!("{{{queue}}}");
+        Keys {
+            ready: queue.to_owned(),
+            workers: format!("{tag}:workers"),
+            reaped: format!("{tag}:reaped"),
+            delayed: format!("{tag}:delayed"),
+            attempts: format!("{tag}:attempts"),
+            interrupts: format!("{tag}:interrupts"),
+            poison: format!("{tag}:poison"),
+            reaper_lock: format!("{tag}:reaper_lock"),
+            proc_prefix: format!("{tag}:proc:"),
+        }
+    }
+
+    /// The in-flight list of worker `wid`: the jobs it has claimed and not yet settled.
+    pub fn proc(&self, wid: &str) -> String {
+        format!("{}{wid}", self.proc_prefix)
+    }
+
+    pub fn proc_prefix(&self) -> &str {
+        &self.proc_prefix
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Redis Cluster's slot function hashes the hash tag when there is one.
+    fn hashed_part(key: &str) -> &str {
+        if let Some(open) = key.find('{')
+            && let Some(len) = key[open + 1..].find('}')
+            && len > 0
+        {
+            return &key[open + 1..open + 1 + len];
+        }
+        key
+    }
+
+    #[test]
+    fn every_key_hashes_to_the_ready_lists_slot() {
+        let k = Keys::new("step.ready");
+        for key in [
+            &k.workers,
+            &k.reaped,
+            &k.delayed,
+            &k.attempts,
+            &k.interrupts,
+            &k.poison,
+            &k.reaper_lock,
+            &k.proc("h:1:ab"),
+        ] {
+            assert_eq!(hashed_part(key), "step.ready", "{key}");
+        }
+        assert_eq!(hashed_part(&k.ready), "step.ready");
+        assert_eq!(k.ready, "step.ready");
+    }
+}

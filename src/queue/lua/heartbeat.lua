@@ -1,0 +1,37 @@
+-- Heartbeat, registration and delayed-job promotion in one round trip (the idle worker's only
+-- periodic command besides its blocking claim).
+-- KEYS[1] workers ZSET (wid -> deadline ms)   KEYS[2] reaped ZSET (tombstones)
+-- KEYS[3] delayed ZSET (payload -> due ms)    KEYS[4] ready LIST    KEYS[5] poison LIST
+-- ARGV[1] wid   ARGV[2] deadline ms   ARGV[3] 'register' | 'beat'   ARGV[4] reap grace ms
+-- ARGV[5] promote limit
+-- Returns {status, next_due_in_ms (-1: none), reap_needed (0|1), poison_pending}
+--   status 1: beat recorded; 0: this wid was reaped (fence: stop and re-register);
+--   2: the registry had lost this wid without reaping it (Redis lost data): re-registered.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local status = 1
+if ARGV[3] == 'register' then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+elseif redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[1])
+elseif redis.call('ZSCORE', KEYS[2], ARGV[1]) then
+  return {0, -1, 0, 0}
+else
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+  status = 2
+end
+-- Retries go to the producer end: they wait behind jobs already queued.
+local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, tonumber(ARGV[5]))
+for _, p in ipairs(due) do
+  redis.call('ZREM', KEYS[3], p)
+  redis.call('LPUSH', KEYS[4], p)
+end
+local next_due = -1
+local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+if first[2] then next_due = math.max(0, tonumber(first[2]) - now) end
+local reap = 0
+if redis.call('ZCARD', KEYS[2]) > 0 or
+   #redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[4]), 'LIMIT', 0, 1) > 0 then
+  reap = 1
+end
+return {status, next_due, reap, redis.call('LLEN', KEYS[5])}

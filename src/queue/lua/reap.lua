@@ -1,0 +1,31 @@
+-- Returns a dead worker's in-flight jobs to ready, atomically (no pop-then-push gap).
+-- KEYS[1] workers ZSET   KEYS[2] reaped ZSET   KEYS[3] proc LIST of the victim   KEYS[4] ready LIST
+-- KEYS[5] interrupts HASH   KEYS[6] poison LIST
+-- ARGV[1] victim wid   ARGV[2] grace ms   ARGV[3] max recoveries
+-- Returns {moved, poisoned}, or {-1, 0} when the victim heartbeated meanwhile.
+-- A job recovered more than max recoveries times keeps killing its workers: it goes to the
+-- poison outbox (drained into the dead-letter table) instead of cycling forever.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local deadline = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if deadline then
+  if tonumber(deadline) + tonumber(ARGV[2]) > now then return {-1, 0} end
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('ZADD', KEYS[2], now, ARGV[1])
+end
+local moved, poisoned = 0, 0
+while true do
+  local p = redis.call('RPOP', KEYS[3])
+  if not p then break end
+  local c = redis.call('HINCRBY', KEYS[5], redis.sha1hex(p), 1)
+  if c > tonumber(ARGV[3]) then
+    -- 'recoveries|at_ms|wid|payload': a plain prefix, because payloads may not be valid UTF-8.
+    redis.call('LPUSH', KEYS[6], c .. '|' .. now .. '|' .. ARGV[1] .. '|' .. p)
+    redis.call('HDEL', KEYS[5], redis.sha1hex(p))
+    poisoned = poisoned + 1
+  else
+    redis.call('RPUSH', KEYS[4], p)
+    moved = moved + 1
+  end
+end
+return {moved, poisoned}

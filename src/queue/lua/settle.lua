@@ -1,0 +1,32 @@
+-- Settles a batch of finished jobs after their outcome is durable. Each op first removes the
+-- payload from this worker's own list: a 0 from LREM means the job is no longer ours (already
+-- settled by an earlier try whose reply was lost, or rescued by the reaper), and then nothing
+-- else is touched. LREM first also frees memory, so settling works when Redis is full.
+-- KEYS[1] proc LIST   KEYS[2] delayed ZSET   KEYS[3] attempts HASH   KEYS[4] interrupts HASH
+-- KEYS[5] ready LIST
+-- ARGV: triples (op, payload, arg):
+--   'done'    outcome committed to Postgres (succeeded or dead): forget its counters
+--   'retry'   count a failed attempt, schedule the payload arg ms from now
+--   'requeue' hand back unfinished (shutdown): consumer end, runs next, not an attempt
+-- Returns one integer per op: 1 settled, 0 not ours.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local res = {}
+for i = 1, #ARGV, 3 do
+  local op, p = ARGV[i], ARGV[i + 1]
+  local r = redis.call('LREM', KEYS[1], 1, p)
+  if r == 1 then
+    if op == 'done' then
+      local h = redis.sha1hex(p)
+      redis.call('HDEL', KEYS[3], h)
+      redis.call('HDEL', KEYS[4], h)
+    elseif op == 'retry' then
+      redis.call('HINCRBY', KEYS[3], redis.sha1hex(p), 1)
+      redis.call('ZADD', KEYS[2], now + tonumber(ARGV[i + 2]), p)
+    else
+      redis.call('RPUSH', KEYS[5], p)
+    end
+  end
+  res[#res + 1] = r
+end
+return res

@@ -1,0 +1,37 @@
+//! The Lua scripts of the protocol, each headed (in its file) by its KEYS/ARGV/returns contract.
+
+use redis::Script;
+
+/// Due retries moved per promotion call; more are moved by the next call, which follows at once.
+pub const PROMOTE_LIMIT: u64 = 500;
+/// How long one replica's reaper scan excludes the others: about one heartbeat.
+pub const REAPER_LOCK_MS: u64 = 5_000;
+/// How long a reaped worker's list keeps being re-drained: covers a BLMOVE that was in flight when
+/// its worker was reaped (at most one block time) with a wide margin.
+pub const TOMBSTONE_KEEP_MS: u64 = 10 * 60 * 1000;
+
+pub struct Scripts {
+    pub heartbeat: Script,
+    pub claim: Script,
+    pub settle: Script,
+    pub reap_candidates: Script,
+    pub reap: Script,
+    pub promote: Script,
+    pub adopt: Script,
+    pub depths: Script,
+}
+
+impl Scripts {
+    pub fn new() -> Self {
+        Scripts {
+            heartbeat: Script::new(include_str!("lua/heartbeat.lua")),
+            claim: Script::new(include_str!("lua/claim.lua")),
+            settle: Script::new(include_str!("lua/settle.lua")),
+            reap_candidates: Script::new(include_str!("lua/reap_candidates.lua")),
+            reap: Script::new(include_str!("lua/reap.lua")),
+            promote: Script::new(include_str!("lua/promote.lua")),
+            adopt: Script::new(include_str!("lua/adopt.lua")),
+            depths: Script::new(include_str!("lua/depths.lua")),
+        }
+    }
+}

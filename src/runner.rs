@@ -1,0 +1,279 @@
+//! Runs one claimed job: decode, find the handler, execute one attempt under its timeout with
+//! panics caught, and decide what happens next (done, retry after backoff, dead letter, requeue).
+//! Everything here is per job, inside the job's span; nothing touches Redis or Postgres.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use chrono::Utc;
+use futures::FutureExt;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info_span};
+use uuid::Uuid;
+
+use crate::backoff::retry_delay;
+use crate::config::Config;
+use crate::handler::{Registry, Retry, StepContext, StepError};
+use crate::job::{self, Job};
+use crate::metrics::Metrics;
+use crate::outcome::{Claimed, Finished, Settle};
+use crate::store::{AttemptRecord, DeadLetterRecord, ResultRecord, Status};
+
+/// Metric label for payloads that could not be decoded.
+const INVALID: &str = "invalid";
+/// Metric label for steps with no handler (step names from payloads are unbounded).
+const UNKNOWN: &str = "unknown";
+
+/// How one attempt ended.
+enum Attempt {
+    Succeeded(Value),
+    Failed {
+        outcome: &'static str,
+        error: String,
+        retry: Retry,
+    },
+    /// Cancelled before it finished (lost lease or shutdown): not an attempt.
+    Interrupted,
+}
+
+pub struct Runner {
+    pub config: Arc<Config>,
+    pub registry: Registry,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Runner {
+    /// Runs `claimed` to a [`Finished`]. `cancel` interrupts the attempt.
+    pub async fn run(&self, claimed: Claimed, cancel: CancellationToken) -> Finished {
+        let job = match job::decode(&claimed.payload) {
+            Ok(job) => job,
+            Err((err, salvage)) => {
+                tracing::warn!(job.id = salvage.id.as_deref(), reason = err.reason(), error = %err, "malformed payload dead-lettered");
+                self.metrics.job(INVALID, "dead");
+                let letter = DeadLetterRecord {
+                    id: Uuid::now_v7(),
+                    job_id: salvage.id,
+                    run_id: salvage.run_id,
+                    step: salvage.step,
+                    reason: err.reason().to_owned(),
+                    error: Some(err.to_string()),
+                    attempts: 0,
+                    payload: claimed.payload.clone(),
+                    worker_id: claimed.identity.wid.clone(),
+                    dead_at: Utc::now(),
+                    with_result: false,
+                };
+                return Finished {
+                    claimed,
+                    settle: Settle::Done,
+                    result: None,
+                    dead_letter: Some(letter),
+                    attempt: None,
+                    step_label: INVALID.into(),
+                };
+            }
+        };
+        let attempt = claimed.failures + 1;
+        let span = info_span!("job", job.id = %job.id, job.step = %job.step, run.id = job.run_id.as_deref(),
+            correlation_id = %job.correlation_id, attempt);
+        self.run_job(claimed, job, attempt, cancel).instrument(span).await
+    }
+
+    async fn run_job(&self, claimed: Claimed, job: Job, attempt: u32, cancel: CancellationToken) -> Finished {
+        let Some(handler) = self.registry.resolve(&job.step) else {
+            tracing::warn!("no handler for step; dead-lettered");
+            self.metrics.job(UNKNOWN, "dead");
+            let error = format!("unknown step `{}`: no handler is registered for it", job.step);
+            return self.dead(claimed, &job, UNKNOWN.into(), "unknown_step", error, 0, None);
+        };
+        let label: Arc<str> = job.step.as_str().into();
+        if let Some(enqueued) = job.enqueued_at {
+            let wait = (claimed.claimed_at - enqueued).to_std().unwrap_or_default();
+            self.metrics
+                .queue_wait
+                .with_label_values(&[&label])
+                .observe(wait.as_secs_f64());
+        }
+        let max_attempts = 1 + job.max_retries.unwrap_or(self.config.max_retries);
+        let timeout = job
+            .timeout
+            .map_or(self.config.step_timeout, |t| t.min(self.config.step_timeout_max));
+        let ctx = StepContext {
+            job_id: job.id.clone(),
+            step: job.step.clone(),
+            run_id: job.run_id.clone(),
+            correlation_id: job.correlation_id.clone(),
+            attempt,
+            max_attempts,
+            timeout,
+            cancel: cancel.clone(),
+        };
+        let started_at = Utc::now();
+        let clock = std::time::Instant::now();
+        let run = AssertUnwindSafe(handler.run(ctx, job.input.clone())).catch_unwind();
+        let result = tokio::select! {
+            r = tokio::time::timeout(timeout, run) => match r {
+                Ok(Ok(Ok(output))) => Attempt::Succeeded(output),
+                Ok(Ok(Err(e))) => failed("failed", &e),
+                Ok(Err(panic)) => Attempt::Failed { outcome: "panicked", error: panic_message(&panic), retry: Retry::Retryable { retry_after: None } },
+                Err(_) => Attempt::Failed {
+                    outcome: "timed_out",
+                    error: format!("step timed out after {} ms", timeout.as_millis()),
+                    retry: Retry::Retryable { retry_after: None },
+                },
+            },
+            _ = cancel.cancelled() => Attempt::Interrupted,
+        };
+        let elapsed = clock.elapsed();
+        let finished_at = Utc::now();
+        let outcome_label = match &result {
+            Attempt::Succeeded(_) => "succeeded",
+            Attempt::Failed { outcome, .. } => outcome,
+            Attempt::Interrupted => "interrupted",
+        };
+        self.metrics.job(&label, outcome_label);
+        self.metrics
+            .job_duration
+            .with_label_values(&[&label, outcome_label])
+            .observe(elapsed.as_secs_f64());
+        match result {
+            Attempt::Succeeded(output) => {
+                tracing::debug!(duration_ms = elapsed.as_millis() as u64, "step succeeded");
+                let result = ResultRecord {
+                    job_id: job.id,
+                    run_id: job.run_id,
+                    step: job.step,
+                    status: Status::Succeeded,
+                    attempts: attempt as i32,
+                    output: Some(output),
+                    error: None,
+                    enqueued_at: job.enqueued_at,
+                    started_at: Some(started_at),
+                    finished_at,
+                    duration_ms: Some(elapsed.as_millis() as i64),
+                    worker_id: claimed.identity.wid.clone(),
+                };
+                Finished {
+                    claimed,
+                    settle: Settle::Done,
+                    result: Some(result),
+                    dead_letter: None,
+                    attempt: None,
+                    step_label: label,
+                }
+            }
+            Attempt::Interrupted => {
+                tracing::info!("step interrupted; the job goes back to the queue");
+                Finished::requeue(claimed, label)
+            }
+            Attempt::Failed { outcome, error, retry } => {
+                let record = AttemptRecord {
+                    id: Uuid::now_v7(),
+                    job_id: job.id.clone(),
+                    attempt: attempt as i32,
+                    outcome,
+                    error: Some(error.clone()),
+                    started_at,
+                    finished_at,
+                    worker_id: claimed.identity.wid.clone(),
+                };
+                match retry {
+                    Retry::Permanent => {
+                        tracing::warn!(error = %error, "step failed permanently; dead-lettered");
+                        self.dead(claimed, &job, label, "permanent_failure", error, attempt, Some(record))
+                    }
+                    Retry::Retryable { .. } if attempt >= max_attempts => {
+                        tracing::warn!(error = %error, max_attempts, "retries exhausted; dead-lettered");
+                        self.dead(claimed, &job, label, "retries_exhausted", error, attempt, Some(record))
+                    }
+                    Retry::Retryable { retry_after } => {
+                        let delay = retry_delay(
+                            attempt,
+                            self.config.retry_backoff,
+                            self.config.retry_backoff_max,
+                            retry_after,
+                        );
+                        tracing::info!(error = %error, outcome, retry_in_ms = delay.as_millis() as u64, "step failed; will retry");
+                        Finished {
+                            claimed,
+                            settle: Settle::Retry(delay),
+                            result: None,
+                            dead_letter: None,
+                            attempt: Some(record),
+                            step_label: label,
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn dead(
+        &self,
+        claimed: Claimed,
+        job: &Job,
+        label: Arc<str>,
+        reason: &str,
+        error: String,
+        attempts: u32,
+        attempt: Option<AttemptRecord>,
+    ) -> Finished {
+        let now = Utc::now();
+        let result = ResultRecord {
+            job_id: job.id.clone(),
+            run_id: job.run_id.clone(),
+            step: job.step.clone(),
+            status: Status::Dead,
+            attempts: attempts as i32,
+            output: None,
+            error: Some(format!("{reason}: {error}")),
+            enqueued_at: job.enqueued_at,
+            started_at: attempt.as_ref().map(|a| a.started_at),
+            finished_at: now,
+            duration_ms: attempt
+                .as_ref()
+                .map(|a| (a.finished_at - a.started_at).num_milliseconds()),
+            worker_id: claimed.identity.wid.clone(),
+        };
+        let letter = DeadLetterRecord {
+            id: Uuid::now_v7(),
+            job_id: Some(job.id.clone()),
+            run_id: job.run_id.clone(),
+            step: Some(job.step.clone()),
+            reason: reason.to_owned(),
+            error: Some(error),
+            attempts: attempts as i32,
+            payload: claimed.payload.clone(),
+            worker_id: claimed.identity.wid.clone(),
+            dead_at: now,
+            with_result: true,
+        };
+        Finished {
+            claimed,
+            settle: Settle::Done,
+            result: Some(result),
+            dead_letter: Some(letter),
+            attempt,
+            step_label: label,
+        }
+    }
+}
+
+fn failed(outcome: &'static str, e: &StepError) -> Attempt {
+    Attempt::Failed {
+        outcome,
+        error: e.to_string(),
+        retry: e.retry,
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    let msg = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned());
+    format!("step panicked: {msg}")
+}

@@ -1,0 +1,341 @@
+//! Assembly: connects, migrates, registers, starts the claim loop, pipeline, heartbeat, promoter
+//! and HTTP server, and runs the shutdown drain. Each part lives in its own module; this one only
+//! wires them together and orders startup and shutdown.
+//!
+//! Startup order matters: the worker registers (heartbeat) before its first claim, so its
+//! in-flight list is never visible without a registry entry. Shutdown order matters too:
+//! 1. stop claiming at once (and wake the blocked `BLMOVE` with `CLIENT UNBLOCK`);
+//! 2. let running steps finish until `SHUTDOWN_TIMEOUT_MS` (a second signal skips this);
+//! 3. interrupt what still runs: interrupted jobs go back to ready, not counted as an attempt;
+//! 4. let the pipeline persist and settle what finished;
+//! 5. hand back anything left in our list and deregister, unless Redis is unreachable, in which
+//!    case the jobs stay in our list and the other workers' reapers return them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::claimer::Claimer;
+use crate::config::Config;
+use crate::handler::Registry;
+use crate::health::Health;
+use crate::http::{self, AppState};
+use crate::inflight::InFlight;
+use crate::lease::Lease;
+use crate::maintenance::{Maintenance, Promoter};
+use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
+use crate::queue::{RedisQueue, SettleOp};
+use crate::runner::Runner;
+use crate::shutdown::Shutdown;
+use crate::store::Store;
+
+/// After interrupting running steps, how long the pipeline gets to persist and settle.
+const SETTLE_GRACE: Duration = Duration::from_secs(5);
+/// Startup retry pause while Redis or Postgres is unreachable.
+const STARTUP_RETRY: Duration = Duration::from_secs(2);
+
+/// A started worker.
+pub struct Running {
+    pub worker_id: String,
+    /// Where `/health` and `/metrics` are served (when enabled).
+    pub http_addr: Option<SocketAddr>,
+    pub shutdown: Shutdown,
+    done: JoinHandle<()>,
+}
+
+impl Running {
+    /// Waits for the worker to finish its shutdown.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.done.await.context("worker task failed")
+    }
+
+    /// Requests a graceful shutdown and waits for it.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.graceful.cancel();
+        self.wait().await
+    }
+}
+
+/// Connects, migrates (unless disabled) and starts the worker. Returns once it is claiming, or
+/// `None` if shutdown was requested while still waiting for Redis or Postgres.
+pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> anyhow::Result<Option<Running>> {
+    let config = Arc::new(config);
+    let stop = &shutdown.graceful;
+    let Some(queue) = retry_until("connect to Redis", stop, || {
+        RedisQueue::connect(config.redis_url.expose(), &config.queue_key)
+    })
+    .await
+    else {
+        return Ok(None);
+    };
+    let store = Store::connect_lazy(config.database_url.expose(), config.database_pool_size).context("DATABASE_URL")?;
+    if config.database_migrate
+        && retry_until("run database migrations", stop, || store.migrate())
+            .await
+            .is_none()
+    {
+        return Ok(None);
+    }
+    warn_about_redis_policy(&queue).await;
+
+    let lease = Arc::new(Lease::new(queue.keys(), config.worker_deadline));
+    let worker_id = lease.identity().wid.clone();
+    let metrics = Arc::new(Metrics::new(&worker_id));
+    metrics.concurrency.set(config.concurrency as i64);
+    let health = Arc::new(Health::default());
+    let inflight = Arc::new(InFlight::default());
+    let promoter = Arc::new(Promoter::default());
+    let slots = Arc::new(Semaphore::new(config.concurrency));
+    let maintenance = Arc::new(Maintenance {
+        config: config.clone(),
+        queue: queue.clone(),
+        store: store.clone(),
+        lease: lease.clone(),
+        metrics: metrics.clone(),
+        health: health.clone(),
+        inflight: inflight.clone(),
+        promoter: promoter.clone(),
+    });
+    if retry_until("register the worker", stop, || maintenance.register())
+        .await
+        .is_none()
+    {
+        return Ok(None);
+    }
+
+    let http_stop = CancellationToken::new();
+    let http_addr = if config.health_check_enabled {
+        let listener = tokio::net::TcpListener::bind(("0.0.0.0", config.health_check_port))
+            .await
+            .with_context(|| format!("cannot listen on HEALTH_CHECK_PORT {}", config.health_check_port))?;
+        let addr = listener.local_addr()?;
+        let state = AppState {
+            config: config.clone(),
+            health: health.clone(),
+            metrics: metrics.clone(),
+            queue: queue.clone(),
+            store: store.clone(),
+            lease: lease.clone(),
+            slots: slots.clone(),
+        };
+        let stop = http_stop.clone();
+        tokio::spawn(async move {
+            if let Err(e) = http::serve(listener, state, stop).await {
+                tracing::error!(error = %e, "the HTTP server stopped");
+            }
+        });
+        Some(addr)
+    } else {
+        None
+    };
+
+    let background = CancellationToken::new();
+    let heartbeat = {
+        let (m, stop) = (maintenance.clone(), background.clone());
+        tokio::spawn(async move { m.run_heartbeat(stop).await })
+    };
+    let promoter_task = {
+        let (p, q, m, stop) = (promoter.clone(), queue.clone(), metrics.clone(), background.clone());
+        tokio::spawn(async move { p.run(q, m, stop).await })
+    };
+    let (finished_tx, finished_rx) = tokio::sync::mpsc::unbounded_channel();
+    let give_up = CancellationToken::new();
+    let pipeline = Pipeline {
+        store: store.clone(),
+        queue: queue.clone(),
+        lease: lease.clone(),
+        metrics: metrics.clone(),
+        health: health.clone(),
+        promoter: promoter.clone(),
+        batch_size: config.persist_batch_size,
+    };
+    let pipeline_task = tokio::spawn(pipeline.run(finished_rx, give_up.clone()));
+    let tasks = TaskTracker::new();
+    let blocking_id = Arc::new(AtomicI64::new(0));
+    let claimer = Claimer {
+        config: config.clone(),
+        queue: queue.clone(),
+        lease: lease.clone(),
+        metrics: metrics.clone(),
+        health: health.clone(),
+        inflight: inflight.clone(),
+        slots: slots.clone(),
+        runner: Arc::new(Runner {
+            config: config.clone(),
+            registry,
+            metrics: metrics.clone(),
+        }),
+        finished: finished_tx,
+        tasks: tasks.clone(),
+        blocking_id: blocking_id.clone(),
+    };
+    let claim_stop = CancellationToken::new();
+    let claimer_task = tokio::spawn(claimer.run(claim_stop.clone()));
+    health.set_started();
+    tracing::info!(worker_id = %worker_id, queue = %config.queue_key, concurrency = config.concurrency, http = ?http_addr, "worker started");
+
+    let drain = Drain {
+        config: config.clone(),
+        queue,
+        lease,
+        health,
+        slots,
+        tasks,
+        blocking_id,
+        claim_stop,
+        give_up,
+        background,
+        http_stop,
+    };
+    let sd = shutdown.clone();
+    let done = tokio::spawn(async move {
+        sd.graceful.cancelled().await;
+        drain
+            .run(&sd, claimer_task, pipeline_task, vec![heartbeat, promoter_task])
+            .await;
+    });
+    Ok(Some(Running {
+        worker_id,
+        http_addr,
+        shutdown,
+        done,
+    }))
+}
+
+/// Runs the worker until shutdown completes: what `step-worker run` does.
+pub async fn run(config: Config, registry: Registry, shutdown: Shutdown) -> anyhow::Result<()> {
+    match start(config, registry, shutdown).await? {
+        Some(running) => running.wait().await,
+        None => Ok(()),
+    }
+}
+
+struct Drain {
+    config: Arc<Config>,
+    queue: RedisQueue,
+    lease: Arc<Lease>,
+    health: Arc<Health>,
+    slots: Arc<Semaphore>,
+    tasks: TaskTracker,
+    blocking_id: Arc<AtomicI64>,
+    claim_stop: CancellationToken,
+    give_up: CancellationToken,
+    background: CancellationToken,
+    http_stop: CancellationToken,
+}
+
+impl Drain {
+    async fn run(
+        self,
+        shutdown: &Shutdown,
+        claimer: JoinHandle<()>,
+        pipeline: JoinHandle<()>,
+        background: Vec<JoinHandle<()>>,
+    ) {
+        self.health.set_draining();
+        self.claim_stop.cancel();
+        self.stop_claimer(claimer).await;
+
+        let concurrency = self.config.concurrency as u32;
+        let all_settled = || self.slots.acquire_many(concurrency);
+        let finished = tokio::select! {
+            r = all_settled() => r.is_ok(),
+            _ = tokio::time::sleep(self.config.shutdown_timeout) => false,
+            _ = shutdown.hard.cancelled() => false,
+        };
+        if !finished {
+            tracing::warn!(
+                running = self.tasks.len(),
+                "steps still running at the end of the drain: handing them back"
+            );
+            self.lease.interrupt_all();
+            let _ = tokio::time::timeout(SETTLE_GRACE, all_settled()).await;
+        }
+        self.give_up.cancel();
+        self.tasks.close();
+        let _ = tokio::time::timeout(SETTLE_GRACE, self.tasks.wait()).await;
+        let _ = tokio::time::timeout(SETTLE_GRACE, pipeline).await;
+        self.hand_back_and_deregister().await;
+        self.background.cancel();
+        for task in background {
+            let _ = task.await;
+        }
+        self.http_stop.cancel();
+        tracing::info!("worker stopped");
+    }
+
+    /// Wakes the blocked `BLMOVE` until the claim loop has exited (a wake-up sent just before the
+    /// call starts would be missed, so it is repeated).
+    async fn stop_claimer(&self, mut claimer: JoinHandle<()>) {
+        loop {
+            let id = self.blocking_id.load(Ordering::SeqCst);
+            if id != 0 {
+                let _ = tokio::time::timeout(Duration::from_secs(1), self.queue.unblock(id)).await;
+            }
+            tokio::select! {
+                _ = &mut claimer => return,
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+        }
+    }
+
+    /// Whatever is still in our list (a settle that failed, a stray) goes back to ready; then we
+    /// leave the registry. With jobs left and Redis unreachable we stay registered, so the reaper
+    /// will find and return them.
+    async fn hand_back_and_deregister(&self) {
+        let id = self.lease.identity();
+        let Ok(left) = self.queue.list(&id.proc_key).await else {
+            return tracing::warn!("Redis unreachable at exit: this worker's jobs will be recovered by the others");
+        };
+        let ops: Vec<SettleOp> = left.into_iter().map(|p| SettleOp::Requeue(p.into())).collect();
+        if !ops.is_empty() {
+            if self.queue.settle(&id.proc_key, &ops).await.is_err() {
+                return tracing::warn!("handing back jobs failed: they will be recovered by the other workers");
+            }
+            tracing::info!(count = ops.len(), "handed jobs back to the queue");
+        }
+        if let Err(e) = self.queue.deregister(&id.wid).await {
+            tracing::warn!(error = %e, "deregistration failed; the registry entry expires by itself");
+        }
+    }
+}
+
+/// Retries `op` until it succeeds or `stop` is cancelled (`None`). Used at startup, where an
+/// unreachable dependency is waited for rather than fatal: platforms restart crashed containers
+/// in a tight loop, which helps nobody.
+async fn retry_until<T, E, F, Fut>(what: &str, stop: &CancellationToken, mut op: F) -> Option<T>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    loop {
+        match op().await {
+            Ok(v) => return Some(v),
+            Err(e) => tracing::warn!(error = %e, "cannot {what} yet; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(STARTUP_RETRY) => {}
+            _ = stop.cancelled() => return None,
+        }
+    }
+}
+
+/// An evicting policy silently deletes queue data; say so loudly at startup.
+async fn warn_about_redis_policy(queue: &RedisQueue) {
+    match queue.maxmemory_policy().await.as_deref() {
+        Some("noeviction") | None => {}
+        Some(policy) => tracing::error!(
+            policy,
+            "Redis maxmemory-policy is not noeviction: under memory pressure Redis will silently delete queued jobs; set maxmemory-policy noeviction"
+        ),
+    }
+}

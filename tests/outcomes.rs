@@ -1,0 +1,230 @@
+//! Each outcome of a job, asserted on what lands in Postgres and what is left in Redis.
+
+mod common;
+
+use std::time::Duration;
+
+use common::TestEnv;
+use serde_json::json;
+use step_worker::backoff::min_retry_delay;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn assert_redis_drained(env: &TestEnv) {
+    assert_eq!(env.ready_len().await, 0, "ready list");
+    assert_eq!(env.in_flight_len().await, 0, "in-flight lists");
+    assert_eq!(env.zcard(&env.key("delayed")).await, 0, "delayed set");
+}
+
+#[tokio::test]
+async fn successful_job_is_persisted_once_and_removed_from_redis() {
+    let env = TestEnv::new().await;
+    let worker = env.start(&[]).await;
+    env.push_job("ok-1", "builtin.noop", json!({"hello": "world"})).await;
+    let row = env.wait_result("ok-1", WAIT).await;
+    assert_eq!(row.status, "succeeded");
+    assert_eq!(row.attempts, 1);
+    assert_eq!(row.output, Some(json!({"hello": "world"})));
+    assert_eq!(row.worker_id, worker.worker_id);
+    common::wait_for("the job to leave Redis", WAIT, || async {
+        env.in_flight_len().await == 0
+    })
+    .await;
+    assert_redis_drained(&env).await;
+    assert!(env.attempts("ok-1").await.is_empty());
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn failing_job_is_retried_with_backoff_then_succeeds() {
+    let env = TestEnv::new().await;
+    let worker = env.start(&[("RETRY_BACKOFF_MS", "200")]).await;
+    env.push_job("retry-1", "builtin.fail", json!({"times": 2, "message": "flaky"}))
+        .await;
+    let row = env.wait_result("retry-1", WAIT).await;
+    assert_eq!(row.status, "succeeded");
+    assert_eq!(row.attempts, 3);
+    let attempts = env.attempts("retry-1").await;
+    assert_eq!(attempts.iter().map(|a| a.attempt).collect::<Vec<_>>(), vec![1, 2]);
+    assert!(
+        attempts
+            .iter()
+            .all(|a| a.outcome == "failed" && a.error.as_deref() == Some("flaky"))
+    );
+    // The second attempt started no sooner than the backoff after the first failed.
+    let gap = (attempts[1].started_at - attempts[0].finished_at).to_std().unwrap();
+    let min = min_retry_delay(1, Duration::from_millis(200), Duration::from_secs(2));
+    assert!(gap >= min, "gap {gap:?} shorter than the backoff lower bound {min:?}");
+    common::wait_for("redis drained", WAIT, || async { env.in_flight_len().await == 0 }).await;
+    assert_redis_drained(&env).await;
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn exhausted_retries_dead_letter_the_job() {
+    let env = TestEnv::new().await;
+    let worker = env.start(&[("MAX_RETRY_ATTEMPTS", "2")]).await;
+    env.push_job("exhaust-1", "builtin.fail", json!({"message": "always"}))
+        .await;
+    let row = env.wait_result("exhaust-1", WAIT).await;
+    assert_eq!(row.status, "dead");
+    assert_eq!(row.attempts, 3, "1 + MAX_RETRY_ATTEMPTS");
+    assert!(row.error.unwrap().contains("retries_exhausted"));
+    assert_eq!(env.attempts("exhaust-1").await.len(), 3);
+    let letters = env.dead_letters().await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].job_id.as_deref(), Some("exhaust-1"));
+    assert_eq!(letters[0].reason, "retries_exhausted");
+    assert_eq!(letters[0].attempts, 3);
+    common::wait_for("redis drained", WAIT, || async { env.in_flight_len().await == 0 }).await;
+    assert_redis_drained(&env).await;
+    assert_eq!(
+        env.redis.clone().hlen::<_, i64>(env.key("attempts")).await.unwrap(),
+        0,
+        "attempt counters are cleaned up"
+    );
+    worker.stop().await.unwrap();
+}
+
+use redis::AsyncCommands;
+
+#[tokio::test]
+async fn job_max_retries_overrides_the_default() {
+    let env = TestEnv::new().await;
+    let worker = env.start(&[("MAX_RETRY_ATTEMPTS", "5")]).await;
+    env.push(r#"{"id":"override-1","step":"builtin.fail","max_retries":0}"#)
+        .await;
+    let row = env.wait_result("override-1", WAIT).await;
+    assert_eq!((row.status.as_str(), row.attempts), ("dead", 1));
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn permanent_failure_is_dead_lettered_without_retries() {
+    let env = TestEnv::new().await;
+    let worker = env.start(&[]).await;
+    env.push_job(
+        "perm-1",
+        "builtin.fail",
+        json!({"permanent": true, "message": "bad input"}),
+    )
+    .await;
+    let row = env.wait_result("perm-1", WAIT).await;
+    assert_eq!((row.status.as_str(), row.attempts), ("dead", 1));
+    let letters = env.dead_letters().await;
+    assert_eq!(letters[0].reason, "permanent_failure");
+    assert_eq!(letters[0].error.as_deref(), Some("bad input"));
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn timed_out_attempt_is_recorded_and_retried() {
+    let env = TestEnv::new().await;
+    let worker = env.start(&[]).await;
+    env.push(r#"{"id":"slow-1","step":"builtin.sleep","input":{"ms":10000},"timeout_ms":100,"max_retries":1}"#)
+        .await;
+    let row = env.wait_result("slow-1", WAIT).await;
+    assert_eq!((row.status.as_str(), row.attempts), ("dead", 2));
+    let attempts = env.attempts("slow-1").await;
+    assert_eq!(attempts.len(), 2, "the timed-out first attempt was retried");
+    for a in &attempts {
+        assert_eq!(a.outcome, "timed_out");
+        let took = (a.finished_at - a.started_at).to_std().unwrap();
+        assert!(
+            took < Duration::from_secs(2),
+            "the step was cut at its timeout, took {took:?}"
+        );
+    }
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn panicking_step_is_a_failed_attempt_and_the_worker_lives_on() {
+    let env = TestEnv::new().await;
+    let worker = env.start(&[]).await;
+    env.push(r#"{"id":"panic-1","step":"builtin.panic","max_retries":1}"#)
+        .await;
+    let row = env.wait_result("panic-1", WAIT).await;
+    assert_eq!((row.status.as_str(), row.attempts), ("dead", 2));
+    let attempts = env.attempts("panic-1").await;
+    assert!(
+        attempts
+            .iter()
+            .all(|a| a.outcome == "panicked" && a.error.as_deref().unwrap().contains("panicked"))
+    );
+    env.push_job("after-panic", "builtin.noop", json!(1)).await;
+    assert_eq!(env.wait_result("after-panic", WAIT).await.status, "succeeded");
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_payloads_are_dead_lettered_with_the_reason() {
+    let env = TestEnv::new().await;
+    let worker = env.start(&[]).await;
+    env.push("{not json").await;
+    env.push(r#"{"step":"builtin.noop"}"#).await;
+    env.push(r#"{"id":"nostep-1"}"#).await;
+    env.push(r#"{"id":"unknown-1","step":"no.such.step"}"#).await;
+    env.push("\u{0}\u{1}binary").await;
+    env.wait_count("5 dead letters", "SELECT count(*) FROM step_dead_letters", 5, WAIT)
+        .await;
+    let letters = env.dead_letters().await;
+    let find = |needle: &str| {
+        letters
+            .iter()
+            .find(|l| String::from_utf8_lossy(&l.payload).contains(needle))
+            .unwrap()
+            .clone()
+    };
+    let invalid = find("{not json");
+    assert_eq!(invalid.reason, "invalid_json");
+    let no_id = find(r#"{"step":"builtin.noop"}"#);
+    assert_eq!(no_id.reason, "invalid_envelope");
+    assert!(no_id.error.unwrap().contains("missing required field `id`"));
+    let no_step = find("nostep-1");
+    assert_eq!(
+        (no_step.reason.as_str(), no_step.job_id.as_deref()),
+        ("invalid_envelope", Some("nostep-1"))
+    );
+    assert!(no_step.error.unwrap().contains("`step`"));
+    let unknown = find("unknown-1");
+    assert_eq!(unknown.reason, "unknown_step");
+    assert!(unknown.error.unwrap().contains("no.such.step"));
+    // An unknown step is a valid job: it also gets its dead result row. Malformed payloads do
+    // not (their id, if any, cannot be trusted to be a job's).
+    assert_eq!(env.result("unknown-1").await.unwrap().status, "dead");
+    assert!(env.result("nostep-1").await.is_none());
+    common::wait_for("redis drained", WAIT, || async { env.in_flight_len().await == 0 }).await;
+    assert_redis_drained(&env).await;
+    env.push_job("still-alive", "builtin.noop", json!(null)).await;
+    assert_eq!(env.wait_result("still-alive", WAIT).await.status, "succeeded");
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn output_with_nul_characters_is_stored() {
+    let env = TestEnv::new().await;
+    let worker = env.start(&[]).await;
+    env.push(r#"{"id":"nul-1","step":"builtin.noop","input":{"s":"a\u0000b"}}"#)
+        .await;
+    let row = env.wait_result("nul-1", WAIT).await;
+    assert_eq!(row.status, "succeeded");
+    assert_eq!(row.output, Some(json!({"s": "a\u{FFFD}b"})));
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn native_handler_registered_by_the_embedding_application_runs() {
+    let env = TestEnv::new().await;
+    let registry = step_worker::Registry::new().register(
+        "math.double",
+        |ctx: step_worker::StepContext, input: serde_json::Value| async move {
+            Ok(json!({ "double": input["n"].as_i64().unwrap_or(0) * 2, "attempt": ctx.attempt }))
+        },
+    );
+    let worker = env.start_with(&[], registry).await;
+    env.push_job("native-1", "math.double", json!({"n": 21})).await;
+    let row = env.wait_result("native-1", WAIT).await;
+    assert_eq!(row.output, Some(json!({"double": 42, "attempt": 1})));
+    worker.stop().await.unwrap();
+}
