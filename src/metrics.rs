@@ -33,6 +33,7 @@ pub struct Metrics {
     pub fenced: IntCounter,
     pub persist_batch: Histogram,
     pub live_workers: IntGauge,
+    pub redis_policy: IntGaugeVec,
 }
 
 impl Metrics {
@@ -131,6 +132,20 @@ impl Metrics {
             "Workers registered on this queue at scrape time.",
         )
         .unwrap();
+        let redis_policy = IntGaugeVec::new(
+            Opts::new(
+                "step_worker_redis_maxmemory_policy",
+                "1 for the Redis maxmemory-policy seen at startup (\"unknown\" when CONFIG is not allowed); anything but noeviction can silently delete queued jobs.",
+            ),
+            &["policy"],
+        )
+        .unwrap();
+        let memory_limit = IntGauge::new(
+            "step_worker_memory_limit_bytes",
+            "The container's memory limit from its cgroup (0 when unlimited or unknown), for memory alerts.",
+        )
+        .unwrap();
+        memory_limit.set(cgroup_memory_limit().unwrap_or(0));
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "step_worker_build_info",
@@ -158,6 +173,8 @@ impl Metrics {
             Box::new(fenced.clone()),
             Box::new(persist_batch.clone()),
             Box::new(live_workers.clone()),
+            Box::new(redis_policy.clone()),
+            Box::new(memory_limit),
             Box::new(build_info),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -182,6 +199,7 @@ impl Metrics {
             fenced,
             persist_batch,
             live_workers,
+            redis_policy,
         }
     }
 
@@ -197,4 +215,18 @@ impl Metrics {
     pub fn job(&self, step: &str, outcome: &str) {
         self.jobs.with_label_values(&[step, outcome]).inc();
     }
+}
+
+/// The cgroup memory limit (v2 `memory.max`, else v1 `memory.limit_in_bytes`); `None` when
+/// unlimited or not in a cgroup.
+fn cgroup_memory_limit() -> Option<i64> {
+    [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .find_map(|p| std::fs::read_to_string(p).ok())
+    .and_then(|s| s.trim().parse::<i64>().ok())
+    // cgroup v1 reports "unlimited" as a huge page-aligned number.
+    .filter(|n| *n > 0 && *n < i64::MAX / 2)
 }

@@ -84,12 +84,16 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
     {
         return Ok(None);
     }
-    warn_about_redis_policy(&queue).await;
 
     let lease = Arc::new(Lease::new(queue.keys(), config.worker_deadline));
     let worker_id = lease.identity().wid.clone();
     let metrics = Arc::new(Metrics::new(&worker_id));
     metrics.concurrency.set(config.concurrency as i64);
+    let policy = warn_about_redis_policy(&queue).await;
+    metrics
+        .redis_policy
+        .with_label_values(&[policy.as_deref().unwrap_or("unknown")])
+        .set(1);
     let health = Arc::new(Health::default());
     let inflight = Arc::new(InFlight::default());
     let promoter = Arc::new(Promoter::default());
@@ -330,12 +334,13 @@ where
 }
 
 /// An evicting policy silently deletes queue data; say so loudly at startup.
-async fn warn_about_redis_policy(queue: &RedisQueue) {
-    match queue.maxmemory_policy().await.as_deref() {
-        Some("noeviction") | None => {}
-        Some(policy) => tracing::error!(
-            policy,
+async fn warn_about_redis_policy(queue: &RedisQueue) -> Option<String> {
+    let policy = queue.maxmemory_policy().await;
+    if let Some(p) = policy.as_deref().filter(|p| *p != "noeviction") {
+        tracing::error!(
+            policy = p,
             "Redis maxmemory-policy is not noeviction: under memory pressure Redis will silently delete queued jobs; set maxmemory-policy noeviction"
-        ),
+        );
     }
+    policy
 }
