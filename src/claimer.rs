@@ -116,7 +116,7 @@ impl Claimer {
             permits.truncate(1);
         }
         if blocking.is_none() {
-            match self.queue.blocking_conn(self.config.claim_block).await {
+            match self.queue.blocking_conn(self.config.claim_block, &identity.wid).await {
                 Ok(conn) => {
                     self.blocking_id.store(conn.client_id(), Ordering::SeqCst);
                     *blocking = Some(conn);

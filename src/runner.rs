@@ -50,7 +50,6 @@ impl Runner {
             Ok(job) => job,
             Err((err, salvage)) => {
                 tracing::warn!(job.id = salvage.id.as_deref(), reason = err.reason(), error = %err, "malformed payload dead-lettered");
-                self.metrics.job(INVALID, "dead");
                 let letter = DeadLetterRecord {
                     id: Uuid::now_v7(),
                     job_id: salvage.id,
@@ -83,7 +82,6 @@ impl Runner {
     async fn run_job(&self, claimed: Claimed, job: Job, attempt: u32, cancel: CancellationToken) -> Finished {
         let Some(handler) = self.registry.resolve(&job.step) else {
             tracing::warn!("no handler for step; dead-lettered");
-            self.metrics.job(UNKNOWN, "dead");
             let error = format!("unknown step `{}`: no handler is registered for it", job.step);
             return self.dead(claimed, &job, UNKNOWN.into(), "unknown_step", error, 0, None);
         };

@@ -120,14 +120,24 @@ impl RedisQueue {
         &self.keys
     }
 
-    /// A connection reserved for blocking claims.
-    pub async fn blocking_conn(&self, block: Duration) -> RedisResult<BlockingConn> {
+    /// A connection reserved for blocking claims, named after the worker so `CLIENT LIST` shows
+    /// who is waiting.
+    pub async fn blocking_conn(&self, block: Duration, wid: &str) -> RedisResult<BlockingConn> {
         let config = AsyncConnectionConfig::new()
             .set_response_timeout(Some(block + BLOCKING_SLACK))
             .set_connection_timeout(Some(COMMAND_TIMEOUT));
         let mut conn = self
             .client
             .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        let name: String = format!("step-worker:{wid}")
+            .chars()
+            .map(|c| if c.is_ascii_graphic() { c } else { '_' })
+            .collect();
+        redis::cmd("CLIENT")
+            .arg("SETNAME")
+            .arg(name)
+            .query_async::<()>(&mut conn)
             .await?;
         let client_id: i64 = redis::cmd("CLIENT").arg("ID").query_async(&mut conn).await?;
         Ok(BlockingConn {

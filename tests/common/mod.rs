@@ -44,7 +44,7 @@ pub struct TestEnv {
     pub database_url: String,
     admin_url: String,
     db_name: String,
-    pub redis: redis::aio::MultiplexedConnection,
+    pub redis: redis::aio::ConnectionManager,
     pub pg: PgPool,
 }
 
@@ -67,8 +67,9 @@ impl TestEnv {
         let database_url = with_database(admin_url, &db_name);
         let pg = PgPool::connect(&database_url).await.unwrap();
         let client = redis::Client::open(redis_url).unwrap();
+        // A connection manager reconnects by itself, which tests that restart Redis rely on.
         let redis = client
-            .get_multiplexed_async_connection()
+            .get_connection_manager()
             .await
             .expect("connect to the test Redis");
         TestEnv {
@@ -122,8 +123,13 @@ impl TestEnv {
             .expect("worker was not stopped during startup")
     }
 
+    /// `LPUSH`es a payload. After a Redis restart the first command on the old connection fails
+    /// while the manager reconnects, so it is tried again once.
     pub async fn push(&self, payload: &str) {
-        let _: i64 = self.redis.clone().lpush(&self.queue_key, payload).await.unwrap();
+        let mut conn = self.redis.clone();
+        if conn.lpush::<_, _, i64>(&self.queue_key, payload).await.is_err() {
+            let _: i64 = conn.lpush(&self.queue_key, payload).await.unwrap();
+        }
     }
 
     pub async fn push_job(&self, id: &str, step: &str, input: Value) {

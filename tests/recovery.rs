@@ -1,0 +1,190 @@
+//! Crash recovery, fencing, poison pills and sharing one queue between workers.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::TestEnv;
+use redis::AsyncCommands;
+use serde_json::json;
+use step_worker::queue::{BeatMode, BeatStatus, RedisQueue, SettleOp, sha1_hex};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A worker process that is SIGKILLed when dropped, so a failing test leaves nothing behind.
+struct WorkerProcess(Child);
+
+impl WorkerProcess {
+    fn spawn(env: &TestEnv, extra: &[(&str, &str)]) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_step-worker"))
+            .env_clear()
+            .envs(env.vars())
+            .envs(extra.iter().copied())
+            .env("LOG_LEVEL", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        WorkerProcess(child)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test]
+async fn jobs_of_a_killed_worker_are_completed_by_another_exactly_once() {
+    let env = TestEnv::new().await;
+    let mut doomed = WorkerProcess::spawn(&env, &[("WORKER_CONCURRENCY", "8")]);
+    for i in 0..5 {
+        env.push_job(&format!("crash-{i}"), "builtin.sleep", json!({"ms": 1500}))
+            .await;
+    }
+    common::wait_for("the doomed worker to claim all five", WAIT, || async {
+        env.in_flight_len().await == 5
+    })
+    .await;
+    doomed.kill();
+    assert_eq!(
+        env.count("SELECT count(*) FROM step_results").await,
+        0,
+        "killed before finishing"
+    );
+
+    let rescuer = env.start(&[]).await;
+    env.wait_count("five rows", "SELECT count(*) FROM step_results", 5, WAIT)
+        .await;
+    for i in 0..5 {
+        let row = env.result(&format!("crash-{i}")).await.unwrap();
+        assert_eq!(
+            (row.status.as_str(), row.attempts),
+            ("succeeded", 1),
+            "a crash is not a failed attempt"
+        );
+        assert_eq!(row.worker_id, rescuer.worker_id);
+    }
+    common::wait_for("redis drained", WAIT, || async { env.in_flight_len().await == 0 }).await;
+    assert_eq!(env.ready_len().await, 0);
+    let (_, metrics) = common::get(&format!("http://{}/metrics", rescuer.http_addr.unwrap())).await;
+    assert_eq!(common::metric(&metrics, "step_worker_recovered_jobs_total"), Some(5.0));
+    rescuer.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn two_workers_on_one_queue_share_it_without_duplicate_rows() {
+    let env = TestEnv::new().await;
+    let a = env
+        .start(&[("WORKER_CONCURRENCY", "4"), ("CLAIM_BATCH_SIZE", "2")])
+        .await;
+    let b = env
+        .start(&[("WORKER_CONCURRENCY", "4"), ("CLAIM_BATCH_SIZE", "2")])
+        .await;
+    for i in 0..300 {
+        env.push_job(&format!("shared-{i}"), "builtin.sleep", json!({"ms": 2}))
+            .await;
+    }
+    env.wait_count("300 rows", "SELECT count(*) FROM step_results", 300, WAIT)
+        .await;
+    assert_eq!(env.count("SELECT count(DISTINCT job_id) FROM step_results").await, 300);
+    let by_a: i64 = sqlx::query_scalar("SELECT count(*) FROM step_results WHERE worker_id = $1")
+        .bind(&a.worker_id)
+        .fetch_one(&env.pg)
+        .await
+        .unwrap();
+    assert!(by_a > 0 && by_a < 300, "both workers took part (a ran {by_a})");
+    common::wait_for("redis drained", WAIT, || async { env.in_flight_len().await == 0 }).await;
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_reaped_worker_can_no_longer_settle_its_jobs() {
+    let env = TestEnv::new().await;
+    let queue = RedisQueue::connect(&env.redis_url, &env.queue_key).await.unwrap();
+    let keys = queue.keys().clone();
+    let wid = "ghost-host:1:deadbeef";
+    let proc = keys.proc(wid);
+    queue
+        .heartbeat(wid, Duration::from_millis(50), BeatMode::Register, Duration::ZERO)
+        .await
+        .unwrap();
+    env.push_job("fenced-1", "builtin.noop", json!(null)).await;
+    let claimed = queue.claim(wid, &proc, 1, &[]).await.unwrap();
+    assert_eq!(claimed.jobs.len(), 1);
+    let payload = claimed.jobs[0].0.clone();
+
+    // Its deadline passes without a beat: any live worker may reap it.
+    common::wait_for("the ghost's deadline to pass", WAIT, || async {
+        queue.reap(wid, Duration::ZERO, 3).await.unwrap() == Some((1, 0))
+    })
+    .await;
+    assert_eq!(env.ready_len().await, 1, "the job is back in ready");
+    // Every exit path of the stale worker is now a no-op…
+    assert_eq!(
+        queue.settle(&proc, &[SettleOp::Done(payload.clone())]).await.unwrap(),
+        vec![false]
+    );
+    assert_eq!(
+        queue
+            .settle(&proc, &[SettleOp::Retry(payload.clone(), Duration::ZERO)])
+            .await
+            .unwrap(),
+        vec![false]
+    );
+    assert_eq!(
+        queue.settle(&proc, &[SettleOp::Requeue(payload)]).await.unwrap(),
+        vec![false]
+    );
+    assert_eq!(env.ready_len().await, 1, "no duplicate was pushed");
+    assert_eq!(env.zcard(&env.key("delayed")).await, 0);
+    // …it learns it was reaped on its next beat, and cannot claim under the old identity.
+    let beat = queue
+        .heartbeat(wid, Duration::from_secs(5), BeatMode::Beat, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(beat.status, BeatStatus::Reaped);
+    assert!(queue.claim(wid, &proc, 1, &[]).await.unwrap().fenced);
+}
+
+#[tokio::test]
+async fn a_job_that_keeps_killing_its_workers_is_dead_lettered_after_max_recoveries() {
+    let env = TestEnv::new().await;
+    let mut redis = env.redis.clone();
+    let poison = r#"{"id":"poison-1","step":"builtin.noop"}"#;
+    let healthy = r#"{"id":"healthy-1","step":"builtin.noop"}"#;
+    // Two dead workers: one held the poison job, already recovered 3 times; one a healthy job.
+    for (wid, payload, recoveries) in [("dead-a:1:01", poison, 3), ("dead-b:1:02", healthy, 0)] {
+        let _: () = redis.zadd(env.key("workers"), wid, 0).await.unwrap();
+        let _: () = redis.lpush(env.key(&format!("proc:{wid}")), payload).await.unwrap();
+        let _: () = redis
+            .hset(env.key("interrupts"), sha1_hex(payload.as_bytes()), recoveries)
+            .await
+            .unwrap();
+    }
+    let worker = env.start(&[("MAX_RECOVERIES", "3")]).await;
+    let row = env.wait_result("poison-1", WAIT).await;
+    assert_eq!(row.status, "dead");
+    assert!(row.error.unwrap().contains("interrupted"));
+    let letters = env.dead_letters().await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(
+        (letters[0].reason.as_str(), letters[0].job_id.as_deref()),
+        ("interrupted", Some("poison-1"))
+    );
+    assert_eq!(letters[0].payload, poison.as_bytes());
+    assert_eq!(env.wait_result("healthy-1", WAIT).await.status, "succeeded");
+    common::wait_for("the poison outbox to empty", WAIT, || async {
+        env.llen(&env.key("poison")).await == 0
+    })
+    .await;
+    worker.stop().await.unwrap();
+}

@@ -1,0 +1,70 @@
+//! Graceful shutdown: finished work is persisted, unfinished work goes back to the queue.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::TestEnv;
+use redis::AsyncCommands;
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+async fn shutdown_persists_finished_jobs_and_hands_back_unfinished_ones() {
+    let env = TestEnv::new().await;
+    let worker = env
+        .start(&[("SHUTDOWN_TIMEOUT_MS", "1000"), ("CLAIM_BLOCK_MS", "30000")])
+        .await;
+    let http = worker.http_addr.unwrap();
+    env.push_job("quick", "builtin.sleep", json!({"ms": 300})).await;
+    env.push_job("slow", "builtin.sleep", json!({"ms": 60000})).await;
+    common::wait_for("both jobs claimed", WAIT, || async { env.in_flight_len().await == 2 }).await;
+
+    let started = Instant::now();
+    worker.shutdown.graceful.cancel();
+    // While draining, the platform sees the worker as not ready.
+    let (code, body) = common::get(&format!("http://{http}/health")).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("\"draining\":true"), "{body}");
+    worker.wait().await.unwrap();
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(8),
+        "shutdown took {took:?} (timeout 1 s, blocked claim woken)"
+    );
+
+    assert_eq!(env.result("quick").await.unwrap().status, "succeeded");
+    assert!(env.result("slow").await.is_none());
+    let ready: Vec<String> = env.redis.clone().lrange(&env.queue_key, 0, -1).await.unwrap();
+    assert_eq!(ready.len(), 1);
+    assert!(ready[0].contains("\"slow\""));
+    assert_eq!(env.in_flight_len().await, 0);
+    let counted: i64 = env.redis.clone().hlen(env.key("attempts")).await.unwrap();
+    assert_eq!(counted, 0, "a handed-back job is not counted as an attempt");
+    assert_eq!(env.zcard(&env.key("workers")).await, 0, "deregistered");
+    assert!(env.attempts("slow").await.is_empty());
+}
+
+#[tokio::test]
+async fn idle_worker_stops_promptly_despite_a_long_blocking_claim() {
+    let env = TestEnv::new().await;
+    let worker = env.start(&[("CLAIM_BLOCK_MS", "60000")]).await;
+    common::wait_for("the claim loop to block", WAIT, || async {
+        let clients: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query_async(&mut env.redis.clone())
+            .await
+            .unwrap();
+        let name = format!("name=step-worker:{}", worker.worker_id);
+        clients.lines().any(|l| l.contains(&name) && l.contains("cmd=blmove"))
+    })
+    .await;
+    let started = Instant::now();
+    worker.stop().await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+}
