@@ -123,7 +123,9 @@ impl Lease {
             .last_ok_sent
             .is_some_and(|t| sent.duration_since(t) >= self.fence_after());
         s.last_ok_sent = Some(sent);
-        s.streak_since.get_or_insert(sent);
+        // The streak counts from when Redis answered, not from when we asked: a beat sent during an
+        // outage and answered after it proves nothing about the time in between.
+        s.streak_since.get_or_insert_with(Instant::now);
         if s.exec.is_cancelled() {
             s.exec = CancellationToken::new();
         }

@@ -71,11 +71,16 @@ impl Maintenance {
     pub async fn beat_once(&self) {
         let id = self.lease.identity();
         let sent = Instant::now();
-        match self
+        // A beat that hangs (Redis gone, connection being re-established) must not delay the next
+        // one: each beat gets one interval, and the script is idempotent, so giving up is safe.
+        let beat = self
             .queue
-            .heartbeat(&id.wid, self.config.worker_deadline, BeatMode::Beat, self.grace())
-            .await
-        {
+            .heartbeat(&id.wid, self.config.worker_deadline, BeatMode::Beat, self.grace());
+        let result = match tokio::time::timeout(self.config.heartbeat_interval, beat).await {
+            Ok(r) => r,
+            Err(_) => Err(redis::RedisError::from((redis::ErrorKind::Io, "heartbeat timed out"))),
+        };
+        match result {
             Ok(beat) => self.on_beat(beat, sent).await,
             Err(e) => {
                 self.metrics.redis_errors.with_label_values(&["heartbeat"]).inc();

@@ -30,6 +30,9 @@ pub type Payload = Arc<[u8]>;
 /// Response timeout for ordinary commands and scripts. Long enough for a settle of a large batch,
 /// short enough that a dead connection is noticed within a heartbeat or two.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest pause between reconnection attempts: after an outage, workers must be back well within
+/// a heartbeat deadline, or a peer that reconnected first could judge them dead.
+const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(1);
 /// Extra time allowed for a blocking claim's reply beyond its block time.
 const BLOCKING_SLACK: Duration = Duration::from_secs(5);
 
@@ -106,7 +109,7 @@ impl RedisQueue {
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(COMMAND_TIMEOUT))
             .set_connection_timeout(Some(COMMAND_TIMEOUT))
-            .set_max_delay(Duration::from_secs(2));
+            .set_max_delay(RECONNECT_MAX_DELAY);
         let conn = client.get_connection_manager_with_config(config).await?;
         Ok(RedisQueue {
             client,

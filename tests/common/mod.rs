@@ -142,7 +142,13 @@ impl TestEnv {
     }
 
     pub async fn llen(&self, key: &str) -> i64 {
-        self.redis.clone().llen(key).await.unwrap()
+        // Retried once: after a Redis restart the first command on the old connection fails
+        // while the manager reconnects.
+        let mut c = self.redis.clone();
+        match c.llen(key).await {
+            Ok(n) => n,
+            Err(_) => c.llen(key).await.unwrap(),
+        }
     }
 
     pub async fn ready_len(&self) -> i64 {
@@ -150,17 +156,23 @@ impl TestEnv {
     }
 
     pub async fn zcard(&self, key: &str) -> i64 {
-        self.redis.clone().zcard(key).await.unwrap()
+        // Retried once: after a Redis restart the first command on the old connection fails
+        // while the manager reconnects.
+        let mut c = self.redis.clone();
+        match c.zcard(key).await {
+            Ok(n) => n,
+            Err(_) => c.zcard(key).await.unwrap(),
+        }
     }
 
     /// Total length of every worker's in-flight list.
     pub async fn in_flight_len(&self) -> i64 {
-        let keys: Vec<String> = self
-            .redis
-            .clone()
-            .keys(format!("{{{}}}:proc:*", self.queue_key))
-            .await
-            .unwrap();
+        let pattern = format!("{{{}}}:proc:*", self.queue_key);
+        let mut c = self.redis.clone();
+        let keys: Vec<String> = match c.keys(&pattern).await {
+            Ok(k) => k,
+            Err(_) => c.keys(&pattern).await.unwrap(),
+        };
         let mut n = 0;
         for k in keys {
             n += self.llen(&k).await;
