@@ -68,3 +68,39 @@ async fn idle_worker_stops_promptly_despite_a_long_blocking_claim() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn the_binary_exits_zero_on_sigterm_and_hands_back_its_running_job() {
+    let env = TestEnv::new().await;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_step-worker"))
+        .env_clear()
+        .envs(env.vars())
+        .envs([("SHUTDOWN_TIMEOUT_MS", "500"), ("LOG_LEVEL", "warn")])
+        .spawn()
+        .unwrap();
+    env.push_job("sigterm-1", "builtin.sleep", json!({"ms": 60000})).await;
+    common::wait_for("the job to be claimed", WAIT, || async {
+        env.in_flight_len().await == 1
+    })
+    .await;
+    let pid = child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < WAIT, "the worker did not exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(env.ready_len().await, 1, "the unfinished job is back in ready");
+    assert_eq!(env.in_flight_len().await, 0);
+    assert!(env.result("sigterm-1").await.is_none());
+}
