@@ -41,6 +41,7 @@ pub struct Claimer {
     pub tasks: TaskTracker,
     /// The blocking connection's server-side id, for `CLIENT UNBLOCK` at shutdown (0: none).
     pub blocking_id: Arc<AtomicI64>,
+    pub pause: Arc<crate::pause::Pause>,
 }
 
 /// What one pass of the claim loop did.
@@ -87,6 +88,8 @@ impl Claimer {
     ) -> ClaimOutcome {
         self.lease.wait_valid(stop).await;
         self.health.claim_waiting(true);
+        // Paused by an operator: running jobs finish, nothing new is claimed.
+        self.pause.wait_unpaused(stop).await;
         let first = tokio::select! {
             p = self.slots.clone().acquire_owned() => p.expect("the slot semaphore is never closed"),
             _ = stop.cancelled() => return ClaimOutcome::Stopped,

@@ -1,7 +1,10 @@
 //! Command-line interface. Every subcommand reads the same environment configuration as the
 //! daemon; `run` is the default.
 
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -35,10 +38,128 @@ pub enum Command {
         #[arg(long)]
         url: Option<String>,
     },
+    /// Queue depths, live workers with their last heartbeat, pause state.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Push jobs after validating them against the job contract.
+    Enqueue {
+        /// One job as JSON, or - to read it from standard input.
+        job: Option<String>,
+        /// A file of jobs, one JSON object per line (NDJSON).
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Let the jobs enter the queue only after this long (e.g. 30s, 5m).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        delay: Option<Duration>,
+    },
+    /// Inspect, replay and purge dead letters.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Stop every worker from claiming (running steps finish), or only jobs of one step.
+    Pause {
+        #[arg(long)]
+        step: Option<String>,
+    },
+    /// Undo `pause` (with --step: its held jobs go back to the queue).
+    Resume {
+        #[arg(long)]
+        step: Option<String>,
+    },
+    /// Move every waiting job into the dead-letter table (reason "purged"); never deletes.
+    PurgeReady {
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Enqueue a builtin.noop job and wait for its succeeded row: the deployment check.
+    Smoke {
+        /// Give up after this long.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+        timeout: Duration,
+    },
+    /// Generate load with a built-in step and report throughput and latency from the results.
+    Load {
+        /// How many jobs.
+        #[arg(long, default_value_t = 1000)]
+        jobs: u64,
+        /// Jobs per second (default: all at once).
+        #[arg(long)]
+        rate: Option<f64>,
+        #[arg(long, default_value = "builtin.noop")]
+        step: String,
+        /// The jobs' input, as JSON.
+        #[arg(long, default_value = "null")]
+        input: String,
+        /// Give up waiting for results after this long.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
+        timeout: Duration,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Validate the environment and print the effective configuration, secrets redacted.
     Check,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List dead letters, newest first.
+    List {
+        #[command(flatten)]
+        filter: DlqFilter,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long, default_value_t = 0)]
+        offset: i64,
+        /// Include dead letters already replayed.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one dead letter with its payload.
+    Show {
+        id: uuid::Uuid,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Push dead letters back onto the queue with fresh attempts (each is replayed once).
+    Replay {
+        /// Dead-letter ids (as listed); without ids, the filters select.
+        ids: Vec<uuid::Uuid>,
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// Show what would be replayed, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Delete dead letters permanently.
+    Purge {
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// Only dead letters older than this (e.g. 30d).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: Option<Duration>,
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct DlqFilter {
+    #[arg(long)]
+    pub step: Option<String>,
+    /// invalid_json, invalid_envelope, unknown_step, permanent_failure, retries_exhausted,
+    /// interrupted, unstorable, purged.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Dead since: a duration ago (2h) or an RFC 3339 time.
+    #[arg(long, value_parser = crate::admin::parse_time)]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    #[arg(long)]
+    pub run_id: Option<String>,
 }

@@ -1,11 +1,15 @@
-//! The one-shot subcommands: `migrate`, `config check`, `healthcheck`.
+//! Dispatch of the one-shot subcommands: `migrate`, `config check`, `healthcheck`, and the
+//! operator commands in [`crate::admin`].
 
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+use crate::admin::{self, Admin};
+use crate::cli::{Command, DlqCommand, DlqFilter};
 use crate::config::Config;
 use crate::store::Store;
+use crate::store::dead_letters::Filter;
 
 pub async fn migrate(config: &Config, revert: bool) -> anyhow::Result<()> {
     let store = Store::connect_lazy(config.database_url.expose(), 1).context("DATABASE_URL")?;
@@ -38,4 +42,100 @@ pub async fn healthcheck(config: &Config, url: Option<String>) -> anyhow::Result
         bail!("{url} answered {status}");
     }
     Ok(())
+}
+
+/// Runs an operator command (everything but `run`, `migrate`, `config`, `healthcheck`).
+pub async fn admin(config: Config, command: Command) -> anyhow::Result<()> {
+    let admin = Admin::connect(config).await?;
+    match command {
+        Command::Stats { json } => admin::stats::run(&admin, json).await,
+        Command::Enqueue { job, file, delay } => {
+            admin::enqueue::run(&admin, admin::enqueue::Enqueue { job, file, delay }).await
+        }
+        Command::Pause { step } => admin::control::pause(&admin, step.as_deref()).await,
+        Command::Resume { step } => admin::control::resume(&admin, step.as_deref()).await,
+        Command::PurgeReady { yes } => admin::control::purge_ready(&admin, yes).await,
+        Command::Smoke { timeout } => admin::load::smoke(&admin, timeout).await,
+        Command::Load {
+            jobs,
+            rate,
+            step,
+            input,
+            timeout,
+        } => {
+            let input = serde_json::from_str(&input).context("--input must be JSON")?;
+            admin::load::load(
+                &admin,
+                admin::load::Load {
+                    jobs,
+                    rate,
+                    step,
+                    input,
+                    timeout,
+                },
+            )
+            .await
+        }
+        Command::Dlq { command } => dlq(&admin, command).await,
+        Command::Run | Command::Migrate { .. } | Command::Config { .. } | Command::Healthcheck { .. } => {
+            unreachable!("dispatched by main")
+        }
+    }
+}
+
+async fn dlq(admin: &Admin, command: DlqCommand) -> anyhow::Result<()> {
+    match command {
+        DlqCommand::List {
+            filter,
+            limit,
+            offset,
+            all,
+            json,
+        } => {
+            let f = Filter {
+                include_replayed: all,
+                ..filter_of(filter)
+            };
+            admin::dlq::list(admin, &f, limit, offset, json).await
+        }
+        DlqCommand::Show { id, json } => admin::dlq::show(admin, id, json).await,
+        DlqCommand::Replay { ids, filter, dry_run } => {
+            admin::dlq::replay(
+                admin,
+                &Filter {
+                    ids,
+                    ..filter_of(filter)
+                },
+                dry_run,
+            )
+            .await
+        }
+        DlqCommand::Purge {
+            filter,
+            older_than,
+            yes,
+        } => {
+            let before = older_than.map(|d| chrono::Utc::now() - chrono::Duration::from_std(d).unwrap_or_default());
+            admin::dlq::purge(
+                admin,
+                &Filter {
+                    before,
+                    include_replayed: true,
+                    ..filter_of(filter)
+                },
+                yes,
+            )
+            .await
+        }
+    }
+}
+
+fn filter_of(f: DlqFilter) -> Filter {
+    Filter {
+        step: f.step,
+        reason: f.reason,
+        since: f.since,
+        run_id: f.run_id,
+        ..Filter::default()
+    }
 }

@@ -35,6 +35,7 @@ pub struct AppState {
     pub store: Store,
     pub lease: Arc<Lease>,
     pub slots: Arc<Semaphore>,
+    pub pause: Arc<crate::pause::Pause>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -81,7 +82,10 @@ async fn health(State(s): State<AppState>) -> Response {
     let draining = s.health.is_draining();
     let lease = s.lease.is_valid();
     let ok = started && !draining && redis.ok && postgres.ok && claim.ok && lease;
+    // Paused is deliberate: still ready (200), but the body says so.
+    let paused = s.pause.is_paused();
     let status = match (ok, started, draining) {
+        (true, _, _) if paused => "paused",
         (true, _, _) => "ok",
         (_, false, _) => "starting",
         (_, _, true) => "draining",
@@ -98,6 +102,8 @@ async fn health(State(s): State<AppState>) -> Response {
             "lease": { "ok": lease },
             "draining": draining,
         },
+        "paused": paused,
+        "paused_steps": s.pause.paused_steps(),
         "in_flight": s.config.concurrency - s.slots.available_permits(),
         "concurrency": s.config.concurrency,
     });

@@ -18,6 +18,7 @@
 //! # }
 //! ```
 
+pub mod admin;
 pub mod backoff;
 pub mod builtin;
 pub mod claimer;
@@ -33,6 +34,7 @@ pub mod lease;
 pub mod maintenance;
 pub mod metrics;
 pub mod outcome;
+pub mod pause;
 pub mod pipeline;
 pub mod queue;
 pub mod runner;

@@ -39,10 +39,15 @@ fn main() -> ExitCode {
                 command: ConfigCommand::Check,
             } => commands::config_check(&config),
             Command::Healthcheck { url } => commands::healthcheck(&config, url).await,
+            other => commands::admin(config, other).await,
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<step_worker::admin::NotConfirmed>() => {
+            eprintln!("{e}");
+            ExitCode::from(3)
+        }
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "exiting after an error");
             eprintln!("error: {e:#}");

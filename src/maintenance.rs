@@ -32,6 +32,9 @@ pub struct Maintenance {
     pub health: Arc<Health>,
     pub inflight: Arc<InFlight>,
     pub promoter: Arc<Promoter>,
+    pub pause: Arc<crate::pause::Pause>,
+    /// The claim loop's blocking connection id, to wake it when a pause begins.
+    pub blocking_id: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl Maintenance {
@@ -125,6 +128,13 @@ impl Maintenance {
                         tracing::warn!(error = %e, "restoring claims after a registry loss failed")
                     }
                 }
+            }
+        }
+        if self.pause.update(beat.paused, beat.paused_steps) {
+            // Wake our blocked claim so it does not take one more job after the pause.
+            let id = self.blocking_id.load(std::sync::atomic::Ordering::SeqCst);
+            if id != 0 {
+                let _ = self.queue.unblock(id).await;
             }
         }
         if let Some(due) = beat.next_due {

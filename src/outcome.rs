@@ -24,7 +24,7 @@ pub struct Claimed {
 }
 
 /// How the job leaves this worker's list once its rows are committed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settle {
     /// Terminal: succeeded or dead-lettered.
     Done,
@@ -32,6 +32,8 @@ pub enum Settle {
     Retry(Duration),
     /// Unfinished (shutdown or lost lease): back to ready, not counted as an attempt.
     Requeue,
+    /// Its step is paused: wait in the step's held list, not counted as an attempt.
+    Hold(String),
 }
 
 #[derive(Debug)]

@@ -182,24 +182,26 @@ impl Pipeline {
             tracing::debug!(step = %f.step_label, "settle found the job gone from our list (settled before, or rescued)");
             return;
         }
-        match f.settle {
+        match &f.settle {
             Settle::Done if f.dead_letter.is_some() => self.metrics.job(&f.step_label, "dead"),
             Settle::Done => {}
             Settle::Retry(delay) => {
                 self.metrics.job(&f.step_label, "retried");
-                self.promoter.schedule(delay);
+                self.promoter.schedule(*delay);
             }
             Settle::Requeue => self.metrics.job(&f.step_label, "requeued"),
+            Settle::Hold(_) => self.metrics.job(&f.step_label, "held"),
         }
     }
 }
 
 fn settle_op(f: &Finished) -> SettleOp {
     let p = f.claimed.payload.clone();
-    match f.settle {
+    match &f.settle {
         Settle::Done => SettleOp::Done(p),
-        Settle::Retry(delay) => SettleOp::Retry(p, delay),
+        Settle::Retry(delay) => SettleOp::Retry(p, *delay),
         Settle::Requeue => SettleOp::Requeue(p),
+        Settle::Hold(step) => SettleOp::Hold(p, step.clone()),
     }
 }
 
@@ -209,7 +211,7 @@ fn batch_of<'a>(items: impl Iterator<Item = &'a Finished>) -> Batch {
     let mut batch = Batch::default();
     let mut seen = std::collections::HashSet::new();
     for f in items {
-        if f.settle == Settle::Requeue {
+        if matches!(f.settle, Settle::Requeue | Settle::Hold(_)) {
             continue;
         }
         if let Some(r) = &f.result {

@@ -41,6 +41,7 @@ pub struct Runner {
     pub config: Arc<Config>,
     pub registry: Registry,
     pub metrics: Arc<Metrics>,
+    pub pause: Arc<crate::pause::Pause>,
 }
 
 impl Runner {
@@ -86,6 +87,13 @@ impl Runner {
             return self.dead(claimed, &job, UNKNOWN.into(), "unknown_step", error, 0, None);
         };
         let label: Arc<str> = job.step.as_str().into();
+        if self.pause.is_step_paused(&job.step) {
+            tracing::info!("step paused by an operator; the job waits until it is resumed");
+            return Finished {
+                settle: Settle::Hold(job.step.clone()),
+                ..Finished::requeue(claimed, label)
+            };
+        }
         if let Some(enqueued) = job.enqueued_at {
             let wait = (claimed.claimed_at - enqueued).to_std().unwrap_or_default();
             self.metrics

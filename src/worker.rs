@@ -98,6 +98,8 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
     let inflight = Arc::new(InFlight::default());
     let promoter = Arc::new(Promoter::default());
     let slots = Arc::new(Semaphore::new(config.concurrency));
+    let pause = Arc::new(crate::pause::Pause::default());
+    let blocking_id = Arc::new(AtomicI64::new(0));
     let maintenance = Arc::new(Maintenance {
         config: config.clone(),
         queue: queue.clone(),
@@ -107,6 +109,8 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
         health: health.clone(),
         inflight: inflight.clone(),
         promoter: promoter.clone(),
+        pause: pause.clone(),
+        blocking_id: blocking_id.clone(),
     });
     if retry_until("register the worker", stop, || maintenance.register())
         .await
@@ -129,6 +133,7 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
             store: store.clone(),
             lease: lease.clone(),
             slots: slots.clone(),
+            pause: pause.clone(),
         };
         let stop = http_stop.clone();
         tokio::spawn(async move {
@@ -163,7 +168,6 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
     };
     let pipeline_task = tokio::spawn(pipeline.run(finished_rx, give_up.clone()));
     let tasks = TaskTracker::new();
-    let blocking_id = Arc::new(AtomicI64::new(0));
     let claimer = Claimer {
         config: config.clone(),
         queue: queue.clone(),
@@ -176,10 +180,12 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
             config: config.clone(),
             registry,
             metrics: metrics.clone(),
+            pause: pause.clone(),
         }),
         finished: finished_tx,
         tasks: tasks.clone(),
         blocking_id: blocking_id.clone(),
+        pause,
     };
     let claim_stop = CancellationToken::new();
     let claimer_task = tokio::spawn(claimer.run(claim_stop.clone()));

@@ -23,6 +23,10 @@ pub struct Keys {
     pub poison: String,
     /// STRING lock so one replica at a time scans for dead workers.
     pub reaper_lock: String,
+    /// STRING whose presence pauses claiming on every worker (`step-worker pause`).
+    pub paused: String,
+    /// SET of paused step names (`step-worker pause --step`); their jobs wait in `held` lists.
+    pub paused_steps: String,
     proc_prefix: String,
 }
 
@@ -38,6 +42,8 @@ impl Keys {
             interrupts: format!("{tag}:interrupts"),
             poison: format!("{tag}:poison"),
             reaper_lock: format!("{tag}:reaper_lock"),
+            paused: format!("{tag}:paused"),
+            paused_steps: format!("{tag}:paused_steps"),
             proc_prefix: format!("{tag}:proc:"),
         }
     }
@@ -45,6 +51,15 @@ impl Keys {
     /// The in-flight list of worker `wid`: the jobs it has claimed and not yet settled.
     pub fn proc(&self, wid: &str) -> String {
         format!("{}{wid}", self.proc_prefix)
+    }
+
+    /// Jobs of paused step `step`, waiting for `resume --step`.
+    pub fn held(&self, step: &str) -> String {
+        format!("{}{step}", self.held_prefix())
+    }
+
+    pub fn held_prefix(&self) -> String {
+        self.proc_prefix.replace(":proc:", ":held:")
     }
 
     pub fn proc_prefix(&self) -> &str {

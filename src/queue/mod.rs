@@ -11,6 +11,7 @@
 //!   every command queued behind it on a shared connection, and the redis crate's default 500 ms
 //!   response timeout would abandon a `BLMOVE` that the server still completes.
 
+mod admin;
 mod keys;
 mod scripts;
 
@@ -20,6 +21,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Client, RedisError, RedisResult};
 
+pub use admin::WorkerInfo;
 pub use keys::Keys;
 use scripts::Scripts;
 
@@ -37,7 +39,7 @@ const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(1);
 const BLOCKING_SLACK: Duration = Duration::from_secs(5);
 
 /// What a heartbeat learned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Beat {
     pub status: BeatStatus,
     /// When the earliest scheduled retry is due, if any.
@@ -46,6 +48,10 @@ pub struct Beat {
     pub reap_needed: bool,
     /// Poison payloads waiting in the outbox for their dead-letter rows.
     pub poison_pending: u64,
+    /// An operator paused the whole queue.
+    pub paused: bool,
+    /// Steps an operator paused.
+    pub paused_steps: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +88,8 @@ pub enum SettleOp {
     Retry(Payload, Duration),
     /// Hand back unfinished, not counted as an attempt.
     Requeue(Payload),
+    /// Park in the held list of its paused step, not counted as an attempt.
+    Hold(Payload, String),
 }
 
 /// Queue depths, read at scrape time.
@@ -92,6 +100,8 @@ pub struct Depths {
     pub in_flight: u64,
     pub workers: u64,
     pub poison: u64,
+    pub held: u64,
+    pub paused: bool,
 }
 
 /// The shared, non-blocking side of the queue. Cheap to clone.
@@ -166,7 +176,7 @@ impl RedisQueue {
             BeatMode::Register => "register",
             BeatMode::Beat => "beat",
         };
-        let (status, next_due, reap, poison): (i64, i64, i64, u64) = self
+        let (status, next_due, reap, poison, paused, paused_steps): (i64, i64, i64, u64, i64, Vec<String>) = self
             .scripts
             .heartbeat
             .key(&k.workers)
@@ -174,6 +184,8 @@ impl RedisQueue {
             .key(&k.delayed)
             .key(&k.ready)
             .key(&k.poison)
+            .key(&k.paused)
+            .key(&k.paused_steps)
             .arg(wid)
             .arg(deadline.as_millis() as u64)
             .arg(mode)
@@ -191,6 +203,8 @@ impl RedisQueue {
             next_due: due(next_due),
             reap_needed: reap == 1,
             poison_pending: poison,
+            paused: paused == 1,
+            paused_steps,
         })
     }
 
@@ -232,6 +246,7 @@ impl RedisQueue {
                 SettleOp::Done(p) => inv.arg("done").arg(&p[..]).arg(0),
                 SettleOp::Retry(p, delay) => inv.arg("retry").arg(&p[..]).arg(delay.as_millis() as u64),
                 SettleOp::Requeue(p) => inv.arg("requeue").arg(&p[..]).arg(0),
+                SettleOp::Hold(p, step) => inv.arg("hold").arg(&p[..]).arg(k.held(step)),
             };
         }
         let res: Vec<i64> = inv.invoke_async(&mut self.conn.clone()).await?;
@@ -342,14 +357,17 @@ impl RedisQueue {
 
     pub async fn depths(&self) -> RedisResult<Depths> {
         let k = &self.keys;
-        let (ready, delayed, in_flight, workers, poison) = self
+        let (ready, delayed, in_flight, workers, poison, held, paused): (u64, u64, u64, u64, u64, u64, i64) = self
             .scripts
             .depths
             .key(&k.ready)
             .key(&k.delayed)
             .key(&k.workers)
             .key(&k.poison)
+            .key(&k.paused_steps)
+            .key(&k.paused)
             .arg(k.proc_prefix())
+            .arg(k.held_prefix())
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(Depths {
@@ -358,6 +376,8 @@ impl RedisQueue {
             in_flight,
             workers,
             poison,
+            held,
+            paused: paused == 1,
         })
     }
 

@@ -19,6 +19,8 @@ pub struct Scripts {
     pub promote: Script,
     pub adopt: Script,
     pub depths: Script,
+    pub resume_step: Script,
+    pub schedule: Script,
 }
 
 impl Scripts {
@@ -32,6 +34,8 @@ impl Scripts {
             promote: Script::new(include_str!("lua/promote.lua")),
             adopt: Script::new(include_str!("lua/adopt.lua")),
             depths: Script::new(include_str!("lua/depths.lua")),
+            resume_step: Script::new(include_str!("lua/resume_step.lua")),
+            schedule: Script::new(include_str!("lua/schedule.lua")),
         }
     }
 }

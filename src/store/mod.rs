@@ -3,6 +3,7 @@
 //! and only after that commit does the worker settle the jobs in Redis.
 
 mod batch;
+pub mod dead_letters;
 
 use std::str::FromStr;
 use std::time::Duration;

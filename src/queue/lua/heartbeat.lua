@@ -2,9 +2,11 @@
 -- periodic command besides its blocking claim).
 -- KEYS[1] workers ZSET (wid -> deadline ms)   KEYS[2] reaped ZSET (tombstones)
 -- KEYS[3] delayed ZSET (payload -> due ms)    KEYS[4] ready LIST    KEYS[5] poison LIST
+-- KEYS[6] paused STRING (exists: the whole queue is paused)   KEYS[7] paused_steps SET
 -- ARGV[1] wid   ARGV[2] deadline ms   ARGV[3] 'register' | 'beat'   ARGV[4] reap grace ms
 -- ARGV[5] promote limit
--- Returns {status, next_due_in_ms (-1: none), reap_needed (0|1), poison_pending}
+-- Returns {status, next_due_in_ms (-1: none), reap_needed (0|1), poison_pending, paused (0|1),
+--          {paused step names}}
 --   status 1: beat recorded; 0: this wid was reaped (fence: stop and re-register);
 --   2: the registry had lost this wid without reaping it (Redis lost data): re-registered.
 local t = redis.call('TIME')
@@ -15,7 +17,7 @@ if ARGV[3] == 'register' then
 elseif redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[1])
 elseif redis.call('ZSCORE', KEYS[2], ARGV[1]) then
-  return {0, -1, 0, 0}
+  return {0, -1, 0, 0, 0, {}}
 else
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
   status = 2
@@ -34,4 +36,5 @@ if redis.call('ZCARD', KEYS[2]) > 0 or
    #redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[4]), 'LIMIT', 0, 1) > 0 then
   reap = 1
 end
-return {status, next_due, reap, redis.call('LLEN', KEYS[5])}
+return {status, next_due, reap, redis.call('LLEN', KEYS[5]), redis.call('EXISTS', KEYS[6]),
+        redis.call('SMEMBERS', KEYS[7])}

@@ -8,6 +8,8 @@
 --   'done'    outcome committed to Postgres (succeeded or dead): forget its counters
 --   'retry'   count a failed attempt, schedule the payload arg ms from now
 --   'requeue' hand back unfinished (shutdown): consumer end, runs next, not an attempt
+--   'hold'    its step is paused: park it in the held list named by arg (a `{queue}:held:<step>`
+--             key, so it shares this script's hash slot), not an attempt
 -- Returns one integer per op: 1 settled, 0 not ours.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -23,6 +25,8 @@ for i = 1, #ARGV, 3 do
     elseif op == 'retry' then
       redis.call('HINCRBY', KEYS[3], redis.sha1hex(p), 1)
       redis.call('ZADD', KEYS[2], now + tonumber(ARGV[i + 2]), p)
+    elseif op == 'hold' then
+      redis.call('LPUSH', ARGV[i + 2], p)
     else
       redis.call('RPUSH', KEYS[5], p)
     end

@@ -1,0 +1,129 @@
+//! `step-worker dlq list | show | replay | purge`: the dead-letter table for operators.
+
+use anyhow::bail;
+use uuid::Uuid;
+
+use super::{Admin, confirm, progress};
+use crate::store::dead_letters::{self, DeadLetter, Filter};
+
+/// Dead letters replayed per transaction.
+const REPLAY_BATCH: i64 = 500;
+
+pub async fn list(admin: &Admin, f: &Filter, limit: i64, offset: i64, json: bool) -> anyhow::Result<()> {
+    let rows = dead_letters::list(admin.store.pool(), f, limit, offset).await?;
+    if json {
+        let out: Vec<serde_json::Value> = rows.iter().map(with_payload).collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!(
+        "{:<36}  {:<25}  {:<20}  {:<18}  {:>3}  error",
+        "id", "dead at", "job id", "reason", "att"
+    );
+    for r in &rows {
+        println!(
+            "{:<36}  {:<25}  {:<20}  {:<18}  {:>3}  {}{}",
+            r.id,
+            r.dead_at.format("%Y-%m-%d %H:%M:%S%.3f"),
+            clip(r.job_id.as_deref().unwrap_or("-"), 20),
+            clip(&r.reason, 18),
+            r.attempts,
+            clip(r.error.as_deref().unwrap_or(""), 60),
+            if r.replayed_at.is_some() { "  (replayed)" } else { "" },
+        );
+    }
+    let total = dead_letters::count(admin.store.pool(), f).await?;
+    println!("{} of {} matching (offset {offset})", rows.len(), total);
+    Ok(())
+}
+
+pub async fn show(admin: &Admin, id: Uuid, json: bool) -> anyhow::Result<()> {
+    let Some(r) = dead_letters::get(admin.store.pool(), id).await? else {
+        bail!("no dead letter with id {id}")
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&with_payload(&r))?);
+        return Ok(());
+    }
+    println!("id          {}", r.id);
+    println!("job id      {}", r.job_id.as_deref().unwrap_or("-"));
+    println!("run id      {}", r.run_id.as_deref().unwrap_or("-"));
+    println!("step        {}", r.step.as_deref().unwrap_or("-"));
+    println!("reason      {}", r.reason);
+    println!("error       {}", r.error.as_deref().unwrap_or("-"));
+    println!("attempts    {}", r.attempts);
+    println!("worker      {}", r.worker_id);
+    println!("dead at     {}", r.dead_at.to_rfc3339());
+    println!(
+        "replayed at {}",
+        r.replayed_at.map_or("-".to_owned(), |t| t.to_rfc3339())
+    );
+    println!("payload     {}", r.payload_text());
+    Ok(())
+}
+
+/// Pushes matching dead letters back onto the ready list with fresh attempt counters. Each batch
+/// is marked replayed, pushed, then committed, so a failure leaves letters unreplayed rather than
+/// jobs lost; a replayed letter is skipped by the next replay.
+pub async fn replay(admin: &Admin, f: &Filter, dry_run: bool) -> anyhow::Result<()> {
+    let mut f = f.clone();
+    f.include_replayed = false;
+    let total = dead_letters::count(admin.store.pool(), &f).await?;
+    if dry_run {
+        for r in dead_letters::list(admin.store.pool(), &f, total.max(1), 0).await? {
+            println!(
+                "would replay {}  job {}  ({})",
+                r.id,
+                r.job_id.as_deref().unwrap_or("-"),
+                r.reason
+            );
+        }
+        println!("dry run: {total} dead letter(s) would be replayed");
+        return Ok(());
+    }
+    let bar = progress(total as u64, "replay");
+    let mut replayed = 0;
+    loop {
+        let mut tx = admin.store.pool().begin().await?;
+        let letters = dead_letters::take_for_replay(&mut tx, &f, REPLAY_BATCH).await?;
+        if letters.is_empty() {
+            break;
+        }
+        let payloads: Vec<Vec<u8>> = letters.iter().map(|l| l.payload.clone()).collect();
+        admin.queue.reset_counters(&payloads).await?;
+        admin.queue.push_many(&payloads).await?;
+        tx.commit().await?;
+        replayed += letters.len();
+        bar.inc(letters.len() as u64);
+    }
+    bar.finish_and_clear();
+    println!("replayed {replayed} dead letter(s) onto {}", admin.config.queue_key);
+    Ok(())
+}
+
+pub async fn purge(admin: &Admin, f: &Filter, yes: bool) -> anyhow::Result<()> {
+    let n = dead_letters::count(admin.store.pool(), f).await?;
+    if n == 0 {
+        println!("no dead letters match");
+        return Ok(());
+    }
+    confirm(&format!("Delete {n} dead letter(s) permanently?"), yes)?;
+    let deleted = dead_letters::purge(admin.store.pool(), f).await?;
+    println!("deleted {deleted} dead letter(s)");
+    Ok(())
+}
+
+fn with_payload(r: &DeadLetter) -> serde_json::Value {
+    let mut v = serde_json::to_value(r).expect("dead letters serialise");
+    v["payload"] = serde_json::Value::String(r.payload_text());
+    v
+}
+
+fn clip(s: &str, n: usize) -> String {
+    let one_line = s.replace('\n', " ");
+    if one_line.chars().count() <= n {
+        one_line
+    } else {
+        one_line.chars().take(n - 1).collect::<String>() + "…"
+    }
+}

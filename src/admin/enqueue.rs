@@ -1,0 +1,81 @@
+//! `step-worker enqueue`: pushes jobs after validating them against the job contract.
+
+use std::io::Read;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+use super::Admin;
+
+/// Jobs pushed per Redis command when enqueueing a file.
+const PUSH_BATCH: usize = 1000;
+
+pub struct Enqueue {
+    /// A job as JSON, or `-` for standard input.
+    pub job: Option<String>,
+    /// An NDJSON file: one job per line.
+    pub file: Option<std::path::PathBuf>,
+    pub delay: Option<Duration>,
+}
+
+/// Validates one job and returns the payload to push: the job as given, with `enqueued_at`
+/// added when absent (so queue-wait metrics cover it).
+pub fn prepare(text: &str) -> anyhow::Result<Vec<u8>> {
+    if let Err((e, _)) = crate::job::decode(text.as_bytes()) {
+        bail!("invalid job: {e}");
+    }
+    let mut value: Value = serde_json::from_str(text)?;
+    let map = value.as_object_mut().expect("decode accepted an object");
+    map.entry("enqueued_at")
+        .or_insert_with(|| Value::from(chrono::Utc::now().timestamp_millis()));
+    Ok(serde_json::to_vec(&value)?)
+}
+
+pub async fn run(admin: &Admin, e: Enqueue) -> anyhow::Result<()> {
+    let payloads: Vec<Vec<u8>> = match (&e.job, &e.file) {
+        (Some(_), Some(_)) => bail!("give a job or --file, not both"),
+        (None, None) => bail!("give a job as JSON (or - for standard input), or --file with one job per line"),
+        (Some(job), None) => {
+            let text = if job == "-" {
+                let mut s = String::new();
+                std::io::stdin().read_to_string(&mut s)?;
+                s
+            } else {
+                job.clone()
+            };
+            vec![prepare(text.trim())?]
+        }
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let mut out = Vec::new();
+            for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+                out.push(prepare(line.trim()).with_context(|| format!("{}: line {}", path.display(), n + 1))?);
+            }
+            out
+        }
+    };
+    let bar = super::progress(payloads.len() as u64, "enqueue");
+    for chunk in payloads.chunks(PUSH_BATCH) {
+        match e.delay {
+            Some(delay) => {
+                for p in chunk {
+                    admin.queue.schedule(p, delay).await?;
+                }
+            }
+            None => admin.queue.push_many(chunk).await?,
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    match e.delay {
+        Some(d) => println!(
+            "scheduled {} job(s) to enter {} in {}",
+            payloads.len(),
+            admin.config.queue_key,
+            humantime::format_duration(d)
+        ),
+        None => println!("enqueued {} job(s) on {}", payloads.len(), admin.config.queue_key),
+    }
+    Ok(())
+}
