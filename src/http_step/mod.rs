@@ -17,7 +17,7 @@ pub mod signature;
 mod tests;
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use futures::future::BoxFuture;
@@ -36,6 +36,10 @@ use route::Routes;
 use signature::{SIGNATURE_HEADER, TIMESTAMP_HEADER, sign};
 
 const USER_AGENT: &str = concat!("step-worker/", env!("CARGO_PKG_VERSION"));
+/// The runner cuts the attempt at `ctx.timeout` and records it as `timed_out`, like any step. The
+/// client's own timer is only a backstop for callers outside the runner, so it is set this much
+/// later: when both fire together the inner one wins the race and would record a plain failure.
+const CLIENT_TIMEOUT_GRACE: Duration = Duration::from_secs(1);
 
 /// Installs the HTTP dispatcher as `registry`'s fallback when `config` routes steps anywhere.
 /// A fallback the embedding application installed itself is kept: code wins over environment.
@@ -140,7 +144,7 @@ impl Dispatcher {
         let mut request = self
             .client
             .post(url.clone())
-            .timeout(ctx.timeout)
+            .timeout(ctx.timeout + CLIENT_TIMEOUT_GRACE)
             .header(CONTENT_TYPE, "application/json")
             .header("idempotency-key", header_value(&ctx.job_id))
             .header("x-correlation-id", header_value(&ctx.correlation_id))
@@ -207,9 +211,9 @@ fn header_value(id: &str) -> HeaderValue {
 }
 
 /// Counts the call once in `step_worker_http_step_responses_total`, even when it never returns.
-/// The runner enforces the step timeout by dropping the attempt, usually just before reqwest's
-/// own timer (same length, started later) fires, so a call dropped without a verdict timed out;
-/// unless the attempt was cancelled (shutdown, lost lease), which says nothing about the endpoint.
+/// The runner enforces the step timeout by dropping the attempt, so a call dropped without a
+/// verdict timed out; unless the attempt was cancelled (shutdown, lost lease), which says nothing
+/// about the endpoint.
 struct Tally<'a> {
     counter: &'a IntCounterVec,
     step: &'a str,
