@@ -83,7 +83,7 @@ pub async fn judge(mut response: Response, max_bytes: usize) -> (Class, StepResu
         };
     }
     let retry_after = retry_after(response.headers(), SystemTime::now());
-    let location = header_excerpt(response.headers());
+    let location = location_of(response.headers());
     let excerpt = excerpt(&mut response).await;
     let message = match (status.is_redirection(), location) {
         (true, Some(to)) => {
@@ -155,7 +155,8 @@ async fn excerpt(response: &mut Response) -> String {
     cut(&String::from_utf8_lossy(&body), EXCERPT_BYTES)
 }
 
-fn header_excerpt(headers: &HeaderMap) -> Option<String> {
+/// A redirect's target, shortened: it goes into the error, not into a request.
+fn location_of(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(LOCATION)?;
     Some(cut(&String::from_utf8_lossy(value.as_bytes()), 200))
 }
