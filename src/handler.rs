@@ -169,6 +169,10 @@ impl Registry {
         self
     }
 
+    pub fn has_fallback(&self) -> bool {
+        self.fallback.is_some()
+    }
+
     pub fn resolve(&self, step: &str) -> Option<Arc<dyn Handler>> {
         self.handlers.get(step).or(self.fallback.as_ref()).cloned()
     }

@@ -4,7 +4,8 @@
 //! [`runner`] (run the step under its timeout) → [`pipeline`] (persist to Postgres, then settle
 //! in Redis). [`queue`] is the Redis protocol, [`store`] the Postgres schema, [`lease`] and
 //! [`maintenance`] keep workers honest (heartbeat, fencing, reaping, retries). [`worker`] wires
-//! it together; [`http`] serves health and metrics.
+//! it together; [`http`] serves health and metrics. [`http_step`] runs steps that have no
+//! native handler by calling their HTTP endpoint (docs/http-steps.md).
 //!
 //! Embedding native steps:
 //! ```no_run
@@ -28,6 +29,7 @@ pub mod config;
 pub mod handler;
 pub mod health;
 pub mod http;
+pub mod http_step;
 pub mod inflight;
 pub mod job;
 pub mod lease;

@@ -34,6 +34,8 @@ pub struct Metrics {
     pub persist_batch: Histogram,
     pub live_workers: IntGauge,
     pub redis_policy: IntGaugeVec,
+    /// HTTP step calls by step and class: the status class, or what happened instead of a status.
+    pub http_step_responses: IntCounterVec,
 }
 
 impl Metrics {
@@ -140,6 +142,14 @@ impl Metrics {
             &["policy"],
         )
         .unwrap();
+        let http_step_responses = IntCounterVec::new(
+            Opts::new(
+                "step_worker_http_step_responses_total",
+                "HTTP step calls by step and class: 1xx-5xx for the answer's status class, too_large for a 2xx body over STEP_RESPONSE_MAX_BYTES, timeout, connect_error or transport_error when no complete answer came.",
+            ),
+            &["step", "class"],
+        )
+        .unwrap();
         let memory_limit = IntGauge::new(
             "step_worker_memory_limit_bytes",
             "The container's memory limit from its cgroup (0 when unlimited or unknown), for memory alerts.",
@@ -174,6 +184,7 @@ impl Metrics {
             Box::new(persist_batch.clone()),
             Box::new(live_workers.clone()),
             Box::new(redis_policy.clone()),
+            Box::new(http_step_responses.clone()),
             Box::new(memory_limit),
             Box::new(build_info),
         ] {
@@ -200,6 +211,7 @@ impl Metrics {
             persist_batch,
             live_workers,
             redis_policy,
+            http_step_responses,
         }
     }
 

@@ -86,7 +86,12 @@ impl Runner {
             let error = format!("unknown step `{}`: no handler is registered for it", job.step);
             return self.dead(claimed, &job, UNKNOWN.into(), "unknown_step", error, 0, None);
         };
-        let label: Arc<str> = job.step.as_str().into();
+        // Step names come from payloads: one that could not be a real step (the HTTP step-name rule)
+        // is labelled `invalid`, so a stream of garbage names cannot blow up metric cardinality.
+        let label: Arc<str> = match crate::http_step::route::check_step_name(&job.step) {
+            Ok(()) => job.step.as_str().into(),
+            Err(_) => INVALID.into(),
+        };
         if self.pause.is_step_paused(&job.step) {
             tracing::info!("step paused by an operator; the job waits until it is resumed");
             return Finished {

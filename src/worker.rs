@@ -88,6 +88,7 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
     let lease = Arc::new(Lease::new(queue.keys(), config.worker_deadline));
     let worker_id = lease.identity().wid.clone();
     let metrics = Arc::new(Metrics::new(&worker_id));
+    let registry = crate::http_step::install(registry, &config.http_steps, &metrics)?;
     metrics.concurrency.set(config.concurrency as i64);
     let policy = warn_about_redis_policy(&queue).await;
     metrics

@@ -5,6 +5,7 @@
 //! wrapped in [`Secret`] so they never reach a log line. envy maps the environment onto a flat
 //! struct of raw strings; parsing happens here so each error can name its variable precisely.
 
+mod http_steps;
 mod parse;
 mod secret;
 
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use http_steps::HttpSteps;
 pub use parse::ConfigError;
 use parse::{Var, parse_bool, parse_int, parse_one_of};
 pub use secret::{Secret, redact_url};
@@ -46,6 +48,13 @@ struct RawEnv {
     claim_block_ms: Option<String>,
     claim_batch_size: Option<String>,
     persist_batch_size: Option<String>,
+    step_handler_url: Option<String>,
+    step_handler_token: Option<String>,
+    step_routes: Option<String>,
+    supabase_url: Option<String>,
+    supabase_service_role_key: Option<String>,
+    step_signing_secret: Option<String>,
+    step_response_max_bytes: Option<String>,
 }
 
 /// Where the process runs; production turns on JSON logs and refuses local defaults.
@@ -88,6 +97,8 @@ pub struct Config {
     pub claim_block: Duration,
     pub claim_batch_size: usize,
     pub persist_batch_size: usize,
+    /// Dispatch of steps without a native handler to HTTP endpoints (off unless routed).
+    pub http_steps: HttpSteps,
 }
 
 /// Local services on their standard ports: what `cargo run` and the test suite use.
@@ -125,6 +136,8 @@ impl Config {
             (None, None) => AppEnv::Development,
         };
         let production = app_env == AppEnv::Production;
+        // Before the fields below are moved out of `raw`.
+        let http_steps = http_steps::parse(&raw)?;
         if let Some(v) = &raw.queue_driver {
             parse_one_of(Var::new("QUEUE_DRIVER", v), &["redis"])?;
         }
@@ -210,6 +223,7 @@ impl Config {
             claim_batch_size: parse_int("CLAIM_BATCH_SIZE", raw.claim_batch_size.as_deref(), 64, 1, 1_000)? as usize,
             persist_batch_size: parse_int("PERSIST_BATCH_SIZE", raw.persist_batch_size.as_deref(), 500, 1, 10_000)?
                 as usize,
+            http_steps,
         })
     }
 
@@ -217,7 +231,7 @@ impl Config {
     /// `step-worker config check` prints.
     pub fn describe(&self) -> Vec<(&'static str, String)> {
         let ms = |d: Duration| d.as_millis().to_string();
-        vec![
+        let mut lines = vec![
             ("APP_ENV", format!("{:?}", self.app_env).to_lowercase()),
             ("QUEUE_DRIVER", "redis".to_owned()),
             ("REDIS_URL", self.redis_url.redacted()),
@@ -242,7 +256,9 @@ impl Config {
             ("CLAIM_BLOCK_MS", ms(self.claim_block)),
             ("CLAIM_BATCH_SIZE", self.claim_batch_size.to_string()),
             ("PERSIST_BATCH_SIZE", self.persist_batch_size.to_string()),
-        ]
+        ];
+        lines.extend(self.http_steps.describe());
+        lines
     }
 }
 

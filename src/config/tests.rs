@@ -113,3 +113,114 @@ fn empty_values_count_as_unset() {
 fn queue_key_with_braces_is_rejected() {
     assert_eq!(config(&[("QUEUE_KEY", "{x}")]).unwrap_err().variable, "QUEUE_KEY");
 }
+
+#[test]
+fn http_steps_are_off_by_default() {
+    let c = config(&[]).unwrap();
+    assert!(c.http_steps.routes().is_empty());
+    assert_eq!(c.http_steps.response_max_bytes, 1 << 20);
+}
+
+#[test]
+fn step_handler_url_without_the_placeholder_names_the_expected_form() {
+    let err = config(&[("STEP_HANDLER_URL", "https://app.internal/steps")]).unwrap_err();
+    assert_eq!(err.variable, "STEP_HANDLER_URL");
+    assert!(err.expected.contains("{step}"), "{err}");
+    assert_eq!(
+        config(&[("STEP_HANDLER_URL", "https://{step}.internal/run")])
+            .unwrap_err()
+            .variable,
+        "STEP_HANDLER_URL"
+    );
+}
+
+#[test]
+fn step_handler_url_wins_over_supabase() {
+    let c = config(&[
+        ("STEP_HANDLER_URL", "https://app.internal/steps/{step}"),
+        ("SUPABASE_URL", "https://abcdefgh.supabase.co"),
+    ])
+    .unwrap();
+    let url = c.http_steps.routes().resolve("x").unwrap();
+    assert_eq!(url.as_str(), "https://app.internal/steps/x");
+}
+
+#[test]
+fn supabase_routing_requires_the_service_role_key() {
+    let err = config(&[("SUPABASE_URL", "https://abcdefgh.supabase.co")]).unwrap_err();
+    assert_eq!(err.variable, "SUPABASE_SERVICE_ROLE_KEY");
+    let c = config(&[
+        ("SUPABASE_URL", "https://abcdefgh.supabase.co"),
+        ("SUPABASE_SERVICE_ROLE_KEY", "service-role-key"),
+    ])
+    .unwrap();
+    let url = c.http_steps.routes().resolve("hello").unwrap();
+    assert_eq!(url.as_str(), "https://abcdefgh.supabase.co/functions/v1/hello");
+    assert_eq!(
+        config(&[
+            ("SUPABASE_URL", "abcdefgh.supabase.co"),
+            ("SUPABASE_SERVICE_ROLE_KEY", "k")
+        ])
+        .unwrap_err()
+        .variable,
+        "SUPABASE_URL"
+    );
+}
+
+#[test]
+fn step_routes_are_parsed_and_bad_entries_name_the_variable() {
+    let c = config(&[(
+        "STEP_ROUTES",
+        " resize=https://img.internal/run , email.send=http://127.0.0.1:9000/send,",
+    )])
+    .unwrap();
+    let routes = c.http_steps.routes();
+    assert_eq!(routes.resolve("resize").unwrap().as_str(), "https://img.internal/run");
+    assert_eq!(
+        routes.resolve("email.send").unwrap().as_str(),
+        "http://127.0.0.1:9000/send"
+    );
+    for bad in [
+        "resize",
+        "resize=img.internal/run",
+        "../x=https://a.internal/run",
+        "a=https://a.internal/1,a=https://a.internal/2",
+    ] {
+        let err = config(&[("STEP_ROUTES", bad)]).unwrap_err();
+        assert_eq!(err.variable, "STEP_ROUTES", "{bad}");
+    }
+    let err = config(&[("STEP_ROUTES", "x=https://u:hunter2@a.internal/run?token=hunter3,y")]).unwrap_err();
+    assert!(!err.to_string().contains("hunter"), "{err}");
+}
+
+#[test]
+fn short_signing_secrets_and_tokens_with_spaces_are_rejected() {
+    let err = config(&[("STEP_SIGNING_SECRET", "short")]).unwrap_err();
+    assert_eq!(err.variable, "STEP_SIGNING_SECRET");
+    assert!(!err.to_string().contains("short\""), "{err}");
+    let err = config(&[("STEP_HANDLER_TOKEN", "two words")]).unwrap_err();
+    assert_eq!(err.variable, "STEP_HANDLER_TOKEN");
+    assert_eq!(
+        config(&[("STEP_RESPONSE_MAX_BYTES", "0")]).unwrap_err().variable,
+        "STEP_RESPONSE_MAX_BYTES"
+    );
+}
+
+#[test]
+fn http_step_secrets_are_redacted_in_describe() {
+    let c = config(&[
+        ("STEP_HANDLER_URL", "https://app.internal/steps/{step}"),
+        ("STEP_HANDLER_TOKEN", "tok-hunter2"),
+        ("STEP_SIGNING_SECRET", "sig-hunter2-0123456789"),
+        ("SUPABASE_SERVICE_ROLE_KEY", "key-hunter2"),
+    ])
+    .unwrap();
+    let described: String = c.describe().into_iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+    assert!(!described.contains("hunter2"), "{described}");
+    assert!(
+        described.contains("STEP_HANDLER_URL=https://app.internal/steps/{step}"),
+        "{described}"
+    );
+    assert!(described.contains("STEP_RESPONSE_MAX_BYTES=1048576"), "{described}");
+    assert!(!format!("{c:?}").contains("hunter2"));
+}
