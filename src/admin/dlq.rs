@@ -68,6 +68,10 @@ pub async fn show(admin: &Admin, id: Uuid, json: bool) -> anyhow::Result<()> {
 pub async fn replay(admin: &Admin, f: &Filter, dry_run: bool) -> anyhow::Result<()> {
     let mut f = f.clone();
     f.include_replayed = false;
+    // Only letters that exist now: a replayed job that dies again while this runs files a new
+    // letter, which must not be replayed in the same breath.
+    let started = chrono::Utc::now();
+    f.before = Some(f.before.map_or(started, |b| b.min(started)));
     let total = dead_letters::count(admin.store.pool(), &f).await?;
     if dry_run {
         for r in dead_letters::list(admin.store.pool(), &f, total.max(1), 0).await? {

@@ -240,7 +240,11 @@ impl RedisQueue {
         }
         let k = &self.keys;
         let mut inv = self.scripts.settle.key(proc);
-        inv.key(&k.delayed).key(&k.attempts).key(&k.interrupts).key(&k.ready);
+        inv.key(&k.delayed)
+            .key(&k.attempts)
+            .key(&k.interrupts)
+            .key(&k.ready)
+            .key(&k.paused_steps);
         for op in ops {
             match op {
                 SettleOp::Done(p) => inv.arg("done").arg(&p[..]).arg(0),

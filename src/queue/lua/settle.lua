@@ -3,13 +3,14 @@
 -- settled by an earlier try whose reply was lost, or rescued by the reaper), and then nothing
 -- else is touched. LREM first also frees memory, so settling works when Redis is full.
 -- KEYS[1] proc LIST   KEYS[2] delayed ZSET   KEYS[3] attempts HASH   KEYS[4] interrupts HASH
--- KEYS[5] ready LIST
+-- KEYS[5] ready LIST   KEYS[6] paused_steps SET
 -- ARGV: triples (op, payload, arg):
 --   'done'    outcome committed to Postgres (succeeded or dead): forget its counters
 --   'retry'   count a failed attempt, schedule the payload arg ms from now
 --   'requeue' hand back unfinished (shutdown): consumer end, runs next, not an attempt
 --   'hold'    its step is paused: park it in the held list named by arg (a `{queue}:held:<step>`
---             key, so it shares this script's hash slot), not an attempt
+--             key, so it shares this script's hash slot), not an attempt. If the step was resumed
+--             meanwhile, it goes back to ready instead: nothing would ever drain the held list.
 -- Returns one integer per op: 1 settled, 0 not ours.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -26,7 +27,13 @@ for i = 1, #ARGV, 3 do
       redis.call('HINCRBY', KEYS[3], redis.sha1hex(p), 1)
       redis.call('ZADD', KEYS[2], now + tonumber(ARGV[i + 2]), p)
     elseif op == 'hold' then
-      redis.call('LPUSH', ARGV[i + 2], p)
+      local held = ARGV[i + 2]
+      local step = string.sub(held, string.find(held, '}:held:', 1, true) + 7)
+      if redis.call('SISMEMBER', KEYS[6], step) == 1 then
+        redis.call('LPUSH', held, p)
+      else
+        redis.call('RPUSH', KEYS[5], p)
+      end
     else
       redis.call('RPUSH', KEYS[5], p)
     end
