@@ -39,6 +39,7 @@ pub mod outcome;
 pub mod pause;
 pub mod pipeline;
 pub mod queue;
+pub mod redis_guard;
 pub mod runner;
 pub mod shutdown;
 pub mod store;

@@ -90,7 +90,7 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
     let metrics = Arc::new(Metrics::new(&worker_id));
     let registry = crate::http_step::install(registry, &config.http_steps, &metrics)?;
     metrics.concurrency.set(config.concurrency as i64);
-    let policy = warn_about_redis_policy(&queue).await;
+    let policy = crate::redis_guard::check(&queue, &config).await?;
     metrics
         .redis_policy
         .with_label_values(&[policy.as_deref().unwrap_or("unknown")])
@@ -338,16 +338,4 @@ where
             _ = stop.cancelled() => return None,
         }
     }
-}
-
-/// An evicting policy silently deletes queue data; say so loudly at startup.
-async fn warn_about_redis_policy(queue: &RedisQueue) -> Option<String> {
-    let policy = queue.maxmemory_policy().await;
-    if let Some(p) = policy.as_deref().filter(|p| *p != "noeviction") {
-        tracing::error!(
-            policy = p,
-            "Redis maxmemory-policy is not noeviction: under memory pressure Redis will silently delete queued jobs; set maxmemory-policy noeviction"
-        );
-    }
-    policy
 }

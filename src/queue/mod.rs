@@ -402,11 +402,11 @@ impl RedisQueue {
             .map(|_| ())
     }
 
-    /// `CONFIG GET maxmemory-policy`; `None` where the provider forbids `CONFIG`.
-    pub async fn maxmemory_policy(&self) -> Option<String> {
+    /// `CONFIG GET <name>`; `None` where the provider forbids `CONFIG` (many managed services).
+    pub async fn config_get(&self, name: &str) -> Option<String> {
         let reply: RedisResult<Vec<String>> = redis::cmd("CONFIG")
             .arg("GET")
-            .arg("maxmemory-policy")
+            .arg(name)
             .query_async(&mut self.conn.clone())
             .await;
         reply.ok().and_then(|v| v.into_iter().nth(1))
