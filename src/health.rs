@@ -19,6 +19,8 @@ pub struct Check {
 struct Dep {
     ok_at: Option<Instant>,
     error: Option<String>,
+    /// When the current run of failures began.
+    failing_since: Option<Instant>,
 }
 
 pub struct Health {
@@ -35,6 +37,7 @@ impl Default for Health {
             Mutex::new(Dep {
                 ok_at: None,
                 error: Some("not checked yet".to_owned()),
+                failing_since: None,
             })
         };
         Health {
@@ -90,6 +93,15 @@ impl Health {
         *self.claim.lock().unwrap() = (Instant::now(), waiting);
     }
 
+    /// How long Redis has been failing, with the last error (`None` while it answers).
+    pub fn redis_down_for(&self) -> Option<(Duration, String)> {
+        down_for(&self.redis)
+    }
+
+    pub fn postgres_down_for(&self) -> Option<(Duration, String)> {
+        down_for(&self.postgres)
+    }
+
     /// Redis is healthy if the last heartbeat succeeded and was recent.
     pub fn redis_check(&self, max_age: Duration) -> Check {
         check(&self.redis, max_age)
@@ -128,10 +140,13 @@ fn ok(dep: &Mutex<Dep>) {
     let mut d = dep.lock().unwrap();
     d.ok_at = Some(Instant::now());
     d.error = None;
+    d.failing_since = None;
 }
 
 fn failed(dep: &Mutex<Dep>, e: &dyn std::fmt::Display) {
-    dep.lock().unwrap().error = Some(e.to_string());
+    let mut d = dep.lock().unwrap();
+    d.error = Some(e.to_string());
+    d.failing_since.get_or_insert_with(Instant::now);
 }
 
 fn check(dep: &Mutex<Dep>, max_age: Duration) -> Check {
@@ -147,4 +162,10 @@ fn check(dep: &Mutex<Dep>, max_age: Duration) -> Check {
             error: Some(format!("no successful heartbeat for over {} s", max_age.as_secs())),
         },
     }
+}
+
+fn down_for(dep: &Mutex<Dep>) -> Option<(Duration, String)> {
+    let d = dep.lock().unwrap();
+    d.failing_since
+        .map(|t| (t.elapsed(), d.error.clone().unwrap_or_default()))
 }

@@ -16,6 +16,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Sentry starts before the runtime and its guard lives until exit, flushing queued events.
+    let _sentry = step_worker::notify::sentry::init(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

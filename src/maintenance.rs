@@ -32,6 +32,7 @@ pub struct Maintenance {
     pub health: Arc<Health>,
     pub inflight: Arc<InFlight>,
     pub promoter: Arc<Promoter>,
+    pub notifier: Arc<crate::notify::Notifier>,
     pub pause: Arc<crate::pause::Pause>,
     /// The claim loop's blocking connection id, to wake it when a pause begins.
     pub blocking_id: Arc<std::sync::atomic::AtomicI64>,
@@ -195,6 +196,9 @@ impl Maintenance {
             return tracing::warn!(error = %e, "writing poison dead letters failed; retrying on a later beat");
         }
         self.metrics.poisoned.inc_by(entries.len() as u64);
+        for letter in &batch.dead_letters {
+            self.notifier.dead_lettered(letter);
+        }
         tracing::error!(
             count = entries.len(),
             "jobs that kept killing their workers were dead-lettered"

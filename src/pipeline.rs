@@ -36,6 +36,7 @@ pub struct Pipeline {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
     pub promoter: Arc<Promoter>,
+    pub notifier: Arc<crate::notify::Notifier>,
     pub batch_size: usize,
 }
 
@@ -183,7 +184,10 @@ impl Pipeline {
             return;
         }
         match &f.settle {
-            Settle::Done if f.dead_letter.is_some() => self.metrics.job(&f.step_label, "dead"),
+            Settle::Done if let Some(letter) = &f.dead_letter => {
+                self.metrics.job(&f.step_label, "dead");
+                self.notifier.dead_lettered(letter);
+            }
             Settle::Done => {}
             Settle::Retry(delay) => {
                 self.metrics.job(&f.step_label, "retried");

@@ -96,6 +96,12 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
         .with_label_values(&[policy.as_deref().unwrap_or("unknown")])
         .set(1);
     let health = Arc::new(Health::default());
+    let background = CancellationToken::new();
+    let notifier = Arc::new(crate::notify::Notifier::start(
+        &config.notify,
+        health.clone(),
+        background.clone(),
+    ));
     let inflight = Arc::new(InFlight::default());
     let promoter = Arc::new(Promoter::default());
     let slots = Arc::new(Semaphore::new(config.concurrency));
@@ -110,6 +116,7 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
         health: health.clone(),
         inflight: inflight.clone(),
         promoter: promoter.clone(),
+        notifier: notifier.clone(),
         pause: pause.clone(),
         blocking_id: blocking_id.clone(),
     });
@@ -147,7 +154,6 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
         None
     };
 
-    let background = CancellationToken::new();
     let heartbeat = {
         let (m, stop) = (maintenance.clone(), background.clone());
         tokio::spawn(async move { m.run_heartbeat(stop).await })
@@ -165,6 +171,7 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
         metrics: metrics.clone(),
         health: health.clone(),
         promoter: promoter.clone(),
+        notifier,
         batch_size: config.persist_batch_size,
     };
     let pipeline_task = tokio::spawn(pipeline.run(finished_rx, give_up.clone()));

@@ -6,6 +6,7 @@
 //! struct of raw strings; parsing happens here so each error can name its variable precisely.
 
 mod http_steps;
+mod notify;
 mod parse;
 mod secret;
 
@@ -14,6 +15,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use http_steps::HttpSteps;
+pub use notify::Notify;
 pub use parse::ConfigError;
 use parse::{Var, parse_bool, parse_int, parse_one_of};
 pub use secret::{Secret, redact_url};
@@ -43,6 +45,11 @@ struct RawEnv {
     port: Option<String>,
     queue_key: Option<String>,
     redis_allow_eviction: Option<String>,
+    sentry_dsn: Option<String>,
+    slack_webhook: Option<String>,
+    slack_dead_letter_window_ms: Option<String>,
+    slack_outage_threshold_ms: Option<String>,
+    pii_redact_keys: Option<String>,
     heartbeat_interval_ms: Option<String>,
     worker_deadline_ms: Option<String>,
     max_recoveries: Option<String>,
@@ -102,6 +109,7 @@ pub struct Config {
     pub persist_batch_size: usize,
     /// Dispatch of steps without a native handler to HTTP endpoints (off unless routed).
     pub http_steps: HttpSteps,
+    pub notify: Notify,
 }
 
 /// Local services on their standard ports: what `cargo run` and the test suite use.
@@ -141,6 +149,7 @@ impl Config {
         let production = app_env == AppEnv::Production;
         // Before the fields below are moved out of `raw`.
         let http_steps = http_steps::parse(&raw)?;
+        let notify = notify::parse(&raw)?;
         if let Some(v) = &raw.queue_driver {
             parse_one_of(Var::new("QUEUE_DRIVER", v), &["redis"])?;
         }
@@ -228,6 +237,7 @@ impl Config {
             persist_batch_size: parse_int("PERSIST_BATCH_SIZE", raw.persist_batch_size.as_deref(), 500, 1, 10_000)?
                 as usize,
             http_steps,
+            notify,
         })
     }
 
@@ -263,6 +273,7 @@ impl Config {
             ("PERSIST_BATCH_SIZE", self.persist_batch_size.to_string()),
         ];
         lines.extend(self.http_steps.describe());
+        lines.extend(self.notify.describe());
         lines
     }
 }

@@ -3,6 +3,7 @@
 //! kill or stop a server start their own (see `servers`).
 #![allow(dead_code)]
 
+pub mod capture;
 pub mod servers;
 
 use std::future::Future;

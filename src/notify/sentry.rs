@@ -1,0 +1,76 @@
+//! Sentry: initialised once in `main` (its guard flushes queued events on exit), fed by the
+//! tracing layer for internal errors and by [`report_dead_letter`] for dead letters. Each report
+//! gets a hub of its own, so concurrent jobs never mix their tags. Every event is scrubbed of
+//! credentials and personal data before it leaves.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sentry::protocol::{Event, Level};
+
+use crate::config::Config;
+use crate::redact::{Redactor, scrub_text};
+use crate::store::DeadLetterRecord;
+
+/// How long exit waits for queued events to be sent.
+const FLUSH_ON_EXIT: Duration = Duration::from_secs(2);
+
+/// Initialises Sentry when `SENTRY_DSN` is set; keep the guard alive until exit.
+pub fn init(config: &Config) -> Option<sentry::ClientInitGuard> {
+    let dsn = config.notify.sentry_dsn.as_ref()?;
+    let redactor = Redactor::new(&config.notify.pii_keys);
+    let environment = format!("{:?}", config.app_env).to_lowercase();
+    let options = sentry::ClientOptions::new()
+        .dsn(dsn.expose())
+        .maybe_release(sentry::release_name!())
+        .environment(environment)
+        .send_default_pii(false)
+        .shutdown_timeout(FLUSH_ON_EXIT)
+        .before_send(move |event| Some(scrub(event, &redactor)));
+    Some(sentry::init(options))
+}
+
+/// Reports a dead letter with the job's identity as tags and its input, redacted, as context.
+pub fn report_dead_letter(letter: &DeadLetterRecord, redactor: &Redactor) {
+    let hub = Arc::new(sentry::Hub::new_from_top(sentry::Hub::current()));
+    let input = serde_json::from_slice::<serde_json::Value>(&letter.payload)
+        .ok()
+        .and_then(|v| v.get("input").map(|i| redactor.redact(i)));
+    hub.configure_scope(|scope| {
+        scope.set_tag("job.id", letter.job_id.as_deref().unwrap_or("-"));
+        scope.set_tag("job.step", letter.step.as_deref().unwrap_or("-"));
+        scope.set_tag("run.id", letter.run_id.as_deref().unwrap_or("-"));
+        scope.set_tag("attempt", letter.attempts);
+        scope.set_tag("worker", &letter.worker_id);
+        scope.set_tag("reason", &letter.reason);
+        if let Some(input) = input {
+            scope.set_extra("input", input);
+        }
+    });
+    let message = format!(
+        "job dead-lettered ({}): {}",
+        letter.reason,
+        letter.error.as_deref().unwrap_or("-")
+    );
+    hub.capture_message(&message, Level::Error);
+}
+
+/// Masks credentials in messages and exception values, and personal data in extra context.
+fn scrub(mut event: Event<'static>, redactor: &Redactor) -> Event<'static> {
+    event.message = event.message.map(|m| scrub_text(&m));
+    for exception in event.exception.values.iter_mut() {
+        exception.value = exception.value.as_deref().map(scrub_text);
+    }
+    for value in event.extra.values_mut() {
+        *value = redactor.redact(value);
+    }
+    for crumb in event.breadcrumbs.values.iter_mut() {
+        crumb.message = crumb.message.as_deref().map(scrub_text);
+    }
+    if let Some(request) = event.request.as_mut() {
+        request
+            .headers
+            .retain(|k, _| !redactor.is_sensitive(k) && !k.eq_ignore_ascii_case("cookie"));
+    }
+    event
+}
