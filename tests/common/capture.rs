@@ -9,8 +9,11 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::routing::post;
 
+/// A request as received: its path and body.
+type Request = (String, Vec<u8>);
+
 #[derive(Clone, Default)]
-pub struct Captured(Arc<Mutex<Vec<(String, Vec<u8>)>>>);
+pub struct Captured(Arc<Mutex<Vec<Request>>>);
 
 impl Captured {
     /// Bodies received so far, as text, with the path they were posted to.
