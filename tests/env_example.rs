@@ -168,7 +168,9 @@ fn env_example_as_written_is_valid_and_its_commented_values_are_the_defaults() {
     // What the worker uses for a commented-out variable, given the variables the file sets.
     let effective: BTreeMap<_, _> = config.describe().into_iter().collect();
     for (name, line) in example.iter().filter(|(_, line)| line.commented) {
-        let actual = &effective[name.as_str()];
+        let actual = effective
+            .get(name.as_str())
+            .unwrap_or_else(|| panic!(".env.example: {name} is not a variable the worker reads"));
         assert_eq!(
             &line.value, actual,
             ".env.example: `# {name}={}` but the worker uses {actual} when it is unset",
