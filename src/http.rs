@@ -46,6 +46,15 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Listens on every address, IPv6 and IPv4 (platform private networks such as Fly's and Railway's
+/// are IPv6), falling back to IPv4 alone where the host has no IPv6.
+pub async fn bind(port: u16) -> std::io::Result<TcpListener> {
+    match TcpListener::bind(("::", port)).await {
+        Ok(l) => Ok(l),
+        Err(_) => TcpListener::bind(("0.0.0.0", port)).await,
+    }
+}
+
 /// Serves until `stop` is cancelled; returns the bound address through `bound` first.
 pub async fn serve(listener: TcpListener, state: AppState, stop: CancellationToken) -> std::io::Result<()> {
     axum::serve(listener, router(state))

@@ -61,7 +61,7 @@ impl Metrics {
         let queue_wait = HistogramVec::new(
             HistogramOpts::new(
                 "step_worker_queue_wait_seconds",
-                "Time from the job's enqueued_at to its claim by a worker (jobs that carry enqueued_at).",
+                "Time from the job's enqueued_at to its first claim by a worker (jobs that carry enqueued_at; retries are not counted).",
             )
             .buckets(WAIT_BUCKETS.to_vec()),
             &["step"],

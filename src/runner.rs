@@ -99,7 +99,8 @@ impl Runner {
                 ..Finished::requeue(claimed, label)
             };
         }
-        if let Some(enqueued) = job.enqueued_at {
+        // Queue wait is the first claim's: a retry's wait since enqueue includes its backoff.
+        if let Some(enqueued) = job.enqueued_at.filter(|_| claimed.failures == 0) {
             let wait = (claimed.claimed_at - enqueued).to_std().unwrap_or_default();
             self.metrics
                 .queue_wait

@@ -150,7 +150,11 @@ fn readme_defaults_are_the_codes_defaults() {
         let Some(cell) = table.get(name) else { continue };
         // An optional integration is off by default: the code describes it as empty.
         if default.is_empty() {
-            assert_eq!(cell.trim(), "unset", "README.md: {name} has no default in the code, the table says {cell}");
+            assert_eq!(
+                cell.trim(),
+                "unset",
+                "README.md: {name} has no default in the code, the table says {cell}"
+            );
             continue;
         }
         assert!(
@@ -178,7 +182,10 @@ fn env_example_as_written_is_valid_and_its_commented_values_are_the_defaults() {
             .unwrap_or_else(|| panic!(".env.example: {name} is not a variable the worker reads"));
         // An optional integration is unset by default; its commented line shows the expected form.
         if actual.is_empty() {
-            assert!(line.value.contains('<'), ".env.example: {name} is unset by default; show a <placeholder> form");
+            assert!(
+                line.value.contains('<'),
+                ".env.example: {name} is unset by default; show a <placeholder> form"
+            );
             continue;
         }
         assert_eq!(
