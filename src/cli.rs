@@ -88,6 +88,9 @@ pub enum Command {
         /// Jobs per second (default: all at once).
         #[arg(long)]
         rate: Option<f64>,
+        /// With --rate: push for this long (e.g. 2m) instead of a number of jobs.
+        #[arg(long, value_parser = humantime::parse_duration, requires = "rate", conflicts_with = "jobs")]
+        duration: Option<Duration>,
         #[arg(long, default_value = "builtin.noop")]
         step: String,
         /// The jobs' input, as JSON.

@@ -59,11 +59,17 @@ pub async fn admin(config: Config, command: Command) -> anyhow::Result<()> {
         Command::Load {
             jobs,
             rate,
+            duration,
             step,
             input,
             timeout,
         } => {
             let input = serde_json::from_str(&input).context("--input must be JSON")?;
+            // A rate for a duration is that many jobs, paced.
+            let jobs = match (rate, duration) {
+                (Some(rate), Some(d)) => (rate * d.as_secs_f64()).ceil() as u64,
+                _ => jobs,
+            };
             admin::load::load(
                 &admin,
                 admin::load::Load {

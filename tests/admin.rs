@@ -228,5 +228,7 @@ async fn smoke_succeeds_with_a_worker_and_fails_without_one() {
         load.contains("50/50 results (50 succeeded)") && load.contains("throughput"),
         "{load}"
     );
+    let paced = ok(&cli(&env, &["load", "--rate", "40", "--duration", "1s"]).await);
+    assert!(paced.contains("40/40 results (40 succeeded)"), "{paced}");
     worker.stop().await.unwrap();
 }
