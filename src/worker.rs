@@ -69,10 +69,12 @@ impl Running {
 pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> anyhow::Result<Option<Running>> {
     let config = Arc::new(config);
     let stop = &shutdown.graceful;
+    let ca = config.redis_ca.as_ref().map(|(_, pem)| pem.as_slice());
     let Some(queue) = retry_until("connect to Redis", stop, || {
-        RedisQueue::connect(config.redis_url.expose(), &config.queue_key)
+        RedisQueue::connect_with_ca(config.redis_url.expose(), &config.queue_key, ca)
     })
     .await
+    .context("REDIS_URL")?
     else {
         return Ok(None);
     };
@@ -80,6 +82,7 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
     if config.database_migrate
         && retry_until("run database migrations", stop, || store.migrate())
             .await
+            .context("DATABASE_URL")?
             .is_none()
     {
         return Ok(None);
@@ -121,7 +124,7 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
         blocking_id: blocking_id.clone(),
     });
     if retry_until("register the worker", stop, || maintenance.register())
-        .await
+        .await?
         .is_none()
     {
         return Ok(None);
@@ -326,10 +329,11 @@ impl Drain {
     }
 }
 
-/// Retries `op` until it succeeds or `stop` is cancelled (`None`). Used at startup, where an
-/// unreachable dependency is waited for rather than fatal: platforms restart crashed containers
-/// in a tight loop, which helps nobody.
-async fn retry_until<T, E, F, Fut>(what: &str, stop: &CancellationToken, mut op: F) -> Option<T>
+/// Retries `op` until it succeeds (`Some`) or `stop` is cancelled (`None`). Used at startup,
+/// where an unreachable dependency is waited for rather than fatal: platforms restart crashed
+/// containers in a tight loop, which helps nobody. A certificate the worker does not trust is
+/// the exception: waiting cannot fix it, so it is returned as an error at once.
+async fn retry_until<T, E, F, Fut>(what: &str, stop: &CancellationToken, mut op: F) -> Result<Option<T>, E>
 where
     E: std::fmt::Display,
     F: FnMut() -> Fut,
@@ -337,12 +341,20 @@ where
 {
     loop {
         match op().await {
-            Ok(v) => return Some(v),
+            Ok(v) => return Ok(Some(v)),
+            Err(e) if is_certificate_error(&e) => return Err(e),
             Err(e) => tracing::warn!(error = %e, "cannot {what} yet; retrying"),
         }
         tokio::select! {
             _ = tokio::time::sleep(STARTUP_RETRY) => {}
-            _ = stop.cancelled() => return None,
+            _ = stop.cancelled() => return Ok(None),
         }
     }
+}
+
+/// Whether an error is a TLS verification failure. The redis and sqlx errors carry rustls's
+/// error only as text (inside an I/O error), so the text is what can be checked.
+fn is_certificate_error(e: &dyn std::fmt::Display) -> bool {
+    let text = e.to_string().to_ascii_lowercase();
+    text.contains("certificate") || text.contains("unknownissuer")
 }

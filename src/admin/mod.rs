@@ -35,7 +35,8 @@ pub struct Admin {
 
 impl Admin {
     pub async fn connect(config: Config) -> anyhow::Result<Self> {
-        let queue = RedisQueue::connect(config.redis_url.expose(), &config.queue_key)
+        let ca = config.redis_ca.as_ref().map(|(_, pem)| pem.as_slice());
+        let queue = RedisQueue::connect_with_ca(config.redis_url.expose(), &config.queue_key, ca)
             .await
             .with_context(|| format!("connecting to Redis at {}", config.redis_url))?;
         let store = Store::connect_lazy(config.database_url.expose(), 2).context("DATABASE_URL")?;

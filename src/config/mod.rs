@@ -45,6 +45,7 @@ struct RawEnv {
     port: Option<String>,
     queue_key: Option<String>,
     redis_allow_eviction: Option<String>,
+    redis_ca_file: Option<String>,
     sentry_dsn: Option<String>,
     slack_webhook: Option<String>,
     slack_dead_letter_window_ms: Option<String>,
@@ -101,6 +102,9 @@ pub struct Config {
     pub queue_key: String,
     /// Start in production even when Redis may evict keys (an explicit, documented risk).
     pub redis_allow_eviction: bool,
+    /// `REDIS_CA_FILE`: the path and PEM contents of the CA that signed a private Redis's TLS
+    /// certificate (public CAs, as Upstash uses, need nothing).
+    pub redis_ca: Option<(String, Vec<u8>)>,
     pub heartbeat_interval: Duration,
     pub worker_deadline: Duration,
     pub max_recoveries: u32,
@@ -228,6 +232,19 @@ impl Config {
             health_check_enabled: parse_bool("HEALTH_CHECK_ENABLED", raw.health_check_enabled.as_deref(), true)?,
             health_check_port,
             queue_key,
+            redis_ca: match raw.redis_ca_file {
+                Some(path) => match std::fs::read(&path) {
+                    Ok(pem) if pem.starts_with(b"-----BEGIN") => Some((path, pem)),
+                    _ => {
+                        return Err(ConfigError::new(
+                            "REDIS_CA_FILE",
+                            "the path of a readable PEM certificate file",
+                            &path,
+                        ));
+                    }
+                },
+                None => None,
+            },
             redis_allow_eviction: parse_bool("REDIS_ALLOW_EVICTION", raw.redis_allow_eviction.as_deref(), false)?,
             heartbeat_interval,
             worker_deadline,
@@ -252,6 +269,10 @@ impl Config {
             ("DATABASE_URL", self.database_url.redacted()),
             ("QUEUE_KEY", self.queue_key.clone()),
             ("REDIS_ALLOW_EVICTION", self.redis_allow_eviction.to_string()),
+            (
+                "REDIS_CA_FILE",
+                self.redis_ca.as_ref().map(|(p, _)| p.clone()).unwrap_or_default(),
+            ),
             ("WORKER_CONCURRENCY", self.concurrency.to_string()),
             ("STEP_TIMEOUT_MS", ms(self.step_timeout)),
             ("STEP_TIMEOUT_MAX_MS", ms(self.step_timeout_max)),

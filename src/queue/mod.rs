@@ -115,7 +115,21 @@ pub struct RedisQueue {
 
 impl RedisQueue {
     pub async fn connect(url: &str, queue_key: &str) -> RedisResult<Self> {
-        let client = Client::open(url)?;
+        Self::connect_with_ca(url, queue_key, None).await
+    }
+
+    /// Connects trusting `ca_pem` (PEM) instead of the public roots for a `rediss://` URL.
+    pub async fn connect_with_ca(url: &str, queue_key: &str, ca_pem: Option<&[u8]>) -> RedisResult<Self> {
+        let client = match ca_pem {
+            Some(pem) => Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.to_vec()),
+                },
+            )?,
+            None => Client::open(url)?,
+        };
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(COMMAND_TIMEOUT))
             .set_connection_timeout(Some(COMMAND_TIMEOUT))

@@ -3,7 +3,7 @@
 //! tests run as root its cluster runs as the `postgres` user.
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -106,10 +106,37 @@ pub struct PrivatePostgres {
     dir: PathBuf,
     bin: PathBuf,
     as_postgres: bool,
+    /// Extra server options (` -c name=value ...`).
+    extra: String,
 }
 
 impl PrivatePostgres {
     pub fn start() -> Self {
+        let pg = Self::init();
+        pg.start_server();
+        pg
+    }
+
+    /// A cluster serving TLS with `cert`/`key` (PEM files, copied into the cluster's folder).
+    pub fn start_tls(cert: &Path, key: &Path) -> Self {
+        let mut pg = Self::init();
+        for (src, name) in [(cert, "server.crt"), (key, "server.key")] {
+            std::fs::copy(src, pg.dir.join(name)).unwrap();
+        }
+        if pg.as_postgres {
+            run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(&pg.dir));
+        }
+        run(Command::new("chmod").arg("600").arg(pg.dir.join("server.key")));
+        pg.extra = format!(
+            " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+            pg.dir.join("server.crt").display(),
+            pg.dir.join("server.key").display()
+        );
+        pg.start_server();
+        pg
+    }
+
+    fn init() -> Self {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .expect("PostgreSQL server binaries under /usr/lib/postgresql (scripts/test installs them)")
             .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
@@ -126,13 +153,13 @@ impl PrivatePostgres {
             dir,
             bin,
             as_postgres,
+            extra: String::new(),
         };
         let data = pg.dir.join("data");
         run(pg
             .cmd("initdb")
             .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
             .arg(&data));
-        pg.start_server();
         pg
     }
 
@@ -153,9 +180,10 @@ impl PrivatePostgres {
 
     pub fn start_server(&self) {
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off{}",
             self.port,
-            self.dir.display()
+            self.dir.display(),
+            self.extra
         );
         run(self
             .cmd("pg_ctl")
