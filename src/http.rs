@@ -43,6 +43,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/health/live", get(live))
         .route("/metrics", get(metrics))
+        .route("/jobs", axum::routing::post(crate::http_jobs::enqueue))
         .with_state(state)
 }
 

@@ -29,6 +29,7 @@ pub mod config;
 pub mod handler;
 pub mod health;
 pub mod http;
+pub mod http_jobs;
 pub mod http_step;
 pub mod inflight;
 pub mod job;

@@ -162,3 +162,65 @@ async fn metrics_count_what_happened() {
     }
     worker.stop().await.unwrap();
 }
+
+async fn post_jobs(addr: std::net::SocketAddr, token: Option<&str>, body: &str) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .post(format!("http://{addr}/jobs"))
+        .body(body.to_owned());
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let r = req.send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn post_jobs_validates_and_enqueues_all_or_nothing_behind_the_admin_token() {
+    let env = TestEnv::new().await;
+    let worker = env.start(&[("ADMIN_TOKEN", "test-admin-token-123")]).await;
+    let addr = worker.http_addr.unwrap();
+
+    let (code, _) = post_jobs(addr, None, r#"{"id":"h-1","step":"builtin.noop"}"#).await;
+    assert_eq!(code, 401);
+    let (code, _) = post_jobs(addr, Some("wrong"), r#"{"id":"h-1","step":"builtin.noop"}"#).await;
+    assert_eq!(code, 401);
+
+    let token = Some("test-admin-token-123");
+    let (code, body) = post_jobs(
+        addr,
+        token,
+        r#"[{"id":"h-2","step":"builtin.noop"},{"step":"builtin.noop"}]"#,
+    )
+    .await;
+    assert_eq!(code, 400);
+    assert_eq!(body["index"], 1);
+    assert!(
+        body["error"].as_str().unwrap().contains("missing required field `id`"),
+        "{body}"
+    );
+    let (code, body) = post_jobs(addr, token, "not json").await;
+    assert_eq!(code, 400, "{body}");
+
+    let (code, body) = post_jobs(
+        addr,
+        token,
+        r#"[{"id":"h-3","step":"builtin.noop","input":3},{"id":"h-4","step":"builtin.noop"}]"#,
+    )
+    .await;
+    assert_eq!((code, body["enqueued"].as_i64()), (202, Some(2)), "{body}");
+    assert_eq!(env.wait_result("h-3", WAIT).await.output, Some(json!(3)));
+    env.wait_result("h-4", WAIT).await;
+    assert!(env.result("h-2").await.is_none(), "a rejected batch enqueues nothing");
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn post_jobs_is_disabled_in_production_without_a_token() {
+    let env = TestEnv::new().await;
+    let worker = env.start(&[("APP_ENV", "production")]).await;
+    let (code, body) = post_jobs(worker.http_addr.unwrap(), None, r#"{"id":"p-1","step":"builtin.noop"}"#).await;
+    assert_eq!(code, 403);
+    assert!(body["error"].as_str().unwrap().contains("ADMIN_TOKEN"));
+    assert_eq!(env.ready_len().await, 0);
+    worker.stop().await.unwrap();
+}

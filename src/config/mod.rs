@@ -46,6 +46,7 @@ struct RawEnv {
     queue_key: Option<String>,
     redis_allow_eviction: Option<String>,
     redis_ca_file: Option<String>,
+    admin_token: Option<String>,
     sentry_dsn: Option<String>,
     slack_webhook: Option<String>,
     slack_dead_letter_window_ms: Option<String>,
@@ -105,6 +106,9 @@ pub struct Config {
     /// `REDIS_CA_FILE`: the path and PEM contents of the CA that signed a private Redis's TLS
     /// certificate (public CAs, as Upstash uses, need nothing).
     pub redis_ca: Option<(String, Vec<u8>)>,
+    /// `ADMIN_TOKEN`: bearer token for `POST /jobs` (without it the endpoint is open outside
+    /// production and disabled in production).
+    pub admin_token: Option<Secret>,
     pub heartbeat_interval: Duration,
     pub worker_deadline: Duration,
     pub max_recoveries: u32,
@@ -245,6 +249,7 @@ impl Config {
                 },
                 None => None,
             },
+            admin_token: raw.admin_token.map(Secret::new),
             redis_allow_eviction: parse_bool("REDIS_ALLOW_EVICTION", raw.redis_allow_eviction.as_deref(), false)?,
             heartbeat_interval,
             worker_deadline,
@@ -269,6 +274,10 @@ impl Config {
             ("DATABASE_URL", self.database_url.redacted()),
             ("QUEUE_KEY", self.queue_key.clone()),
             ("REDIS_ALLOW_EVICTION", self.redis_allow_eviction.to_string()),
+            (
+                "ADMIN_TOKEN",
+                self.admin_token.as_ref().map(Secret::redacted).unwrap_or_default(),
+            ),
             (
                 "REDIS_CA_FILE",
                 self.redis_ca.as_ref().map(|(p, _)| p.clone()).unwrap_or_default(),

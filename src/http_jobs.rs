@@ -1,0 +1,91 @@
+//! `POST /jobs`: enqueue one job (a JSON object) or several (an array) over HTTP, validated against
+//! the job contract exactly as `step-worker enqueue` validates them. Either every job is accepted
+//! or none is. Protected by `ADMIN_TOKEN` (bearer); without a token the endpoint is open outside
+//! production (the quickstart) and disabled in production.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::config::AppEnv;
+use crate::http::AppState;
+
+pub async fn enqueue(State(s): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if let Err(refusal) = authorize(&s, &headers) {
+        return *refusal;
+    }
+    let value: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body is not valid JSON: {e}"), None),
+    };
+    let jobs = match value {
+        Value::Array(items) => items,
+        other => vec![other],
+    };
+    let mut payloads = Vec::with_capacity(jobs.len());
+    let mut ids = Vec::with_capacity(jobs.len());
+    for (i, job) in jobs.iter().enumerate() {
+        match crate::admin::enqueue::prepare(&job.to_string()) {
+            Ok(p) => {
+                ids.push(job["id"].clone());
+                payloads.push(p);
+            }
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e:#}"), Some(i)),
+        }
+    }
+    if let Err(e) = s.queue.push_many(&payloads).await {
+        s.metrics.redis_errors.with_label_values(&["enqueue"]).inc();
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("Redis refused the jobs: {e}"),
+            None,
+        );
+    }
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({ "enqueued": payloads.len(), "ids": ids })),
+    )
+        .into_response()
+}
+
+/// `Err` is the refusal to send (boxed: a response is large and refusals are rare).
+fn authorize(s: &AppState, headers: &HeaderMap) -> Result<(), Box<Response>> {
+    let Some(token) = &s.config.admin_token else {
+        return match s.config.app_env {
+            AppEnv::Production => Err(Box::new(error(
+                StatusCode::FORBIDDEN,
+                "POST /jobs is disabled: set ADMIN_TOKEN to enable it".into(),
+                None,
+            ))),
+            _ => Ok(()),
+        };
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(given) if same(given.as_bytes(), token.expose().as_bytes()) => Ok(()),
+        _ => Err(Box::new(error(
+            StatusCode::UNAUTHORIZED,
+            "a valid `Authorization: Bearer <ADMIN_TOKEN>` is required".into(),
+            None,
+        ))),
+    }
+}
+
+/// Compares in time independent of where the first difference is, so the token cannot be
+/// guessed byte by byte from response times.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn error(status: StatusCode, message: String, index: Option<usize>) -> Response {
+    let mut body = json!({ "error": message });
+    if let Some(i) = index {
+        body["index"] = json!(i);
+    }
+    (status, Json(body)).into_response()
+}
