@@ -142,6 +142,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
                 ("delayed", d.delayed),
                 ("in_flight", d.in_flight),
                 ("poison", d.poison),
+                ("held", d.held),
             ] {
                 m.queue_depth.with_label_values(&[queue]).set(n as i64);
             }

@@ -151,6 +151,10 @@ async fn metrics_count_what_happened() {
         sample(&text, "step_worker_queue_depth", &[("queue", "dead")]),
         Some(2.0)
     );
+    assert_eq!(
+        sample(&text, "step_worker_queue_depth", &[("queue", "held")]),
+        Some(0.0)
+    );
     assert_eq!(sample(&text, "step_worker_live_workers", &[]), Some(1.0));
     assert_eq!(sample(&text, "step_worker_concurrency", &[]), Some(10.0));
     assert!(sample(&text, "step_worker_build_info", &[("worker_id", &worker.worker_id)]).is_some());

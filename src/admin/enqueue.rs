@@ -20,15 +20,20 @@ pub struct Enqueue {
 }
 
 /// Validates one job and returns the payload to push: the job as given, with `enqueued_at`
-/// added when absent (so queue-wait metrics cover it).
+/// added when absent (so queue-wait metrics cover it). A delayed job is stamped with the time it
+/// enters the queue, so its delay does not count as waiting.
 pub fn prepare(text: &str) -> anyhow::Result<Vec<u8>> {
+    prepare_at(text, Duration::ZERO)
+}
+
+pub fn prepare_at(text: &str, delay: Duration) -> anyhow::Result<Vec<u8>> {
     if let Err((e, _)) = crate::job::decode(text.as_bytes()) {
         bail!("invalid job: {e}");
     }
     let mut value: Value = serde_json::from_str(text)?;
     let map = value.as_object_mut().expect("decode accepted an object");
     map.entry("enqueued_at")
-        .or_insert_with(|| Value::from(chrono::Utc::now().timestamp_millis()));
+        .or_insert_with(|| Value::from(chrono::Utc::now().timestamp_millis() + delay.as_millis() as i64));
     Ok(serde_json::to_vec(&value)?)
 }
 
@@ -44,13 +49,16 @@ pub async fn run(admin: &Admin, e: Enqueue) -> anyhow::Result<()> {
             } else {
                 job.clone()
             };
-            vec![prepare(text.trim())?]
+            vec![prepare_at(text.trim(), e.delay.unwrap_or_default())?]
         }
         (None, Some(path)) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
             let mut out = Vec::new();
             for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-                out.push(prepare(line.trim()).with_context(|| format!("{}: line {}", path.display(), n + 1))?);
+                out.push(
+                    prepare_at(line.trim(), e.delay.unwrap_or_default())
+                        .with_context(|| format!("{}: line {}", path.display(), n + 1))?,
+                );
             }
             out
         }
