@@ -136,7 +136,11 @@ impl Maintenance {
     /// Rescues the jobs of every worker whose deadline has passed. Public so tests can drive it.
     pub async fn reap(&self) {
         let owner = self.lease.identity().wid.clone();
-        let victims = match self.queue.reap_candidates(self.grace(), &owner).await {
+        let victims = match self
+            .queue
+            .reap_candidates(self.grace(), self.config.heartbeat_interval, &owner)
+            .await
+        {
             Ok(v) => v,
             Err(e) => {
                 self.metrics.redis_errors.with_label_values(&["reap"]).inc();
