@@ -201,6 +201,25 @@ async fn produce_until_full(c: &Cluster, during: Duration) -> (Workload, u64) {
     (w, refused)
 }
 
+/// Lowers maxmemory to `by` bytes under the memory in use; returns `by`.
+async fn squeeze(c: &Cluster, by: u64) -> u64 {
+    let mut conn = c.redis_conn.clone();
+    let info: String = redis::cmd("INFO").arg("memory").query_async(&mut conn).await.unwrap();
+    let used: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(used.saturating_sub(by))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    by
+}
+
 fn tiny_redis(policy: &str) -> Opts {
     Opts {
         redis_args: ["--maxmemory", "6mb", "--maxmemory-policy", policy]
@@ -217,6 +236,9 @@ async fn full_redis_with_noeviction_refuses_producers_while_workers_drain() {
     let _serial = serial().await;
     let mut c = Cluster::start(tiny_redis("noeviction")).await;
     let (w, refused) = produce_until_full(&c, scale(Duration::from_secs(8), Duration::from_secs(60))).await;
+    // Then hold Redis over its limit (as when an operator lowers maxmemory, or other data grows)
+    // so that only what the workers drain brings it back under.
+    let squeezed = squeeze(&c, 1 << 20).await;
     let (v, log, restarts) = settle(&mut c, &w).await;
     let row = Row {
         fault: "11 Redis full, noeviction".into(),
@@ -225,7 +247,10 @@ async fn full_redis_with_noeviction_refuses_producers_while_workers_drain() {
         duplicates: log.duplicates(),
         overlaps: log.overlaps(&c.gone, None).len(),
         recovery: String::new(),
-        notes: format!("{refused} pushes refused (OOM), evicted_keys {}", v.evicted_keys),
+        notes: format!(
+            "{refused} pushes refused (OOM), then maxmemory set {squeezed} B under use; evicted_keys {}",
+            v.evicted_keys
+        ),
         pass: v.clean() && refused > 0 && restarts == 0,
     };
     row.emit();
