@@ -123,6 +123,11 @@ impl Lease {
             .last_ok_sent
             .is_some_and(|t| sent.duration_since(t) >= self.fence_after());
         s.last_ok_sent = Some(sent);
+        // A gap that long breaks the streak as a failed beat would: others' beats may have
+        // stalled as long, so their deadlines are no evidence yet.
+        if was_fenced {
+            s.streak_since = Some(sent);
+        }
         s.streak_since.get_or_insert(sent);
         if s.exec.is_cancelled() {
             s.exec = CancellationToken::new();
