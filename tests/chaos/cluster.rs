@@ -13,8 +13,8 @@ use sqlx::PgPool;
 use crate::common::servers::{PrivatePostgres, PrivateRedis, free_port};
 use crate::common::unique;
 
-/// How the replicas run. Timings are shortened from the defaults (5 s / 30 s) so a fault
-/// test takes seconds; the pass criteria scale with them.
+/// How the replicas run. In the fast subset, timings are shortened from the defaults
+/// (5 s / 30 s) so a fault test takes seconds; the pass criteria scale with them.
 #[derive(Debug, Clone)]
 pub struct Opts {
     pub replicas: usize,
@@ -31,8 +31,9 @@ impl Default for Opts {
         Opts {
             replicas: 3,
             concurrency: 8,
-            heartbeat_ms: 500,
-            deadline_ms: 3_000,
+            // The full run keeps the production defaults; the fast subset scales them down.
+            heartbeat_ms: crate::scale(500, 5_000),
+            deadline_ms: crate::scale(3_000, 30_000),
             shutdown_timeout_ms: 5_000,
             redis_args: Vec::new(),
             env: Vec::new(),

@@ -46,7 +46,9 @@ pub fn scale<T>(small: T, large: T) -> T {
 }
 
 /// How long a test may wait for the system to go quiet after its fault.
-pub const QUIET: Duration = Duration::from_secs(120);
+pub fn quiet() -> Duration {
+    scale(Duration::from_secs(120), Duration::from_secs(900))
+}
 
 /// Polls `probe` until it yields a value, failing the test after `within`.
 pub async fn until<T, F, Fut>(what: &str, within: Duration, mut probe: F) -> T

@@ -93,7 +93,7 @@ async fn redis_unreachable_past_the_deadline_fences_workers_that_stay_up_and_res
         h.iter().all(|s| *s == 503).then_some(h)
     })
     .await;
-    let outage = scale(opts.deadline() * 2, opts.deadline() * 10);
+    let outage = opts.deadline() * 2;
     tokio::time::sleep(outage.saturating_sub(down_at.elapsed())).await;
     let crashed_during = c.supervise();
     c.redis.restart();

@@ -11,7 +11,7 @@ use crate::execlog::ExecLog;
 use crate::oracle::{self, Verdict};
 use crate::report::{Row, secs};
 use crate::workload::{Durations, Expect, Job, Workload, exec};
-use crate::{QUIET, scale, serial};
+use crate::{quiet, scale, serial};
 
 /// The design's recovery bound is 45 s with the default 30 s deadline: it scales with it.
 fn recovery_bound(opts: &Opts) -> u128 {
@@ -20,7 +20,7 @@ fn recovery_bound(opts: &Opts) -> u128 {
 
 /// Waits for quiet, then reads the oracle and the execution log.
 pub async fn settle(c: &mut Cluster, w: &Workload) -> (Verdict, ExecLog, usize) {
-    let restarts = oracle::wait_quiet(c, w, QUIET).await;
+    let restarts = oracle::wait_quiet(c, w, quiet()).await;
     let verdict = oracle::check(c, w).await;
     let log = ExecLog::read(c.exec_dir());
     (verdict, log, restarts)
@@ -36,13 +36,13 @@ async fn sigkilled_replicas_lose_no_job_and_their_jobs_rerun_within_the_deadline
     };
     let (kills, every, restart_after) = scale(
         (4, Duration::from_secs(2), Duration::from_millis(500)),
-        (30, Duration::from_secs(7), Duration::from_secs(2)),
+        (15, Duration::from_secs(7), Duration::from_secs(2)),
     );
     let durations = Durations {
         min_ms: scale(20, 50),
         max_ms: scale(150, 500),
     };
-    let w = Workload::mixed("kill", scale(2_500, 50_000), durations, 1);
+    let w = Workload::mixed("kill", scale(2_500, 100_000), durations, 1);
     let mut c = Cluster::start(opts.clone()).await;
     w.push(&c.redis_conn, &c.queue_key).await;
     let mut rng = StdRng::seed_from_u64(7);
