@@ -83,6 +83,12 @@ pub fn decode(payload: &[u8]) -> Result<Job, (DecodeError, Salvage)> {
     };
     let envelope = |msg: String| (DecodeError::InvalidEnvelope(msg), salvage.clone());
     let id = required_string(&mut map, "id", MAX_ID_LEN).map_err(envelope)?;
+    if id.contains('\0') {
+        // Postgres text cannot hold NUL: the result row would be filed under another id.
+        return Err(envelope(
+            "field `id` must not contain NUL (\\u0000) characters".to_owned(),
+        ));
+    }
     let step = required_string(&mut map, "step", MAX_STEP_LEN).map_err(envelope)?;
     let input = map.remove("input").unwrap_or(Value::Null);
     let run_id = optional_string(&mut map, "run_id", MAX_ID_LEN).map_err(envelope)?;
@@ -129,7 +135,7 @@ pub fn decode(payload: &[u8]) -> Result<Job, (DecodeError, Salvage)> {
 }
 
 fn valid_id(s: &str) -> bool {
-    !s.is_empty() && s.chars().count() <= MAX_ID_LEN
+    !s.is_empty() && s.chars().count() <= MAX_ID_LEN && !s.contains('\0')
 }
 
 fn required_string(map: &mut Map<String, Value>, field: &str, max: usize) -> Result<String, String> {

@@ -124,7 +124,12 @@ impl Lease {
             .is_some_and(|t| sent.duration_since(t) >= self.fence_after());
         s.last_ok_sent = Some(sent);
         // The streak counts from when Redis answered, not from when we asked: a beat sent during an
-        // outage and answered after it proves nothing about the time in between.
+        // outage and answered after it proves nothing about the time in between. A gap as long as
+        // the fence breaks the streak as a failed beat would: others' beats may have stalled as
+        // long, so their deadlines are no evidence yet.
+        if was_fenced {
+            s.streak_since = None;
+        }
         s.streak_since.get_or_insert_with(Instant::now);
         if s.exec.is_cancelled() {
             s.exec = CancellationToken::new();

@@ -26,6 +26,7 @@ pub mod claimer;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod failpoint;
 pub mod handler;
 pub mod health;
 pub mod http;

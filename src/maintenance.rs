@@ -72,30 +72,32 @@ impl Maintenance {
     }
 
     /// One heartbeat and whatever it says needs doing. Public so tests can drive it.
+    ///
+    /// A beat that has no answer within one heartbeat interval counts as failed. Without that
+    /// bound, a beat waiting on a reconnect (Redis down) neither failed nor succeeded, so the
+    /// worker never fenced itself however long the outage lasted. Dropping the call is safe: the
+    /// script only moves this worker's own deadline forward, whenever it runs.
     pub async fn beat_once(&self) {
         let id = self.lease.identity();
         let sent = Instant::now();
-        // A beat that hangs (Redis gone, connection being re-established) must not delay the next
-        // one: each beat gets one interval, and the script is idempotent, so giving up is safe.
         let beat = self
             .queue
             .heartbeat(&id.wid, self.config.worker_deadline, BeatMode::Beat, self.grace());
-        let result = match tokio::time::timeout(self.config.heartbeat_interval, beat).await {
-            Ok(r) => r,
-            Err(_) => Err(redis::RedisError::from((redis::ErrorKind::Io, "heartbeat timed out"))),
-        };
-        match result {
-            Ok(beat) => self.on_beat(beat, sent).await,
-            Err(e) => {
-                self.metrics.redis_errors.with_label_values(&["heartbeat"]).inc();
-                self.health.redis_failed(&e);
-                if self.lease.beat_failed() {
-                    self.metrics.fenced.inc();
-                    tracing::error!(error = %e, "no heartbeat for too long: stopped running jobs until Redis answers again");
-                } else {
-                    tracing::warn!(error = %e, "heartbeat failed");
-                }
-            }
+        match tokio::time::timeout(self.config.heartbeat_interval, beat).await {
+            Ok(Ok(beat)) => self.on_beat(beat, sent).await,
+            Ok(Err(e)) => self.beat_failed(&e),
+            Err(_) => self.beat_failed(&"no reply within the heartbeat interval"),
+        }
+    }
+
+    fn beat_failed(&self, e: &dyn std::fmt::Display) {
+        self.metrics.redis_errors.with_label_values(&["heartbeat"]).inc();
+        self.health.redis_failed(e);
+        if self.lease.beat_failed() {
+            self.metrics.fenced.inc();
+            tracing::error!(error = %e, "no heartbeat for too long: stopped running jobs until Redis answers again");
+        } else {
+            tracing::warn!(error = %e, "heartbeat failed");
         }
     }
 
@@ -152,7 +154,11 @@ impl Maintenance {
     /// Rescues the jobs of every worker whose deadline has passed. Public so tests can drive it.
     pub async fn reap(&self) {
         let owner = self.lease.identity().wid.clone();
-        let victims = match self.queue.reap_candidates(self.grace(), &owner).await {
+        let victims = match self
+            .queue
+            .reap_candidates(self.grace(), self.config.heartbeat_interval, &owner)
+            .await
+        {
             Ok(v) => v,
             Err(e) => {
                 self.metrics.redis_errors.with_label_values(&["reap"]).inc();

@@ -64,6 +64,8 @@ impl Pipeline {
                 for item in &mut items {
                     item.settle = Settle::Requeue;
                 }
+            } else {
+                crate::failpoint::after_commit();
             }
         }
         self.settle(items, give_up).await;

@@ -120,3 +120,13 @@ fn arbitrary_bytes_never_panic() {
         assert!(decode(bytes).is_err());
     }
 }
+
+#[test]
+fn an_id_with_a_nul_character_is_a_bad_envelope() {
+    // Postgres text cannot store NUL, so such an id would be filed under a different key and
+    // could collide with a real one.
+    let (e, salvage) = err(r#"{"id":"a\u0000b","step":"s"}"#);
+    assert_eq!(e.reason(), "invalid_envelope");
+    assert!(e.to_string().contains("NUL"), "{e}");
+    assert_eq!(salvage.id, None);
+}

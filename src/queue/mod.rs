@@ -272,8 +272,9 @@ impl RedisQueue {
     }
 
     /// Workers whose deadline passed more than `grace` ago, plus tombstones to re-drain. Empty when
-    /// another replica holds the reaper lock.
-    pub async fn reap_candidates(&self, grace: Duration, owner: &str) -> RedisResult<Vec<String>> {
+    /// another replica holds the reaper lock, which one scan takes for `lock` (one heartbeat
+    /// interval: a longer lock would delay the rescue of a worker that dies meanwhile).
+    pub async fn reap_candidates(&self, grace: Duration, lock: Duration, owner: &str) -> RedisResult<Vec<String>> {
         let k = &self.keys;
         self.scripts
             .reap_candidates
@@ -281,7 +282,7 @@ impl RedisQueue {
             .key(&k.reaped)
             .key(&k.reaper_lock)
             .arg(grace.as_millis() as u64)
-            .arg(scripts::REAPER_LOCK_MS)
+            .arg(lock.as_millis() as u64)
             .arg(scripts::TOMBSTONE_KEEP_MS)
             .arg(owner)
             .invoke_async(&mut self.conn.clone())

@@ -4,8 +4,6 @@ use redis::Script;
 
 /// Due retries moved per promotion call; more are moved by the next call, which follows at once.
 pub const PROMOTE_LIMIT: u64 = 500;
-/// How long one replica's reaper scan excludes the others: about one heartbeat.
-pub const REAPER_LOCK_MS: u64 = 5_000;
 /// How long a reaped worker's list keeps being re-drained: covers a BLMOVE that was in flight when
 /// its worker was reaped (at most one block time) with a wide margin.
 pub const TOMBSTONE_KEEP_MS: u64 = 10 * 60 * 1000;

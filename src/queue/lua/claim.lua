@@ -8,8 +8,11 @@
 if not redis.call('ZSCORE', KEYS[3], ARGV[1]) then return {1, {}, {}} end
 local out = {}
 for _ = 1, tonumber(ARGV[2]) do
-  local p = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
+  -- RPOP then LPUSH, not LMOVE: the same atomic move inside a script, but the first write frees
+  -- memory, so a full Redis still lets workers drain (see heartbeat.lua).
+  local p = redis.call('RPOP', KEYS[1])
   if not p then break end
+  redis.call('LPUSH', KEYS[2], p)
   out[#out + 1] = p
   out[#out + 1] = tonumber(redis.call('HGET', KEYS[4], redis.sha1hex(p)) or '0')
 end

@@ -9,19 +9,19 @@
 --          {paused step names}}
 --   status 1: beat recorded; 0: this wid was reaped (fence: stop and re-register);
 --   2: the registry had lost this wid without reaping it (Redis lost data): re-registered.
+-- A full Redis (maxmemory, noeviction) refuses a script whose *first* write may grow memory
+-- (ZADD, LPUSH, LMOVE...), and lets a script that has already written run to its end. Heartbeats
+-- must go on when Redis is full, or every worker fences and nothing drains the queue: so the
+-- deadline is written as ZREM then ZADD, and ZREM cannot grow memory.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local status = 1
-if ARGV[3] == 'register' then
-  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-elseif redis.call('ZSCORE', KEYS[1], ARGV[1]) then
-  redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[1])
-elseif redis.call('ZSCORE', KEYS[2], ARGV[1]) then
-  return {0, -1, 0, 0, 0, {}}
-else
-  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+if ARGV[3] ~= 'register' and not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  if redis.call('ZSCORE', KEYS[2], ARGV[1]) then return {0, -1, 0, 0, 0, {}} end
   status = 2
 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 -- Retries go to the producer end: they wait behind jobs already queued.
 local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, tonumber(ARGV[5]))
 for _, p in ipairs(due) do

@@ -1,0 +1,327 @@
+//! The system under test as real processes: a private redis-server (AOF everysec, noeviction), a
+//! private PostgreSQL, and R replicas of `step-worker-chaos`, each a child process on its own
+//! health port with its log in the run's folder. Everything is killed on every exit path: the
+//! cluster's `Drop` SIGKILLs the replicas, then the servers' own guards stop the servers.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use sqlx::PgPool;
+
+use crate::common::servers::{PrivatePostgres, PrivateRedis, free_port};
+use crate::common::unique;
+
+/// How the replicas run. In the fast subset, timings are shortened from the defaults
+/// (5 s / 30 s) so a fault test takes seconds; the pass criteria scale with them.
+#[derive(Debug, Clone)]
+pub struct Opts {
+    pub replicas: usize,
+    pub concurrency: usize,
+    pub heartbeat_ms: u64,
+    pub deadline_ms: u64,
+    pub shutdown_timeout_ms: u64,
+    pub redis_args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            replicas: 3,
+            concurrency: 8,
+            // The full run keeps the production defaults; the fast subset scales them down.
+            heartbeat_ms: crate::scale(500, 5_000),
+            deadline_ms: crate::scale(3_000, 30_000),
+            shutdown_timeout_ms: 5_000,
+            redis_args: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+}
+
+impl Opts {
+    pub fn deadline(&self) -> Duration {
+        Duration::from_millis(self.deadline_ms)
+    }
+
+    pub fn with_env(mut self, k: &str, v: &str) -> Self {
+        self.env.retain(|(name, _)| name != k);
+        self.env.push((k.to_owned(), v.to_owned()));
+        self
+    }
+}
+
+pub struct Replica {
+    child: Child,
+    pub pid: u32,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+/// A replica process that is gone, and when the suite saw it go.
+#[derive(Debug, Clone)]
+pub struct Gone {
+    pub pid: u32,
+    /// Unix µs at which the process was known dead (after `wait` returned).
+    pub dead_at_us: u128,
+    pub log: PathBuf,
+}
+
+pub struct Cluster {
+    pub opts: Opts,
+    pub queue_key: String,
+    pub dir: PathBuf,
+    pub redis_conn: ConnectionManager,
+    pub pg_pool: PgPool,
+    pub database_url: String,
+    pub replicas: Vec<Option<Replica>>,
+    pub gone: Vec<Gone>,
+    // Declared last so they are dropped after the replicas are killed (see `Drop`).
+    pub pg: PrivatePostgres,
+    pub redis: PrivateRedis,
+}
+
+pub fn now_us() -> u128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros()
+}
+
+impl Cluster {
+    /// Starts the servers, migrates the schema and starts `opts.replicas` workers.
+    pub async fn start(opts: Opts) -> Self {
+        step_worker::telemetry::init_for_tests();
+        let args: Vec<&str> = opts.redis_args.iter().map(String::as_str).collect();
+        let redis = PrivateRedis::start(&args);
+        let pg = PrivatePostgres::start();
+        let database_url = pg.url();
+        let store = step_worker::store::Store::connect_lazy(&database_url, 2).unwrap();
+        store.migrate().await.expect("migrations run");
+        let pg_pool = PgPool::connect(&database_url).await.unwrap();
+        let client = redis::Client::open(redis.url()).unwrap();
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(1);
+        let redis_conn = client.get_connection_manager_with_config(config).await.unwrap();
+        let dir = std::env::temp_dir().join(unique("sw-chaos-"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let n = opts.replicas;
+        let mut cluster = Cluster {
+            opts,
+            queue_key: unique("chaos.") + ".ready",
+            dir,
+            redis_conn,
+            pg_pool,
+            database_url,
+            replicas: (0..n).map(|_| None).collect(),
+            gone: Vec::new(),
+            pg,
+            redis,
+        };
+        for slot in 0..n {
+            cluster.spawn(slot);
+        }
+        for slot in 0..n {
+            cluster.wait_up(slot);
+        }
+        cluster
+    }
+
+    pub fn key(&self, suffix: &str) -> String {
+        format!("{{{}}}:{suffix}", self.queue_key)
+    }
+
+    fn env(&self, port: u16) -> Vec<(String, String)> {
+        let o = &self.opts;
+        let mut env: Vec<(String, String)> = [
+            ("APP_ENV", "test".to_owned()),
+            ("REDIS_URL", self.redis.url()),
+            ("DATABASE_URL", self.database_url.clone()),
+            ("QUEUE_KEY", self.queue_key.clone()),
+            ("HEALTH_CHECK_PORT", port.to_string()),
+            ("WORKER_CONCURRENCY", o.concurrency.to_string()),
+            ("HEARTBEAT_INTERVAL_MS", o.heartbeat_ms.to_string()),
+            ("WORKER_DEADLINE_MS", o.deadline_ms.to_string()),
+            ("SHUTDOWN_TIMEOUT_MS", o.shutdown_timeout_ms.to_string()),
+            ("CLAIM_BLOCK_MS", "2000".to_owned()),
+            ("RETRY_BACKOFF_MS", "50".to_owned()),
+            ("RETRY_BACKOFF_MAX_MS", "500".to_owned()),
+            ("MAX_RETRY_ATTEMPTS", "3".to_owned()),
+            ("DATABASE_MIGRATE", "false".to_owned()),
+            ("LOG_FORMAT", "json".to_owned()),
+            ("LOG_LEVEL", "info".to_owned()),
+            ("CHAOS_EXEC_LOG_DIR", self.dir.display().to_string()),
+            ("PATH", std::env::var("PATH").unwrap_or_default()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        for (k, v) in &o.env {
+            env.retain(|(name, _)| name != k);
+            env.push((k.clone(), v.clone()));
+        }
+        env
+    }
+
+    /// Starts a replica in `slot` (which must be empty).
+    pub fn spawn(&mut self, slot: usize) {
+        assert!(self.replicas[slot].is_none(), "slot {slot} is occupied");
+        let port = free_port();
+        let log = self.dir.join(format!("replica-{slot}-{}.log", unique("")));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_step-worker-chaos"))
+            .env_clear()
+            .envs(self.env(port))
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("step-worker-chaos starts");
+        self.replicas[slot] = Some(Replica {
+            pid: child.id(),
+            child,
+            port,
+            log,
+        });
+    }
+
+    /// Waits until the replica in `slot` serves HTTP, which it does only after registering.
+    pub fn wait_up(&mut self, slot: usize) {
+        let port = self.replica(slot).port;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = self.replica_mut(slot).child.try_wait().unwrap() {
+                let log = std::fs::read_to_string(&self.replica(slot).log).unwrap_or_default();
+                panic!("replica {slot} exited during startup ({status}):\n{log}");
+            }
+            assert!(Instant::now() < deadline, "replica {slot} did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn replica(&self, slot: usize) -> &Replica {
+        self.replicas[slot].as_ref().expect("a replica in this slot")
+    }
+
+    fn replica_mut(&mut self, slot: usize) -> &mut Replica {
+        self.replicas[slot].as_mut().expect("a replica in this slot")
+    }
+
+    /// SIGKILL: a crash. Returns the dead process's record.
+    pub fn kill(&mut self, slot: usize) -> Gone {
+        let mut r = self.replicas[slot].take().expect("a replica in this slot");
+        let _ = r.child.kill();
+        let _ = r.child.wait();
+        let gone = Gone {
+            pid: r.pid,
+            dead_at_us: now_us(),
+            log: r.log,
+        };
+        self.gone.push(gone.clone());
+        gone
+    }
+
+    pub fn signal(&self, slot: usize, signal: i32) {
+        let pid = self.replica(slot).pid as i32;
+        // SAFETY: kill(2) on a child we started and have not reaped yet, so the pid is ours.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill({pid}, {signal})");
+    }
+
+    /// SIGTERM and wait for the exit, up to `within`. Returns the status and how long it took.
+    pub async fn terminate(&mut self, slot: usize, within: Duration) -> (Option<ExitStatus>, Duration) {
+        self.signal(slot, libc::SIGTERM);
+        let started = Instant::now();
+        let mut r = self.replicas[slot].take().expect("a replica in this slot");
+        let status = loop {
+            if let Some(s) = r.child.try_wait().unwrap() {
+                break Some(s);
+            }
+            if started.elapsed() > within {
+                let _ = r.child.kill();
+                let _ = r.child.wait();
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let took = started.elapsed();
+        self.gone.push(Gone {
+            pid: r.pid,
+            dead_at_us: now_us(),
+            log: r.log,
+        });
+        (status, took)
+    }
+
+    /// Restarts every replica that has exited by itself (a crash); returns how many.
+    pub fn supervise(&mut self) -> usize {
+        let mut restarted = 0;
+        for slot in 0..self.replicas.len() {
+            let exited = match self.replicas[slot].as_mut() {
+                Some(r) => r.child.try_wait().unwrap(),
+                None => continue,
+            };
+            if exited.is_some() {
+                let r = self.replicas[slot].take().unwrap();
+                self.gone.push(Gone {
+                    pid: r.pid,
+                    dead_at_us: now_us(),
+                    log: r.log,
+                });
+                self.spawn(slot);
+                restarted += 1;
+            }
+        }
+        restarted
+    }
+
+    /// `GET /health` of a replica: the status code, or 0 when it does not answer.
+    pub async fn health(&self, slot: usize) -> u16 {
+        let url = format!("http://127.0.0.1:{}/health", self.replica(slot).port);
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        match client.get(url).send().await {
+            Ok(r) => r.status().as_u16(),
+            Err(_) => 0,
+        }
+    }
+
+    /// Every log line of every replica (live and gone) containing `needle`.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        let live = self.replicas.iter().flatten().map(|r| r.log.clone());
+        let gone = self.gone.iter().map(|g| g.log.clone());
+        live.chain(gone)
+            .flat_map(|p| read_lines(&p))
+            .filter(|l| l.contains(needle))
+            .collect()
+    }
+
+    pub fn exec_dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+fn read_lines(p: &Path) -> Vec<String> {
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for r in self.replicas.iter_mut().flatten() {
+            let _ = r.child.kill();
+            let _ = r.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("chaos run folder kept for inspection: {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
