@@ -174,6 +174,7 @@ impl Claimer {
     /// Starts one task per claimed job. Unused permits are dropped here (slots freed).
     fn start(&self, jobs: Vec<(Payload, u32)>, permits: Vec<OwnedSemaphorePermit>, identity: &Arc<Identity>) {
         let claimed_at = chrono::Utc::now();
+        let claimed_clock = std::time::Instant::now();
         for ((payload, failures), permit) in jobs.into_iter().zip(permits) {
             let ticket = self.inflight.track(payload.clone(), identity.clone());
             let claimed = Claimed {
@@ -181,6 +182,7 @@ impl Claimer {
                 identity: identity.clone(),
                 failures,
                 claimed_at,
+                claimed_clock,
                 permit,
                 ticket,
             };

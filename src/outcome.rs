@@ -2,7 +2,7 @@
 //! settle to apply after they are committed.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -19,6 +19,8 @@ pub struct Claimed {
     /// Failed attempts before this one.
     pub failures: u32,
     pub claimed_at: chrono::DateTime<chrono::Utc>,
+    /// The same moment on the monotonic clock, for the per-job overhead metric.
+    pub claimed_clock: Instant,
     pub permit: OwnedSemaphorePermit,
     pub ticket: crate::inflight::Ticket,
 }
@@ -43,6 +45,8 @@ pub struct Finished {
     pub attempt: Option<AttemptRecord>,
     /// Metric label: the step name when it has a handler, else `unknown` / `invalid`.
     pub step_label: Arc<str>,
+    /// How long the attempt ran (zero when nothing ran): the step's share of the job's time.
+    pub ran_for: Duration,
 }
 
 impl Finished {
@@ -54,6 +58,7 @@ impl Finished {
             dead_letter: None,
             attempt: None,
             step_label,
+            ran_for: Duration::ZERO,
         }
     }
 

@@ -184,7 +184,10 @@ impl Pipeline {
         }
         match f.settle {
             Settle::Done if f.dead_letter.is_some() => self.metrics.job(&f.step_label, "dead"),
-            Settle::Done => {}
+            Settle::Done => {
+                let overhead = f.claimed.claimed_clock.elapsed().saturating_sub(f.ran_for);
+                self.metrics.job_overhead.observe(overhead.as_secs_f64());
+            }
             Settle::Retry(delay) => {
                 self.metrics.job(&f.step_label, "retried");
                 self.promoter.schedule(delay);

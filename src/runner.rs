@@ -4,6 +4,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::Utc;
 use futures::FutureExt;
@@ -70,6 +71,7 @@ impl Runner {
                     dead_letter: Some(letter),
                     attempt: None,
                     step_label: INVALID.into(),
+                    ran_for: Duration::ZERO,
                 };
             }
         };
@@ -135,7 +137,7 @@ impl Runner {
             .job_duration
             .with_label_values(&[&label, outcome_label])
             .observe(elapsed.as_secs_f64());
-        match result {
+        let mut finished = match result {
             Attempt::Succeeded(output) => {
                 tracing::debug!(duration_ms = elapsed.as_millis() as u64, "step succeeded");
                 let result = ResultRecord {
@@ -159,6 +161,7 @@ impl Runner {
                     dead_letter: None,
                     attempt: None,
                     step_label: label,
+                    ran_for: Duration::ZERO,
                 }
             }
             Attempt::Interrupted => {
@@ -200,11 +203,14 @@ impl Runner {
                             dead_letter: None,
                             attempt: Some(record),
                             step_label: label,
+                            ran_for: Duration::ZERO,
                         }
                     }
                 }
             }
-        }
+        };
+        finished.ran_for = elapsed;
+        finished
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -255,6 +261,7 @@ impl Runner {
             dead_letter: Some(letter),
             attempt,
             step_label: label,
+            ran_for: Duration::ZERO,
         }
     }
 }

@@ -5,16 +5,32 @@
 -- ARGV[1] wid   ARGV[2] n   ARGV[3..] sha1 hex of payloads claimed by BLMOVE
 -- Returns {fenced (0|1), {payload, attempts, payload, attempts, ...}, {attempts for ARGV[3..]}}
 -- A reaped worker (no longer registered) claims nothing: fencing at the door.
+-- The move is one LRANGE + LPUSH + LTRIM instead of n LMOVEs (same result: the oldest payloads,
+-- taken from the right, pushed on our list's left in the order LMOVE would push them). LPUSH
+-- runs before LTRIM: if Redis is out of memory the LPUSH is refused before anything changed.
+-- The counters are read with one HMGET for the whole batch.
 if not redis.call('ZSCORE', KEYS[3], ARGV[1]) then return {1, {}, {}} end
+local n = tonumber(ARGV[2])
+local taken = {}
+if n > 0 then
+  local tail = redis.call('LRANGE', KEYS[1], -n, -1)
+  -- tail[#tail] is the rightmost (oldest) payload: it is claimed first.
+  for i = #tail, 1, -1 do taken[#taken + 1] = tail[i] end
+  if #taken > 0 then
+    redis.call('LPUSH', KEYS[2], unpack(taken))
+    redis.call('LTRIM', KEYS[1], 0, -#taken - 1)
+  end
+end
+local fields = {}
+for i, p in ipairs(taken) do fields[i] = redis.sha1hex(p) end
+for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
+local counts = {}
+if #fields > 0 then counts = redis.call('HMGET', KEYS[4], unpack(fields)) end
 local out = {}
-for _ = 1, tonumber(ARGV[2]) do
-  local p = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
-  if not p then break end
+for i, p in ipairs(taken) do
   out[#out + 1] = p
-  out[#out + 1] = tonumber(redis.call('HGET', KEYS[4], redis.sha1hex(p)) or '0')
+  out[#out + 1] = tonumber(counts[i] or '0')
 end
 local extra = {}
-for i = 3, #ARGV do
-  extra[#extra + 1] = tonumber(redis.call('HGET', KEYS[4], ARGV[i]) or '0')
-end
+for i = #taken + 1, #fields do extra[#extra + 1] = tonumber(counts[i] or '0') end
 return {0, out, extra}
