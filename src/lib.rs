@@ -20,6 +20,7 @@
 
 pub mod backoff;
 pub mod builtin;
+pub mod capacity;
 pub mod claimer;
 pub mod cli;
 pub mod commands;

@@ -4,14 +4,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::OwnedSemaphorePermit;
-
+use crate::capacity::Slot;
 use crate::lease::Identity;
 use crate::queue::Payload;
 use crate::store::{AttemptRecord, DeadLetterRecord, ResultRecord};
 
-/// A job this worker has moved into its in-flight list. Holding the concurrency permit here means
-/// the slot frees only when the job has been settled (so a Postgres outage stops claiming).
+/// A job this worker has moved into its in-flight list. Its slot's hold frees only when the job
+/// has been settled (so a Postgres outage stops claiming); its run slot when the step ends.
 #[derive(Debug)]
 pub struct Claimed {
     pub payload: Payload,
@@ -21,7 +20,7 @@ pub struct Claimed {
     pub claimed_at: chrono::DateTime<chrono::Utc>,
     /// The same moment on the monotonic clock, for the per-job overhead metric.
     pub claimed_clock: Instant,
-    pub permit: OwnedSemaphorePermit,
+    pub slot: Slot,
     pub ticket: crate::inflight::Ticket,
 }
 

@@ -6,7 +6,7 @@
 //! Batching is natural (group commit): a flush takes whatever is waiting, up to
 //! `PERSIST_BATCH_SIZE`, so an idle worker writes one row at once and a busy one writes hundreds
 //! per round trip. Failed writes are retried with backoff for as long as it takes; the jobs stay
-//! in this worker's Redis list meanwhile, and their permits stay taken, so a Postgres outage
+//! in this worker's Redis list meanwhile, and their holds stay taken, so a Postgres outage
 //! stops claiming by itself. Jobs whose lease was lost are neither persisted nor settled here:
 //! they belong to whoever the reaper gave them to.
 

@@ -17,11 +17,11 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::capacity::Capacity;
 use crate::claimer::Claimer;
 use crate::config::Config;
 use crate::handler::Registry;
@@ -97,7 +97,7 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
     let health = Arc::new(Health::default());
     let inflight = Arc::new(InFlight::default());
     let promoter = Arc::new(Promoter::default());
-    let slots = Arc::new(Semaphore::new(config.concurrency));
+    let capacity = Arc::new(Capacity::new(config.concurrency, config.persist_batch_size));
     let maintenance = Arc::new(Maintenance {
         config: config.clone(),
         queue: queue.clone(),
@@ -128,7 +128,7 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
             queue: queue.clone(),
             store: store.clone(),
             lease: lease.clone(),
-            slots: slots.clone(),
+            capacity: capacity.clone(),
         };
         let stop = http_stop.clone();
         tokio::spawn(async move {
@@ -171,7 +171,7 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
         metrics: metrics.clone(),
         health: health.clone(),
         inflight: inflight.clone(),
-        slots: slots.clone(),
+        capacity: capacity.clone(),
         runner: Arc::new(Runner {
             config: config.clone(),
             registry,
@@ -191,7 +191,7 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
         queue,
         lease,
         health,
-        slots,
+        capacity,
         tasks,
         blocking_id,
         claim_stop,
@@ -227,7 +227,7 @@ struct Drain {
     queue: RedisQueue,
     lease: Arc<Lease>,
     health: Arc<Health>,
-    slots: Arc<Semaphore>,
+    capacity: Arc<Capacity>,
     tasks: TaskTracker,
     blocking_id: Arc<AtomicI64>,
     claim_stop: CancellationToken,
@@ -248,8 +248,7 @@ impl Drain {
         self.claim_stop.cancel();
         self.stop_claimer(claimer).await;
 
-        let concurrency = self.config.concurrency as u32;
-        let all_settled = || self.slots.acquire_many(concurrency);
+        let all_settled = || self.capacity.all_settled();
         let finished = tokio::select! {
             r = all_settled() => r.is_ok(),
             _ = tokio::time::sleep(self.config.shutdown_timeout) => false,
