@@ -19,7 +19,7 @@ use crate::handler::{Registry, Retry, StepContext, StepError};
 use crate::job::{self, Job};
 use crate::metrics::Metrics;
 use crate::outcome::{Claimed, Finished, Settle};
-use crate::store::{AttemptRecord, DeadLetterRecord, ResultRecord, Status};
+use crate::store::{AttemptRecord, DeadLetterRecord, ResultRecord, Status, stored_json};
 
 /// Metric label for payloads that could not be decoded.
 const INVALID: &str = "invalid";
@@ -81,7 +81,7 @@ impl Runner {
         self.run_job(claimed, job, attempt, cancel).instrument(span).await
     }
 
-    async fn run_job(&self, claimed: Claimed, job: Job, attempt: u32, cancel: CancellationToken) -> Finished {
+    async fn run_job(&self, claimed: Claimed, mut job: Job, attempt: u32, cancel: CancellationToken) -> Finished {
         let Some(handler) = self.registry.resolve(&job.step) else {
             tracing::warn!("no handler for step; dead-lettered");
             let error = format!("unknown step `{}`: no handler is registered for it", job.step);
@@ -111,7 +111,9 @@ impl Runner {
         };
         let started_at = Utc::now();
         let clock = std::time::Instant::now();
-        let run = AssertUnwindSafe(handler.run(ctx, job.input.clone())).catch_unwind();
+        // The input is handed over, not copied: nothing below reads it.
+        let input = std::mem::take(&mut job.input);
+        let run = AssertUnwindSafe(handler.run(ctx, input)).catch_unwind();
         let result = tokio::select! {
             r = tokio::time::timeout(timeout, run) => match r {
                 Ok(Ok(Ok(output))) => Attempt::Succeeded(output),
@@ -146,7 +148,7 @@ impl Runner {
                     step: job.step,
                     status: Status::Succeeded,
                     attempts: attempt as i32,
-                    output: Some(output),
+                    output: Some(stored_json(&output)),
                     error: None,
                     enqueued_at: job.enqueued_at,
                     started_at: Some(started_at),
