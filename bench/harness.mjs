@@ -9,7 +9,7 @@ import { parseArgs } from 'node:util';
 import { RedisAdmin, Postgres, startRedis } from './lib/services.mjs';
 import { SYSTEMS } from './lib/systems.mjs';
 import { backlog, paced, idle, startup } from './lib/scenarios.mjs';
-import { log } from './lib/util.mjs';
+import { log, waitQuiet } from './lib/util.mjs';
 import { machine, report } from './lib/report.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -21,13 +21,14 @@ const { values: o } = parseArgs({
     scenarios: { type: 'string', default: 'noop,sleep,paced,rss,cmds,idle,startup' },
     concurrency: { type: 'string', default: '64' },
     rates: { type: 'string', default: '500,half' },
-    'paced-seconds': { type: 'string', default: '15' },
+    'paced-seconds': { type: 'string', default: '10' },
     'idle-seconds': { type: 'string', default: '60' },
     'cmd-n': { type: 'string', default: '10000' },
     quick: { type: 'boolean', default: false },
     'no-quiet': { type: 'boolean', default: false },
     'quiet-load': { type: 'string', default: '0.5' },
     'quiet-max-wait': { type: 'string', default: '900' },
+    'quiet-run-wait': { type: 'string', default: '120' },
     keep: { type: 'boolean', default: false },
   },
 });
@@ -52,9 +53,14 @@ await pg.connect();
 const env = {
   tag, bin, outDir, admin, pg, systems: SYSTEMS, redisUrl: redis.url, keep: o.keep,
   concurrency: Number(o.concurrency),
-  quiet: { enabled: !o['no-quiet'], threshold: Number(o['quiet-load']), maxWaitMs: Number(o['quiet-max-wait']) * 1000 },
+  quiet: { enabled: !o['no-quiet'], mode: 'busy', maxWaitMs: Number(o['quiet-run-wait']) * 1000 },
 };
-const results = { machine: machine(), config: { ...o, bin }, runs: [] };
+// The whole-run gate: a 1-minute load average below --quiet-load for 30 s, waited for at most
+// --quiet-max-wait seconds. Each run then waits (at most --quiet-run-wait s) for idle CPUs.
+const gate = await waitQuiet({ enabled: !o['no-quiet'], mode: 'load', threshold: Number(o['quiet-load']),
+  maxWaitMs: Number(o['quiet-max-wait']) * 1000 });
+log(`start gate: load ${gate.load} after ${gate.waitedS.toFixed(0)} s (${gate.quiet ? 'quiet' : gate.quiet === null ? 'not waited for' : 'still busy'})`);
+const results = { machine: machine(), config: { ...o, bin }, gate, runs: [] };
 const record = (r) => {
   results.runs.push(r);
   writeFileSync(join(outDir, 'results.json'), JSON.stringify(results, null, 1));

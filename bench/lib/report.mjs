@@ -106,8 +106,12 @@ export function report(results) {
   out.push(`Machine: ${m.nproc} cores, ${m.cpu}, ${m.kernel}; ${m.redis.split(' ').slice(0, 3).join(' ')}; Node ${m.node}.`);
   out.push(`Memory (\`free -h\` at start):\n\n\`\`\`\n${m.free}\n\`\`\`\n`);
   const loads = runs.filter((r) => Number.isFinite(r.load)).map((r) => r.load);
+  const busy = runs.filter((r) => Number.isFinite(r.busy)).map((r) => r.busy * 100);
+  const gate = results.gate;
   out.push(`Each cell is \`min / median\` over ${config.reps} run(s) per system. Concurrency ${config.concurrency} unless stated. `
-    + `1-minute load average seen before the runs: ${fmt(min(loads))}–${fmt(max(loads))}.\n`);
+    + `Start gate: 1-minute load ${fmt(gate?.load)} after waiting ${fmt(gate?.waitedS, 0)} s`
+    + `${gate?.quiet === false ? ' (still busy: measured anyway)' : gate?.quiet === null ? ' (not waited for)' : ''}. `
+    + `Before each run: 1-minute load ${fmt(min(loads))}–${fmt(max(loads))}, CPUs ${fmt(min(busy), 0)}–${fmt(max(busy), 0)} % busy over 5 s.\n`);
   out.push(backlogSection(runs, 'noop', 'Backlog: builtin.noop with persistence (throughput)'));
   out.push(backlogSection(runs, 'sleep5', 'Backlog: builtin.sleep {"ms":5} (IO-bound steps)'));
   out.push(backlogSection(runs, 'c256-1k', 'Backlog at concurrency 256 with 1 KiB inputs (memory)'));

@@ -120,7 +120,7 @@ export async function backlog(env, sysName, { scenario, rep, n, step, input, con
     const stats = await rowStats(s);
     const elapsed = (Number(stats.last_written) - t0) / 1000;
     return figures(env, s, n, before, after, stats, {
-      scenario, rep, load: quiet.load, done, drained,
+      scenario, rep, load: quiet.load, busy: quiet.busy, done, drained,
       throughput: n / elapsed,
       topLevelPerJob: monitor ? monitor.topLevel / n : undefined,
       inScriptsPerJob: monitor ? monitor.inScripts / n : undefined,
@@ -158,7 +158,7 @@ export async function paced(env, sysName, { scenario, rep, rate, seconds, step, 
     const { done, drained } = await waitDone(env, s, n, 120_000 + n * 5);
     const after = await snapshot(env, s);
     const stats = await rowStats(s);
-    return figures(env, s, n, before, after, stats, { scenario, rep, load: quiet.load, done, drained, rate, offered });
+    return figures(env, s, n, before, after, stats, { scenario, rep, load: quiet.load, busy: quiet.busy, done, drained, rate, offered });
   } finally {
     await tearDown(env, s);
   }
@@ -184,6 +184,7 @@ export async function idle(env, sysName, { seconds }) {
     return {
       system: s.sys.constructor.label,
       load: quiet.load,
+      busy: quiet.busy,
       seconds,
       topLevelPerMin: monitor.topLevel * perMin,
       callsPerMin: (calls1 - calls0) * perMin,

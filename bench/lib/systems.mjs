@@ -37,6 +37,16 @@ class Proc {
   }
 }
 
+/**
+ * The Node peers' `pg` client talks plaintext unless told otherwise; step-worker's default
+ * (`sslmode=prefer`) negotiates TLS with a server that offers it. Same transport for everyone.
+ */
+function plaintext(url) {
+  const u = new URL(url);
+  if (!u.searchParams.has('sslmode')) u.searchParams.set('sslmode', 'disable');
+  return u.toString();
+}
+
 /** Payload bytes for step-worker and the list worker: the job contract's JSON object. */
 export function payload(job) {
   return JSON.stringify(job);
@@ -84,11 +94,10 @@ export class StepWorkerSystem extends ListQueueSystem {
       env: {
         ...process.env,
         REDIS_URL: this.ctx.redisUrl,
-        DATABASE_URL: this.ctx.dbUrl,
+        DATABASE_URL: plaintext(this.ctx.dbUrl),
         QUEUE_KEY: this.ctx.queueKey,
         WORKER_CONCURRENCY: String(this.ctx.concurrency),
         HEALTH_CHECK_PORT: String(port),
-        LOG_LEVEL: 'warn',
         ...extraEnv,
       },
     });

@@ -52,29 +52,46 @@ export function loadAvg1() {
   return Number(readFileSync('/proc/loadavg', 'utf8').split(' ')[0]);
 }
 
+/** Fraction of all CPUs busy over `ms` (from /proc/stat), whoever is busy. */
+export async function busyFraction(ms = 5000) {
+  const read = () => {
+    const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+    const idle = f[3] + f[4]; // idle + iowait
+    return { idle, total: f.reduce((a, b) => a + b, 0) };
+  };
+  const a = read();
+  await sleep(ms);
+  const b = read();
+  return 1 - (b.idle - a.idle) / Math.max(1, b.total - a.total);
+}
+
 /**
- * Waits until the 1-minute load average stays below `threshold` for `settleMs`, at most
- * `maxWaitMs`. Returns what it saw; never throws, so a busy machine delays a run but never
- * blocks it for ever (the table says the load it ran under).
+ * Waits for a quiet machine, bounded: until the 1-minute load average has stayed below
+ * `threshold` for `settleMs` (the whole-run gate, `mode: 'load'`), or until the CPUs were less
+ * than `maxBusy` busy over 5 s (the per-run gate, `mode: 'busy'`, which our own previous run
+ * does not keep closed the way the slowly decaying load average would). Never throws: a busy
+ * machine delays a run for at most `maxWaitMs`; what was seen is returned and printed.
  */
-export async function waitQuiet({ threshold = 0.5, settleMs = 20_000, maxWaitMs = 600_000, enabled = true } = {}) {
+export async function waitQuiet({ enabled = true, mode = 'busy', threshold = 0.5, settleMs = 30_000, maxBusy = 0.1,
+  maxWaitMs = 120_000 } = {}) {
   const start = Date.now();
-  if (!enabled) return { load: loadAvg1(), waitedS: 0, quiet: null };
+  if (!enabled) return { load: loadAvg1(), busy: NaN, waitedS: 0, quiet: null };
   let quietSince = null;
   for (;;) {
+    const busy = await busyFraction(5000);
     const load = loadAvg1();
     const now = Date.now();
-    if (load < threshold) {
+    const ok = mode === 'load' ? load < threshold : busy < maxBusy;
+    if (ok) {
       quietSince ??= now;
-      if (now - quietSince >= settleMs) return { load, waitedS: (now - start) / 1000, quiet: true };
+      if (mode === 'busy' || now - quietSince >= settleMs) return { load, busy, waitedS: (now - start) / 1000, quiet: true };
     } else {
       quietSince = null;
     }
     if (now - start >= maxWaitMs) {
-      log(`machine still busy after ${maxWaitMs / 1000} s (load ${load}); measuring anyway`);
-      return { load, waitedS: (now - start) / 1000, quiet: false };
+      log(`machine still busy after ${Math.round((now - start) / 1000)} s (load ${load}, CPU ${(busy * 100).toFixed(0)} % busy); measuring anyway`);
+      return { load, busy, waitedS: (now - start) / 1000, quiet: false };
     }
-    await sleep(2000);
   }
 }
 
