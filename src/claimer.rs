@@ -139,13 +139,17 @@ impl Claimer {
         // Top up with whatever else is ready, and learn the claimed job's attempt count.
         self.take_more(&mut slots);
         let extra = [payload.clone()];
+        let wanted = slots.len() - 1;
         match self
             .queue
-            .claim(&identity.wid, &identity.proc_key, slots.len() - 1, &extra)
+            .claim(&identity.wid, &identity.proc_key, wanted, &extra)
             .await
         {
             Ok(r) if r.fenced => ClaimOutcome::Fenced,
             Ok(r) => {
+                // A short top-up emptied the queue: the next pass can block at once instead of
+                // first asking again (one command less per job when jobs trickle in).
+                *queue_was_empty = wanted > 0 && r.jobs.len() < wanted;
                 let mut jobs = Vec::with_capacity(1 + r.jobs.len());
                 jobs.push((payload, r.extra_attempts.first().copied().unwrap_or(0)));
                 jobs.extend(r.jobs);
