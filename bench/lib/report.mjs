@@ -72,15 +72,17 @@ function ratios(by, cols) {
 }
 
 const BACKLOG_COLS = [['throughput', 'jobs/s', 'high'], ['cpuPer10k', 'worker CPU', 'low'], ['rssMiB', 'peak RSS', 'low'],
-  ['callsPerJob', 'Redis calls', 'low'], ['redisCpuPer10k', 'Redis CPU', 'low']];
+  ['callsPerJob', 'Redis calls', 'low'], ['redisCpuPer10k', 'Redis CPU', 'low'], ['pgCpuPer10k', 'Postgres CPU', 'low']];
 
 function backlogSection(runs, scenario, title) {
   const by = groups(runs, scenario);
   if (by.size === 0) return '';
   const rows = [...by].map(([sys, rs]) => [sys, String(rs[0].n), mm(rs, 'throughput', 0), mm(rs, 'cpuPer10k'), mm(rs, 'rssMiB', 1),
-    mm(rs, 'callsPerJob'), mm(rs, 'redisCpuPer10k'), mm(rs, 'ovP50'), mm(rs, 'ovP99'), String(max(rs.map((r) => r.lost)))]);
+    mm(rs, 'callsPerJob'), mm(rs, 'redisCpuPer10k'), mm(rs, 'pgCpuPer10k'), mm(rs, 'ovP50'), mm(rs, 'ovP99'),
+    String(max(rs.map((r) => r.lost)))]);
   return `### ${title}\n\n${table(['system', 'jobs', 'jobs/s', 'worker CPU s / 10k jobs', 'peak RSS MiB',
-    'Redis calls / job', 'Redis CPU s / 10k jobs', 'overhead p50 ms', 'overhead p99 ms', 'lost'], rows)}\n\n${ratios(by, BACKLOG_COLS)}\n`;
+    'Redis calls / job', 'Redis CPU s / 10k jobs', 'Postgres backend CPU s / 10k jobs', 'overhead p50 ms', 'overhead p99 ms',
+    'lost'], rows)}\n\n${ratios(by, BACKLOG_COLS)}\n`;
 }
 
 function pacedSection(runs, scenario) {

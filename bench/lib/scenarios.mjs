@@ -35,8 +35,30 @@ async function tearDown(env, s) {
   if (!env.keep) await env.pg.dropDb(s.db);
 }
 
+/** CPU seconds used so far by each Postgres backend serving the system's database. */
+async function pgBackendCpu(s) {
+  const { rows } = await s.client.query(
+    'SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()');
+  const out = new Map();
+  for (const { pid } of rows) {
+    try {
+      out.set(pid, cpuSeconds(pid));
+    } catch {
+      // The backend exited between the query and the read.
+    }
+  }
+  return out;
+}
+
+function pgCpuDelta(before, after) {
+  let sum = 0;
+  for (const [pid, cpu] of after) sum += cpu - (before.get(pid) ?? 0);
+  return sum;
+}
+
 async function snapshot(env, s) {
   return {
+    pgCpu: await pgBackendCpu(s),
     cpu: cpuSeconds(s.sys.proc.pid),
     calls: await env.admin.callsSnapshot(),
     redisCpu: await env.admin.cpuSeconds(),
@@ -75,6 +97,7 @@ function figures(env, s, n, before, after, stats, extra = {}) {
     duplicates: stats.rows - stats.ids,
     cpuPer10k: (after.cpu - before.cpu) * per10k,
     redisCpuPer10k: (after.redisCpu - before.redisCpu) * per10k,
+    pgCpuPer10k: pgCpuDelta(before.pgCpu, after.pgCpu) * per10k,
     callsPerJob: (after.calls - before.calls) / n,
     rssMiB: peakRssMiB(s.sys.proc.pid),
     qP50: Number(stats.q?.[0]),

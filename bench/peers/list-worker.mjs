@@ -11,6 +11,9 @@ const redisUrl = env('REDIS_URL');
 const queue = env('QUEUE_KEY');
 const processing = `${queue}:processing`;
 const concurrency = Number(env('CONCURRENCY', '10'));
+// BLMOVE's block time: 5 s, the usual choice (0 would block for ever: no idle traffic, but no
+// way to stop the loops short of dropping their connections).
+const blockSeconds = Number(env('BLOCK_SECONDS', '5'));
 const workerId = `list-worker:${process.pid}`;
 const pool = new pg.Pool({ connectionString: env('DATABASE_URL'), max: Number(env('PG_POOL_SIZE', '10')) });
 const shared = new Redis(redisUrl);
@@ -19,7 +22,7 @@ let stopping = false;
 async function loop() {
   const conn = new Redis(redisUrl);
   while (!stopping) {
-    const payload = await conn.blmove(queue, processing, 'RIGHT', 'LEFT', 1);
+    const payload = await conn.blmove(queue, processing, 'RIGHT', 'LEFT', blockSeconds);
     if (payload === null) continue;
     const claimed = Date.now();
     const job = JSON.parse(payload);
