@@ -1,6 +1,7 @@
-//! The claim loop: take a concurrency slot, move jobs from the ready list into this worker's own
-//! list, and start them. A slot is taken *before* a job is claimed and released only after the
-//! job is settled, so the worker never holds more jobs than it can run.
+//! The claim loop: take a slot, move jobs from the ready list into this worker's own list, and
+//! start them. A slot (a run slot and a hold, see [`crate::capacity`]) is taken *before* a job is
+//! claimed, so the worker never claims a job it cannot start at once; the hold is released only
+//! after the job is settled.
 //!
 //! Under load, claims are non-blocking batches (`claim.lua`, up to `CLAIM_BATCH_SIZE` jobs per
 //! command, as many as there are free slots). When the queue is empty the loop parks in a
@@ -12,10 +13,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc::UnboundedSender};
+use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::capacity::{Capacity, Slot};
 use crate::config::Config;
 use crate::health::Health;
 use crate::inflight::InFlight;
@@ -35,7 +37,7 @@ pub struct Claimer {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
     pub inflight: Arc<InFlight>,
-    pub slots: Arc<Semaphore>,
+    pub capacity: Arc<Capacity>,
     pub runner: Arc<Runner>,
     pub finished: UnboundedSender<Finished>,
     pub tasks: TaskTracker,
@@ -91,7 +93,7 @@ impl Claimer {
         // Paused by an operator: running jobs finish, nothing new is claimed.
         self.pause.wait_unpaused(stop).await;
         let first = tokio::select! {
-            p = self.slots.clone().acquire_owned() => p.expect("the slot semaphore is never closed"),
+            slot = self.capacity.acquire() => slot,
             _ = stop.cancelled() => return ClaimOutcome::Stopped,
         };
         self.health.claim_waiting(false);
@@ -99,24 +101,24 @@ impl Claimer {
             return ClaimOutcome::Stopped;
         }
         let identity = self.lease.identity();
-        let mut permits = vec![first];
+        let mut slots = vec![first];
         if !*queue_was_empty {
-            self.take_more(&mut permits);
+            self.take_more(&mut slots);
             match self
                 .queue
-                .claim(&identity.wid, &identity.proc_key, permits.len(), &[])
+                .claim(&identity.wid, &identity.proc_key, slots.len(), &[])
                 .await
             {
                 Ok(r) if r.fenced => return ClaimOutcome::Fenced,
                 Ok(r) if !r.jobs.is_empty() => {
                     let n = r.jobs.len();
-                    self.start(r.jobs, permits, &identity);
+                    self.start(r.jobs, slots, &identity);
                     return ClaimOutcome::Claimed(n);
                 }
                 Ok(_) => *queue_was_empty = true,
                 Err(e) => return self.failed("claim", e),
             }
-            permits.truncate(1);
+            slots.truncate(1);
         }
         if blocking.is_none() {
             match self.queue.blocking_conn(self.config.claim_block, &identity.wid).await {
@@ -138,20 +140,24 @@ impl Claimer {
         };
         *queue_was_empty = false;
         // Top up with whatever else is ready, and learn the claimed job's attempt count.
-        self.take_more(&mut permits);
+        self.take_more(&mut slots);
         let extra = [payload.clone()];
+        let wanted = slots.len() - 1;
         match self
             .queue
-            .claim(&identity.wid, &identity.proc_key, permits.len() - 1, &extra)
+            .claim(&identity.wid, &identity.proc_key, wanted, &extra)
             .await
         {
             Ok(r) if r.fenced => ClaimOutcome::Fenced,
             Ok(r) => {
+                // A short top-up emptied the queue: the next pass can block at once instead of
+                // first asking again (one command less per job when jobs trickle in).
+                *queue_was_empty = wanted > 0 && r.jobs.len() < wanted;
                 let mut jobs = Vec::with_capacity(1 + r.jobs.len());
                 jobs.push((payload, r.extra_attempts.first().copied().unwrap_or(0)));
                 jobs.extend(r.jobs);
                 let n = jobs.len();
-                self.start(jobs, permits, &identity);
+                self.start(jobs, slots, &identity);
                 ClaimOutcome::Claimed(n)
             }
             // The payload stays in our list unknown to memory; the self-audit hands it back.
@@ -159,11 +165,11 @@ impl Claimer {
         }
     }
 
-    fn take_more(&self, permits: &mut Vec<OwnedSemaphorePermit>) {
-        while permits.len() < self.config.claim_batch_size {
-            match self.slots.clone().try_acquire_owned() {
-                Ok(p) => permits.push(p),
-                Err(_) => break,
+    fn take_more(&self, slots: &mut Vec<Slot>) {
+        while slots.len() < self.config.claim_batch_size {
+            match self.capacity.try_acquire() {
+                Some(slot) => slots.push(slot),
+                None => break,
             }
         }
     }
@@ -174,24 +180,27 @@ impl Claimer {
         ClaimOutcome::Failed
     }
 
-    /// Starts one task per claimed job. Unused permits are dropped here (slots freed).
-    fn start(&self, jobs: Vec<(Payload, u32)>, permits: Vec<OwnedSemaphorePermit>, identity: &Arc<Identity>) {
+    /// Starts one task per claimed job. Unused slots are dropped here (freed).
+    fn start(&self, jobs: Vec<(Payload, u32)>, slots: Vec<Slot>, identity: &Arc<Identity>) {
         let claimed_at = chrono::Utc::now();
-        for ((payload, failures), permit) in jobs.into_iter().zip(permits) {
+        let claimed_clock = std::time::Instant::now();
+        for ((payload, failures), slot) in jobs.into_iter().zip(slots) {
             let ticket = self.inflight.track(payload.clone(), identity.clone());
             let claimed = Claimed {
                 payload,
                 identity: identity.clone(),
                 failures,
                 claimed_at,
-                permit,
+                claimed_clock,
+                slot,
                 ticket,
             };
             let cancel = self.lease.exec_token().child_token();
             let runner = self.runner.clone();
             let finished = self.finished.clone();
             self.tasks.spawn(async move {
-                let f = runner.run(claimed, cancel).await;
+                let mut f = runner.run(claimed, cancel).await;
+                f.claimed.slot.step_ended();
                 // The pipeline outlives every job task; if it is gone the process is exiting
                 // and the job stays in our Redis list for the reaper.
                 let _ = finished.send(f);

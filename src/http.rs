@@ -11,9 +11,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::capacity::Capacity;
 use crate::config::Config;
 use crate::health::{Check, Health};
 use crate::lease::Lease;
@@ -34,7 +34,7 @@ pub struct AppState {
     pub queue: RedisQueue,
     pub store: Store,
     pub lease: Arc<Lease>,
-    pub slots: Arc<Semaphore>,
+    pub capacity: Arc<Capacity>,
     pub pause: Arc<crate::pause::Pause>,
 }
 
@@ -114,7 +114,7 @@ async fn health(State(s): State<AppState>) -> Response {
         },
         "paused": paused,
         "paused_steps": s.pause.paused_steps(),
-        "in_flight": s.config.concurrency - s.slots.available_permits(),
+        "in_flight": s.capacity.held(),
         "concurrency": s.config.concurrency,
     });
     let code = if ok {
@@ -154,8 +154,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
         Ok(Ok(n)) => m.queue_depth.with_label_values(&["dead"]).set(n),
         Ok(Err(_)) | Err(_) => m.postgres_errors.with_label_values(&["depths"]).inc(),
     }
-    m.in_flight
-        .set((s.config.concurrency - s.slots.available_permits()) as i64);
+    m.in_flight.set(s.capacity.held() as i64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         m.render(),

@@ -22,6 +22,7 @@
 pub mod admin;
 pub mod backoff;
 pub mod builtin;
+pub mod capacity;
 pub mod claimer;
 pub mod cli;
 pub mod commands;

@@ -11,6 +11,12 @@ use prometheus::{
 const DURATION_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
 ];
+/// Per-job overhead buckets: the worker's own share of a job's life is sub-millisecond to a few
+/// milliseconds when healthy (one claim, one Postgres commit and one settle, each batched).
+const OVERHEAD_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+    5.0,
+];
 /// Queue-wait buckets: milliseconds when the queue is healthy, up to hours when it is backlogged.
 const WAIT_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
@@ -32,6 +38,7 @@ pub struct Metrics {
     pub duplicate_completions: IntCounter,
     pub fenced: IntCounter,
     pub persist_batch: Histogram,
+    pub job_overhead: Histogram,
     pub live_workers: IntGauge,
     pub redis_policy: IntGaugeVec,
     /// HTTP step calls by step and class: the status class, or what happened instead of a status.
@@ -129,6 +136,14 @@ impl Metrics {
             .buckets(vec![1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0]),
         )
         .unwrap();
+        let job_overhead = Histogram::with_opts(
+            HistogramOpts::new(
+                "step_worker_job_overhead_seconds",
+                "Time a finished job spent in the worker outside its step: from claim to settled in Redis (after the Postgres commit), minus the attempt's run time.",
+            )
+            .buckets(OVERHEAD_BUCKETS.to_vec()),
+        )
+        .unwrap();
         let live_workers = IntGauge::new(
             "step_worker_live_workers",
             "Workers registered on this queue at scrape time.",
@@ -182,6 +197,7 @@ impl Metrics {
             Box::new(duplicate_completions.clone()),
             Box::new(fenced.clone()),
             Box::new(persist_batch.clone()),
+            Box::new(job_overhead.clone()),
             Box::new(live_workers.clone()),
             Box::new(redis_policy.clone()),
             Box::new(http_step_responses.clone()),
@@ -209,6 +225,7 @@ impl Metrics {
             duplicate_completions,
             fenced,
             persist_batch,
+            job_overhead,
             live_workers,
             redis_policy,
             http_step_responses,

@@ -2,16 +2,15 @@
 //! settle to apply after they are committed.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::sync::OwnedSemaphorePermit;
-
+use crate::capacity::Slot;
 use crate::lease::Identity;
 use crate::queue::Payload;
 use crate::store::{AttemptRecord, DeadLetterRecord, ResultRecord};
 
-/// A job this worker has moved into its in-flight list. Holding the concurrency permit here means
-/// the slot frees only when the job has been settled (so a Postgres outage stops claiming).
+/// A job this worker has moved into its in-flight list. Its slot's hold frees only when the job
+/// has been settled (so a Postgres outage stops claiming); its run slot when the step ends.
 #[derive(Debug)]
 pub struct Claimed {
     pub payload: Payload,
@@ -19,7 +18,9 @@ pub struct Claimed {
     /// Failed attempts before this one.
     pub failures: u32,
     pub claimed_at: chrono::DateTime<chrono::Utc>,
-    pub permit: OwnedSemaphorePermit,
+    /// The same moment on the monotonic clock, for the per-job overhead metric.
+    pub claimed_clock: Instant,
+    pub slot: Slot,
     pub ticket: crate::inflight::Ticket,
 }
 
@@ -45,6 +46,8 @@ pub struct Finished {
     pub attempt: Option<AttemptRecord>,
     /// Metric label: the step name when it has a handler, else `unknown` / `invalid`.
     pub step_label: Arc<str>,
+    /// How long the attempt ran (zero when nothing ran): the step's share of the job's time.
+    pub ran_for: Duration,
 }
 
 impl Finished {
@@ -56,6 +59,7 @@ impl Finished {
             dead_letter: None,
             attempt: None,
             step_label,
+            ran_for: Duration::ZERO,
         }
     }
 

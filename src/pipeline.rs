@@ -5,8 +5,10 @@
 //!
 //! Batching is natural (group commit): a flush takes whatever is waiting, up to
 //! `PERSIST_BATCH_SIZE`, so an idle worker writes one row at once and a busy one writes hundreds
-//! per round trip. Failed writes are retried with backoff for as long as it takes; the jobs stay
-//! in this worker's Redis list meanwhile, and their permits stay taken, so a Postgres outage
+//! per round trip. Up to `CONCURRENT_FLUSHES` flushes overlap, each persisting then settling its
+//! own jobs, so a job that finishes during a commit does not wait for that commit before its own
+//! starts. Failed writes are retried with backoff for as long as it takes; the jobs stay
+//! in this worker's Redis list meanwhile, and their holds stay taken, so a Postgres outage
 //! stops claiming by itself. Jobs whose lease was lost are neither persisted nor settled here:
 //! they belong to whoever the reaper gave them to.
 
@@ -14,6 +16,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 
@@ -28,6 +32,9 @@ use crate::store::{self, Batch, DeadLetterRecord, Store};
 /// Retry pauses for Postgres and Redis writes: quick at first, then no more than every 30 s.
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(30);
+/// Flushes in flight at once. Two hide one commit's latency behind the next batch's; more would
+/// only split busy batches into smaller statements.
+const CONCURRENT_FLUSHES: usize = 2;
 
 pub struct Pipeline {
     pub store: Store,
@@ -45,8 +52,19 @@ impl Pipeline {
     /// persistence failures into hand-backs and ends settle retries, so shutdown is bounded.
     pub async fn run(self, mut rx: UnboundedReceiver<Finished>, give_up: CancellationToken) {
         let mut items = Vec::with_capacity(self.batch_size);
-        while rx.recv_many(&mut items, self.batch_size).await > 0 {
-            self.flush(std::mem::take(&mut items), &give_up).await;
+        let mut flushes = FuturesUnordered::new();
+        let mut open = true;
+        while open || !flushes.is_empty() {
+            tokio::select! {
+                n = rx.recv_many(&mut items, self.batch_size), if open && flushes.len() < CONCURRENT_FLUSHES => {
+                    if n == 0 {
+                        open = false;
+                    } else {
+                        flushes.push(self.flush(std::mem::take(&mut items), &give_up));
+                    }
+                }
+                Some(()) = flushes.next(), if !flushes.is_empty() => {}
+            }
         }
     }
 
@@ -190,7 +208,10 @@ impl Pipeline {
                 self.metrics.job(&f.step_label, "dead");
                 self.notifier.dead_lettered(letter);
             }
-            Settle::Done => {}
+            Settle::Done => {
+                let overhead = f.claimed.claimed_clock.elapsed().saturating_sub(f.ran_for);
+                self.metrics.job_overhead.observe(overhead.as_secs_f64());
+            }
             Settle::Retry(delay) => {
                 self.metrics.job(&f.step_label, "retried");
                 self.promoter.schedule(*delay);

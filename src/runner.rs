@@ -4,6 +4,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::Utc;
 use futures::FutureExt;
@@ -18,7 +19,7 @@ use crate::handler::{Registry, Retry, StepContext, StepError};
 use crate::job::{self, Job};
 use crate::metrics::Metrics;
 use crate::outcome::{Claimed, Finished, Settle};
-use crate::store::{AttemptRecord, DeadLetterRecord, ResultRecord, Status};
+use crate::store::{AttemptRecord, DeadLetterRecord, ResultRecord, Status, stored_json};
 
 /// Metric label for payloads that could not be decoded.
 const INVALID: &str = "invalid";
@@ -71,6 +72,7 @@ impl Runner {
                     dead_letter: Some(letter),
                     attempt: None,
                     step_label: INVALID.into(),
+                    ran_for: Duration::ZERO,
                 };
             }
         };
@@ -80,7 +82,7 @@ impl Runner {
         self.run_job(claimed, job, attempt, cancel).instrument(span).await
     }
 
-    async fn run_job(&self, claimed: Claimed, job: Job, attempt: u32, cancel: CancellationToken) -> Finished {
+    async fn run_job(&self, claimed: Claimed, mut job: Job, attempt: u32, cancel: CancellationToken) -> Finished {
         let Some(handler) = self.registry.resolve(&job.step) else {
             tracing::warn!("no handler for step; dead-lettered");
             let error = format!("unknown step `{}`: no handler is registered for it", job.step);
@@ -123,7 +125,9 @@ impl Runner {
         };
         let started_at = Utc::now();
         let clock = std::time::Instant::now();
-        let run = AssertUnwindSafe(handler.run(ctx, job.input.clone())).catch_unwind();
+        // The input is handed over, not copied: nothing below reads it.
+        let input = std::mem::take(&mut job.input);
+        let run = AssertUnwindSafe(handler.run(ctx, input)).catch_unwind();
         let result = tokio::select! {
             r = tokio::time::timeout(timeout, run) => match r {
                 Ok(Ok(Ok(output))) => Attempt::Succeeded(output),
@@ -149,7 +153,7 @@ impl Runner {
             .job_duration
             .with_label_values(&[&label, outcome_label])
             .observe(elapsed.as_secs_f64());
-        match result {
+        let mut finished = match result {
             Attempt::Succeeded(output) => {
                 tracing::debug!(duration_ms = elapsed.as_millis() as u64, "step succeeded");
                 let result = ResultRecord {
@@ -158,7 +162,7 @@ impl Runner {
                     step: job.step,
                     status: Status::Succeeded,
                     attempts: attempt as i32,
-                    output: Some(output),
+                    output: Some(stored_json(&output)),
                     error: None,
                     enqueued_at: job.enqueued_at,
                     started_at: Some(started_at),
@@ -173,6 +177,7 @@ impl Runner {
                     dead_letter: None,
                     attempt: None,
                     step_label: label,
+                    ran_for: Duration::ZERO,
                 }
             }
             Attempt::Interrupted => {
@@ -214,11 +219,14 @@ impl Runner {
                             dead_letter: None,
                             attempt: Some(record),
                             step_label: label,
+                            ran_for: Duration::ZERO,
                         }
                     }
                 }
             }
-        }
+        };
+        finished.ran_for = elapsed;
+        finished
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -269,6 +277,7 @@ impl Runner {
             dead_letter: Some(letter),
             attempt,
             step_label: label,
+            ran_for: Duration::ZERO,
         }
     }
 }

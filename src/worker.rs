@@ -17,11 +17,11 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::capacity::Capacity;
 use crate::claimer::Claimer;
 use crate::config::Config;
 use crate::handler::Registry;
@@ -107,7 +107,10 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
     ));
     let inflight = Arc::new(InFlight::default());
     let promoter = Arc::new(Promoter::default());
-    let slots = Arc::new(Semaphore::new(config.concurrency));
+    // No backlog of finished-but-unsettled jobs beyond the slots: a worker never holds more jobs
+    // than it can run (the contract of WORKER_CONCURRENCY), and a Postgres outage stops claiming
+    // after at most WORKER_CONCURRENCY completions.
+    let capacity = Arc::new(Capacity::new(config.concurrency, 0));
     let pause = Arc::new(crate::pause::Pause::default());
     let blocking_id = Arc::new(AtomicI64::new(0));
     let maintenance = Arc::new(Maintenance {
@@ -143,7 +146,7 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
             queue: queue.clone(),
             store: store.clone(),
             lease: lease.clone(),
-            slots: slots.clone(),
+            capacity: capacity.clone(),
             pause: pause.clone(),
         };
         let stop = http_stop.clone();
@@ -186,7 +189,7 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
         metrics: metrics.clone(),
         health: health.clone(),
         inflight: inflight.clone(),
-        slots: slots.clone(),
+        capacity: capacity.clone(),
         runner: Arc::new(Runner {
             config: config.clone(),
             registry,
@@ -208,7 +211,7 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
         queue,
         lease,
         health,
-        slots,
+        capacity,
         tasks,
         blocking_id,
         claim_stop,
@@ -244,7 +247,7 @@ struct Drain {
     queue: RedisQueue,
     lease: Arc<Lease>,
     health: Arc<Health>,
-    slots: Arc<Semaphore>,
+    capacity: Arc<Capacity>,
     tasks: TaskTracker,
     blocking_id: Arc<AtomicI64>,
     claim_stop: CancellationToken,
@@ -265,8 +268,7 @@ impl Drain {
         self.claim_stop.cancel();
         self.stop_claimer(claimer).await;
 
-        let concurrency = self.config.concurrency as u32;
-        let all_settled = || self.slots.acquire_many(concurrency);
+        let all_settled = || self.capacity.all_settled();
         let finished = tokio::select! {
             r = all_settled() => r.is_ok(),
             _ = tokio::time::sleep(self.config.shutdown_timeout) => false,

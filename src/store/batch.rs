@@ -2,9 +2,13 @@
 //! three inserts one atomic statement and one round trip, which also keeps the worker safe behind
 //! a transaction-mode pooler (no transaction spans two statements).
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use sqlx::PgPool;
+use sqlx::types::Json;
 use uuid::Uuid;
 
 use crate::queue::Payload;
@@ -32,7 +36,8 @@ pub struct ResultRecord {
     pub step: String,
     pub status: Status,
     pub attempts: i32,
-    pub output: Option<Value>,
+    /// The step's output as JSON text, ready for jsonb ([`stored_json`]).
+    pub output: Option<Box<RawValue>>,
     pub error: Option<String>,
     pub enqueued_at: Option<DateTime<Utc>>,
     pub started_at: Option<DateTime<Utc>>,
@@ -137,7 +142,7 @@ impl Batch {
             .bind(r.iter().map(|x| pg_text(&x.step)).collect::<Vec<_>>())
             .bind(r.iter().map(|x| x.status.as_str()).collect::<Vec<_>>())
             .bind(r.iter().map(|x| x.attempts).collect::<Vec<_>>())
-            .bind(r.iter().map(|x| x.output.as_ref().map(pg_json)).collect::<Vec<_>>())
+            .bind(r.iter().map(|x| x.output.as_deref().map(Json)).collect::<Vec<_>>())
             .bind(r.iter().map(|x| x.error.as_deref().map(pg_text)).collect::<Vec<_>>())
             .bind(r.iter().map(|x| x.enqueued_at).collect::<Vec<_>>())
             .bind(r.iter().map(|x| x.started_at).collect::<Vec<_>>())
@@ -169,20 +174,31 @@ impl Batch {
 }
 
 /// Postgres text cannot hold NUL; a payload may. Replace it rather than fail the whole batch.
-fn pg_text(s: &str) -> String {
+fn pg_text(s: &str) -> Cow<'_, str> {
     if s.contains('\0') {
-        s.replace('\0', "\u{FFFD}")
+        Cow::Owned(s.replace('\0', "\u{FFFD}"))
     } else {
-        s.to_owned()
+        Cow::Borrowed(s)
     }
+}
+
+/// A step's output as the JSON text stored in `step_results.output`, serialised once here so the
+/// batch writer passes it through as it is. jsonb rejects `\u0000`, which is how JSON text
+/// carries NUL; only when the text contains that sequence is the tree cleaned first.
+pub fn stored_json(v: &Value) -> Box<RawValue> {
+    let raw = serde_json::value::to_raw_value(v).expect("a JSON value always serialises");
+    if !raw.get().contains("\\u0000") {
+        return raw;
+    }
+    serde_json::value::to_raw_value(&pg_json(v)).expect("a JSON value always serialises")
 }
 
 /// jsonb rejects `\u0000` in strings and keys; the same replacement, applied through the tree.
 fn pg_json(v: &Value) -> Value {
     match v {
-        Value::String(s) if s.contains('\0') => Value::String(pg_text(s)),
+        Value::String(s) if s.contains('\0') => Value::String(pg_text(s).into_owned()),
         Value::Array(items) => Value::Array(items.iter().map(pg_json).collect()),
-        Value::Object(map) => Value::Object(map.iter().map(|(k, v)| (pg_text(k), pg_json(v))).collect()),
+        Value::Object(map) => Value::Object(map.iter().map(|(k, v)| (pg_text(k).into_owned(), pg_json(v))).collect()),
         other => other.clone(),
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
-pub use batch::{AttemptRecord, Batch, DeadLetterRecord, ResultRecord, Status};
+pub use batch::{AttemptRecord, Batch, DeadLetterRecord, ResultRecord, Status, stored_json};
 
 /// Embedded, reversible migrations (`migrations/*.up.sql` / `*.down.sql`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

@@ -12,18 +12,23 @@
 --             key, so it shares this script's hash slot), not an attempt. If the step was resumed
 --             meanwhile, it goes back to ready instead: nothing would ever drain the held list.
 -- Returns one integer per op: 1 settled, 0 not ours.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local res = {}
+-- LREM counts from the right (-1): our list grows on the left, so the jobs that finish first,
+-- the oldest, sit at the right end and are found after a short scan. The counters of done jobs
+-- are deleted with one HDEL per hash for the whole batch (chunked: Lua's unpack has a limit).
+local CHUNK = 1000
+local now
+local res, done = {}, {}
 for i = 1, #ARGV, 3 do
   local op, p = ARGV[i], ARGV[i + 1]
-  local r = redis.call('LREM', KEYS[1], 1, p)
+  local r = redis.call('LREM', KEYS[1], -1, p)
   if r == 1 then
     if op == 'done' then
-      local h = redis.sha1hex(p)
-      redis.call('HDEL', KEYS[3], h)
-      redis.call('HDEL', KEYS[4], h)
+      done[#done + 1] = redis.sha1hex(p)
     elseif op == 'retry' then
+      if not now then
+        local t = redis.call('TIME')
+        now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+      end
       redis.call('HINCRBY', KEYS[3], redis.sha1hex(p), 1)
       redis.call('ZADD', KEYS[2], now + tonumber(ARGV[i + 2]), p)
     elseif op == 'hold' then
@@ -39,5 +44,10 @@ for i = 1, #ARGV, 3 do
     end
   end
   res[#res + 1] = r
+end
+for from = 1, #done, CHUNK do
+  local to = math.min(from + CHUNK - 1, #done)
+  redis.call('HDEL', KEYS[3], unpack(done, from, to))
+  redis.call('HDEL', KEYS[4], unpack(done, from, to))
 end
 return res

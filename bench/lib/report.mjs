@@ -1,0 +1,141 @@
+// Markdown tables from the runs: min / median per figure over the repetitions, and
+// step-worker / peer ratios of the medians from the same invocation.
+import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { cpus } from 'node:os';
+import { median, min, max } from './util.mjs';
+
+export function machine() {
+  const sh = (cmd, args) => {
+    try {
+      return execFileSync(cmd, args, { encoding: 'utf8' }).trim();
+    } catch {
+      return '?';
+    }
+  };
+  return {
+    nproc: sh('nproc', []),
+    cpu: cpus()[0]?.model ?? '?',
+    free: sh('free', ['-h']),
+    kernel: sh('uname', ['-sr']),
+    node: process.version,
+    redis: sh('redis-server', ['--version']),
+    loadavg: readFileSync('/proc/loadavg', 'utf8').trim(),
+    date: new Date().toISOString(),
+  };
+}
+
+const fmt = (x, digits) => {
+  if (!Number.isFinite(x)) return '–';
+  if (digits !== undefined) return x.toFixed(digits);
+  if (Math.abs(x) >= 100) return x.toFixed(0);
+  if (Math.abs(x) >= 10) return x.toFixed(1);
+  return x.toFixed(2);
+};
+
+/** "min / median" of a figure over runs. */
+const mm = (runs, k, digits) => {
+  const xs = runs.map((r) => r[k]);
+  if (!xs.some(Number.isFinite)) return '–';
+  return xs.length > 1 ? `${fmt(min(xs), digits)} / ${fmt(median(xs), digits)}` : fmt(xs[0], digits);
+};
+
+function groups(runs, scenario) {
+  const by = new Map();
+  for (const r of runs.filter((x) => x.scenario === scenario)) {
+    if (!by.has(r.system)) by.set(r.system, []);
+    by.get(r.system).push(r);
+  }
+  return by;
+}
+
+function table(head, rows) {
+  return [`| ${head.join(' | ')} |`, `|${head.map(() => '---').join('|')}|`, ...rows.map((r) => `| ${r.join(' | ')} |`)].join('\n');
+}
+
+function ratios(by, cols) {
+  const sw = by.get('step-worker');
+  if (!sw) return '';
+  const lines = [];
+  for (const [sys, runs] of by) {
+    if (sys === 'step-worker') continue;
+    const parts = cols.map(([k, name, better]) => {
+      const a = median(sw.map((r) => r[k]));
+      const b = median(runs.map((r) => r[k]));
+      if (!Number.isFinite(a) || !Number.isFinite(b) || b === 0) return null;
+      const x = a / b;
+      return `${name} ×${fmt(x, x < 0.1 ? 3 : 2)}${better === 'high' ? (x >= 1 ? '' : ' (worse)') : x <= 1 ? '' : ' (worse)'}`;
+    }).filter(Boolean);
+    lines.push(`- step-worker / ${sys}: ${parts.join(', ')}`);
+  }
+  return lines.join('\n');
+}
+
+const BACKLOG_COLS = [['throughput', 'jobs/s', 'high'], ['cpuPer10k', 'worker CPU', 'low'], ['rssMiB', 'peak RSS', 'low'],
+  ['callsPerJob', 'Redis calls', 'low'], ['redisCpuPer10k', 'Redis CPU', 'low'], ['pgCpuPer10k', 'Postgres CPU', 'low']];
+
+function backlogSection(runs, scenario, title) {
+  const by = groups(runs, scenario);
+  if (by.size === 0) return '';
+  const rows = [...by].map(([sys, rs]) => [sys, String(rs[0].n), mm(rs, 'throughput', 0), mm(rs, 'cpuPer10k'), mm(rs, 'rssMiB', 1),
+    mm(rs, 'callsPerJob'), mm(rs, 'redisCpuPer10k'), mm(rs, 'pgCpuPer10k'), mm(rs, 'ovP50'), mm(rs, 'ovP99'),
+    String(max(rs.map((r) => r.lost)))]);
+  return `### ${title}\n\n${table(['system', 'jobs', 'jobs/s', 'worker CPU s / 10k jobs', 'peak RSS MiB',
+    'Redis calls / job', 'Redis CPU s / 10k jobs', 'Postgres backend CPU s / 10k jobs', 'overhead p50 ms', 'overhead p99 ms',
+    'lost'], rows)}\n\n${ratios(by, BACKLOG_COLS)}\n`;
+}
+
+function pacedSection(runs, scenario) {
+  const by = groups(runs, scenario);
+  if (by.size === 0) return '';
+  const any = [...by.values()][0][0];
+  const rows = [...by].map(([sys, rs]) => [sys, mm(rs, 'offered', 0), mm(rs, 'qP50'), mm(rs, 'qP99'), mm(rs, 'qMax'), mm(rs, 'e2eP50'),
+    mm(rs, 'e2eP99'), mm(rs, 'ovP50'), mm(rs, 'ovP99'), mm(rs, 'cpuPer10k'), mm(rs, 'rssMiB', 1), String(max(rs.map((r) => r.lost)))]);
+  return `### Paced at ${any.rate} jobs/s (${any.n} jobs of builtin.noop)\n\n${table(['system', 'offered jobs/s', 'queue p50 ms',
+    'queue p99 ms', 'queue max ms', 'e2e p50 ms', 'e2e p99 ms', 'overhead p50 ms', 'overhead p99 ms', 'worker CPU s / 10k jobs',
+    'peak RSS MiB', 'lost'], rows)}\n\n${ratios(by, [['qP99', 'queue p99', 'low'], ['e2eP99', 'e2e p99', 'low'],
+    ['cpuPer10k', 'worker CPU', 'low'], ['rssMiB', 'peak RSS', 'low']])}\n`;
+}
+
+function topCommands(by) {
+  return Object.entries(by ?? {}).sort((a, b) => b[1] - a[1]).slice(0, 4).map(([c, k]) => `${c} ${k}`).join(', ');
+}
+
+export function report(results) {
+  const { runs, machine: m, config } = results;
+  const out = [];
+  out.push(`## Benchmark results\n`);
+  out.push(`Machine: ${m.nproc} cores, ${m.cpu}, ${m.kernel}; ${m.redis.split(' ').slice(0, 3).join(' ')}; Node ${m.node}.`);
+  out.push(`Memory (\`free -h\` at start):\n\n\`\`\`\n${m.free}\n\`\`\`\n`);
+  const loads = runs.filter((r) => Number.isFinite(r.load)).map((r) => r.load);
+  const busy = runs.filter((r) => Number.isFinite(r.busy)).map((r) => r.busy * 100);
+  const gate = results.gate;
+  out.push(`Each cell is \`min / median\` over ${config.reps} run(s) per system. Concurrency ${config.concurrency} unless stated. `
+    + `Start gate: 1-minute load ${fmt(gate?.load)} after waiting ${fmt(gate?.waitedS, 0)} s`
+    + `${gate?.quiet === false ? ' (still busy: measured anyway)' : gate?.quiet === null ? ' (not waited for)' : ''}. `
+    + `Before each run: 1-minute load ${fmt(min(loads))}–${fmt(max(loads))}, CPUs ${fmt(min(busy), 0)}–${fmt(max(busy), 0)} % busy over 5 s.\n`);
+  out.push(backlogSection(runs, 'noop', 'Backlog: builtin.noop with persistence (throughput)'));
+  out.push(backlogSection(runs, 'sleep5', 'Backlog: builtin.sleep {"ms":5} (IO-bound steps)'));
+  out.push(backlogSection(runs, 'c256-1k', 'Backlog at concurrency 256 with 1 KiB inputs (memory)'));
+  for (const s of [...new Set(runs.filter((r) => r.scenario?.startsWith('paced-')).map((r) => r.scenario))]) {
+    out.push(pacedSection(runs, s));
+  }
+  const cmds = runs.filter((r) => r.scenario === 'cmds');
+  if (cmds.length) {
+    out.push(`### Redis commands per job at full load (backlog, counted with MONITOR)\n\n${table(
+      ['system', 'jobs', 'commands sent / job', 'run inside scripts / job', 'most sent'],
+      cmds.map((r) => [r.system, String(r.n), fmt(r.topLevelPerJob, 3), fmt(r.inScriptsPerJob), topCommands(r.byCommand)]))}\n`);
+  }
+  const idles = runs.filter((r) => r.kind === 'idle');
+  if (idles.length) {
+    out.push(`### Idle cost (one worker, empty queue, ${idles[0].seconds} s)\n\n${table(
+      ['system', 'commands sent / min', 'incl. inside scripts / min', 'worker CPU s / hour', 'RSS MiB', 'what it sends'],
+      idles.map((r) => [r.system, fmt(r.topLevelPerMin, 1), fmt(r.callsPerMin, 1), fmt(r.cpuPerHour), fmt(r.rssMiB, 1), topCommands(r.byCommand)]))}\n`);
+  }
+  const starts = runs.filter((r) => r.kind === 'startup');
+  if (starts.length) {
+    out.push(`### Start to ready\n\n${table(['system', 'min / median ms', 'ready means'], starts.map((r) => [r.system,
+      `${fmt(min(r.times), 0)} / ${fmt(median(r.times), 0)}`, r.system === 'step-worker' ? '`/health` 200' : '"ready" printed']))}\n`);
+  }
+  return `${out.filter(Boolean).join('\n')}\n`;
+}

@@ -1,0 +1,214 @@
+// The three systems under test, behind one interface: start a worker, enqueue a backlog that is
+// released at once, push at a rate, and tell when the queue is drained.
+import { spawn } from 'node:child_process';
+import { createWriteStream } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import Redis from 'ioredis';
+import { Queue } from 'bullmq';
+import { freePort, waitFor, log } from './util.mjs';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const CHUNK = 1000;
+
+/** A worker process we started; stopped by its pid only. */
+class Proc {
+  constructor(child, logPath) {
+    this.child = child;
+    this.pid = child.pid;
+    this.exited = new Promise((r) => child.once('exit', (code, sig) => r({ code, sig })));
+    const out = createWriteStream(logPath);
+    child.stderr.pipe(out);
+    this.stdout = '';
+    child.stdout.on('data', (d) => {
+      this.stdout += d;
+      out.write(d);
+    });
+  }
+
+  async stop(timeoutMs = 40_000) {
+    if (this.child.exitCode !== null || this.child.signalCode !== null) return this.exited;
+    this.child.kill('SIGTERM');
+    const done = await Promise.race([this.exited, new Promise((r) => setTimeout(() => r(null), timeoutMs))]);
+    if (done) return done;
+    log(`pid ${this.pid} did not stop in ${timeoutMs / 1000} s; killing it`);
+    this.child.kill('SIGKILL');
+    return this.exited;
+  }
+}
+
+/**
+ * The Node peers' `pg` client talks plaintext unless told otherwise; step-worker's default
+ * (`sslmode=prefer`) negotiates TLS with a server that offers it. Same transport for everyone.
+ */
+function plaintext(url) {
+  const u = new URL(url);
+  if (!u.searchParams.has('sslmode')) u.searchParams.set('sslmode', 'disable');
+  return u.toString();
+}
+
+/** Payload bytes for step-worker and the list worker: the job contract's JSON object. */
+export function payload(job) {
+  return JSON.stringify(job);
+}
+
+class ListQueueSystem {
+  constructor(ctx) {
+    this.ctx = ctx;
+    this.producer = new Redis(ctx.redisUrl);
+  }
+
+  get staging() {
+    return `${this.ctx.queueKey}:staging`;
+  }
+
+  /** LPUSHes the backlog onto a staging key; `release` RENAMEs it onto the queue in O(1). */
+  async enqueueBacklog(jobs) {
+    for (let i = 0; i < jobs.length; i += CHUNK) {
+      await this.producer.lpush(this.staging, ...jobs.slice(i, i + CHUNK).map(payload));
+    }
+  }
+
+  async release() {
+    await this.ctx.admin.cmd('RENAME', this.staging, this.ctx.queueKey);
+  }
+
+  async push(jobs) {
+    await this.producer.lpush(this.ctx.queueKey, ...jobs.map(payload));
+  }
+
+  async close() {
+    this.producer.disconnect();
+  }
+}
+
+export class StepWorkerSystem extends ListQueueSystem {
+  static label = 'step-worker';
+
+  async start(logPath, extraEnv = {}) {
+    const port = await freePort();
+    this.healthUrl = `http://127.0.0.1:${port}/health`;
+    this.metricsUrl = `http://127.0.0.1:${port}/metrics`;
+    const child = spawn(this.ctx.bin, ['run'], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: {
+        ...process.env,
+        REDIS_URL: this.ctx.redisUrl,
+        DATABASE_URL: plaintext(this.ctx.dbUrl),
+        QUEUE_KEY: this.ctx.queueKey,
+        WORKER_CONCURRENCY: String(this.ctx.concurrency),
+        HEALTH_CHECK_PORT: String(port),
+        ...extraEnv,
+      },
+    });
+    this.proc = new Proc(child, logPath);
+    const t0 = performance.now();
+    const ok = await waitFor(() => this.healthy(), { everyMs: 2, timeoutMs: 30_000 });
+    if (!ok) throw new Error(`step-worker did not become healthy; see ${logPath}`);
+    this.readyMs = performance.now() - t0;
+    return this.proc;
+  }
+
+  async healthy() {
+    try {
+      const r = await fetch(this.healthUrl);
+      return r.status === 200;
+    } catch {
+      return false;
+    }
+  }
+
+  async metrics() {
+    return (await fetch(this.metricsUrl)).text();
+  }
+
+  async drained() {
+    const a = this.ctx.admin;
+    if (Number(await a.cmd('LLEN', this.ctx.queueKey)) !== 0) return false;
+    const procs = await a.cmd('KEYS', `{${this.ctx.queueKey}}:proc:*`);
+    for (const k of procs) if (Number(await a.cmd('LLEN', k)) !== 0) return false;
+    return true;
+  }
+}
+
+class NodeWorkerSystem {
+  async spawnNode(script, logPath) {
+    const child = spawn(process.execPath, [join(here, '..', 'peers', script)], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: {
+        ...process.env,
+        REDIS_URL: this.ctx.redisUrl,
+        DATABASE_URL: this.ctx.dbUrl,
+        QUEUE_KEY: this.ctx.queueKey,
+        CONCURRENCY: String(this.ctx.concurrency),
+      },
+    });
+    this.proc = new Proc(child, logPath);
+    const t0 = performance.now();
+    const ok = await waitFor(() => this.proc.stdout.includes('ready'), { everyMs: 2, timeoutMs: 30_000 });
+    if (!ok) throw new Error(`${script} did not become ready; see ${logPath}`);
+    this.readyMs = performance.now() - t0;
+    return this.proc;
+  }
+}
+
+export class ListWorkerSystem extends ListQueueSystem {
+  static label = 'node-list';
+
+  async start(logPath) {
+    return NodeWorkerSystem.prototype.spawnNode.call(this, 'list-worker.mjs', logPath);
+  }
+
+  async drained() {
+    const a = this.ctx.admin;
+    return Number(await a.cmd('LLEN', this.ctx.queueKey)) === 0
+      && Number(await a.cmd('LLEN', `${this.ctx.queueKey}:processing`)) === 0;
+  }
+}
+
+export class BullSystem {
+  static label = 'bullmq';
+
+  constructor(ctx) {
+    this.ctx = ctx;
+    this.queue = new Queue(ctx.queueKey, { connection: new Redis(ctx.redisUrl, { maxRetriesPerRequest: null }) });
+  }
+
+  async start(logPath) {
+    return NodeWorkerSystem.prototype.spawnNode.call(this, 'bullmq-worker.mjs', logPath);
+  }
+
+  /** Adds the backlog to a paused queue with `addBulk`; `release` resumes it. */
+  async enqueueBacklog(jobs) {
+    await this.queue.pause();
+    for (let i = 0; i < jobs.length; i += CHUNK) {
+      await this.queue.addBulk(jobs.slice(i, i + CHUNK).map((d) => ({ name: d.step, data: d })));
+    }
+  }
+
+  async release() {
+    await this.queue.resume();
+  }
+
+  async push(jobs) {
+    await this.queue.addBulk(jobs.map((d) => ({ name: d.step, data: d })));
+  }
+
+  async drained() {
+    const a = this.ctx.admin;
+    const k = `bull:${this.ctx.queueKey}`;
+    for (const l of ['wait', 'active', 'paused']) if (Number(await a.cmd('LLEN', `${k}:${l}`)) !== 0) return false;
+    return true;
+  }
+
+  async close() {
+    await this.queue.close();
+    this.queue.opts.connection.disconnect?.();
+  }
+}
+
+export const SYSTEMS = {
+  'step-worker': StepWorkerSystem,
+  'node-list': ListWorkerSystem,
+  bullmq: BullSystem,
+};
