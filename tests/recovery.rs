@@ -170,6 +170,11 @@ async fn a_job_that_keeps_killing_its_workers_is_dead_lettered_after_max_recover
             .await
             .unwrap();
     }
+    // The poison job had also failed an attempt before: its attempt counter must not outlive it.
+    let _: () = redis
+        .hset(env.key("attempts"), sha1_hex(poison.as_bytes()), 1)
+        .await
+        .unwrap();
     let worker = env.start(&[("MAX_RECOVERIES", "3")]).await;
     let row = env.wait_result("poison-1", WAIT).await;
     assert_eq!(row.status, "dead");
@@ -186,5 +191,7 @@ async fn a_job_that_keeps_killing_its_workers_is_dead_lettered_after_max_recover
         env.llen(&env.key("poison")).await == 0
     })
     .await;
+    let counters: i64 = env.redis.clone().hlen(env.key("attempts")).await.unwrap();
+    assert_eq!(counters, 0, "a poisoned job's attempt counter is forgotten with it");
     worker.stop().await.unwrap();
 }

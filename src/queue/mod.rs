@@ -301,6 +301,7 @@ impl RedisQueue {
             .key(&k.ready)
             .key(&k.interrupts)
             .key(&k.poison)
+            .key(&k.attempts)
             .arg(victim)
             .arg(grace.as_millis() as u64)
             .arg(max_recoveries)

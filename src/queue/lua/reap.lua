@@ -1,6 +1,6 @@
 -- Returns a dead worker's in-flight jobs to ready, atomically (no pop-then-push gap).
 -- KEYS[1] workers ZSET   KEYS[2] reaped ZSET   KEYS[3] proc LIST of the victim   KEYS[4] ready LIST
--- KEYS[5] interrupts HASH   KEYS[6] poison LIST
+-- KEYS[5] interrupts HASH   KEYS[6] poison LIST   KEYS[7] attempts HASH
 -- ARGV[1] victim wid   ARGV[2] grace ms   ARGV[3] max recoveries
 -- Returns {moved, poisoned}, or {-1, 0} when the victim heartbeated meanwhile.
 -- A job recovered more than max recoveries times keeps killing its workers: it goes to the
@@ -21,7 +21,9 @@ while true do
   if c > tonumber(ARGV[3]) then
     -- 'recoveries|at_ms|wid|payload': a plain prefix, because payloads may not be valid UTF-8.
     redis.call('LPUSH', KEYS[6], c .. '|' .. now .. '|' .. ARGV[1] .. '|' .. p)
+    -- It leaves the queue for good: forget both of its counters, as a settled job does.
     redis.call('HDEL', KEYS[5], redis.sha1hex(p))
+    redis.call('HDEL', KEYS[7], redis.sha1hex(p))
     poisoned = poisoned + 1
   else
     redis.call('RPUSH', KEYS[4], p)
