@@ -119,6 +119,14 @@ async fn count(c: &Cluster, sql: &'static str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(&c.pg_pool).await.unwrap_or(-1)
 }
 
+/// Waits until at least `n` jobs have their result row: the load is running.
+pub async fn wait_results(c: &Cluster, n: i64) {
+    crate::until("the first results", Duration::from_secs(60), || async {
+        (count(c, "SELECT count(*) FROM step_results").await >= n).then_some(())
+    })
+    .await;
+}
+
 /// Waits until Redis is drained and Postgres holds every expected row and dead letter,
 /// restarting replicas that crash meanwhile (as a platform would). Returns how many it restarted.
 pub async fn wait_quiet(c: &mut Cluster, w: &Workload, within: Duration) -> usize {

@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use crate::cluster::{Cluster, Opts};
-use crate::common::wait_for;
 use crate::oracle;
 use crate::report::Row;
 use crate::worker_faults::settle;
@@ -22,15 +21,7 @@ async fn postgres_outage_stops_claiming_acks_nothing_and_loses_nothing() {
     let w = Workload::mixed("pgdown", scale(2_500, 30_000), DURATIONS, 21);
     let mut c = Cluster::start(opts.clone()).await;
     w.push(&c.redis_conn, &c.queue_key).await;
-    let pg = c.pg_pool.clone();
-    wait_for("the first results", Duration::from_secs(30), || async {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM step_results")
-            .fetch_one(&pg)
-            .await
-            .unwrap()
-            >= 100
-    })
-    .await;
+    oracle::wait_results(&c, 100).await;
     c.pg.stop("fast");
     let slots = (opts.replicas * opts.concurrency) as i64;
     let before = until(

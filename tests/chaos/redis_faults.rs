@@ -85,7 +85,7 @@ async fn redis_unreachable_past_the_deadline_fences_workers_that_stay_up_and_res
     let w = Workload::mixed("outage", scale(2_500, 30_000), DURATIONS, 12);
     let mut c = Cluster::start(opts.clone()).await;
     w.push(&c.redis_conn, &c.queue_key).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    oracle::wait_results(&c, 100).await;
     c.redis.kill();
     let down_at = Instant::now();
     let not_ready = until("every replica to report not ready", opts.deadline() * 2, || async {

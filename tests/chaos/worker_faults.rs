@@ -254,7 +254,7 @@ async fn replica_frozen_past_its_deadline_is_fenced_and_its_late_acks_are_no_ops
     let w = Workload::mixed("frozen", scale(2_000, 20_000), durations, 5);
     let mut c = Cluster::start(opts.clone()).await;
     w.push(&c.redis_conn, &c.queue_key).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    oracle::wait_results(&c, 100).await;
     let frozen = c.replica(0).pid;
     let old_wid = started_worker_id(&c, 0);
     c.signal(0, libc::SIGSTOP);
