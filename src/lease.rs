@@ -29,6 +29,16 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// A new registration: a new worker id and its own in-flight list.
+    fn fresh(queue_keys: &crate::queue::Keys) -> Arc<Self> {
+        let wid = new_worker_id();
+        Arc::new(Identity {
+            proc_key: queue_keys.proc(&wid),
+            wid,
+            reaped: AtomicBool::new(false),
+        })
+    }
+
     pub fn is_reaped(&self) -> bool {
         self.reaped.load(Ordering::Acquire)
     }
@@ -62,12 +72,7 @@ pub struct Lease {
 
 impl Lease {
     pub fn new(queue_keys: &crate::queue::Keys, deadline: Duration) -> Self {
-        let wid = new_worker_id();
-        let identity = Arc::new(Identity {
-            proc_key: queue_keys.proc(&wid),
-            wid,
-            reaped: AtomicBool::new(false),
-        });
+        let identity = Identity::fresh(queue_keys);
         Lease {
             state: Mutex::new(State {
                 identity,
@@ -161,12 +166,7 @@ impl Lease {
         s.exec = CancellationToken::new();
         s.last_ok_sent = None;
         s.streak_since = None;
-        let wid = new_worker_id();
-        s.identity = Arc::new(Identity {
-            proc_key: queue_keys.proc(&wid),
-            wid,
-            reaped: AtomicBool::new(false),
-        });
+        s.identity = Identity::fresh(queue_keys);
         let id = s.identity.clone();
         drop(s);
         self.changed.notify_waiters();

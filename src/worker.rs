@@ -69,7 +69,7 @@ impl Running {
 pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> anyhow::Result<Option<Running>> {
     let config = Arc::new(config);
     let stop = &shutdown.graceful;
-    let ca = config.redis_ca.as_ref().map(|(_, pem)| pem.as_slice());
+    let ca = config.redis_ca_pem();
     let Some(queue) = retry_until("connect to Redis", stop, || {
         RedisQueue::connect_with_ca(config.redis_url.expose(), &config.queue_key, ca)
     })

@@ -35,7 +35,7 @@ pub struct Admin {
 
 impl Admin {
     pub async fn connect(config: Config) -> anyhow::Result<Self> {
-        let ca = config.redis_ca.as_ref().map(|(_, pem)| pem.as_slice());
+        let ca = config.redis_ca_pem();
         let queue = RedisQueue::connect_with_ca(config.redis_url.expose(), &config.queue_key, ca)
             .await
             .with_context(|| format!("connecting to Redis at {}", config.redis_url))?;

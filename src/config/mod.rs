@@ -263,6 +263,11 @@ impl Config {
         })
     }
 
+    /// The PEM of `REDIS_CA_FILE`, when set.
+    pub fn redis_ca_pem(&self) -> Option<&[u8]> {
+        self.redis_ca.as_ref().map(|(_, pem)| pem.as_slice())
+    }
+
     /// The effective configuration as `NAME=value` lines, secrets redacted: what
     /// `step-worker config check` prints.
     pub fn describe(&self) -> Vec<(&'static str, String)> {
