@@ -24,7 +24,7 @@ use crate::inflight::InFlight;
 use crate::lease::{Identity, Lease};
 use crate::metrics::Metrics;
 use crate::outcome::{Claimed, Finished};
-use crate::queue::{BlockingConn, Payload, RedisQueue, SettleOp};
+use crate::queue::{Blocking, Payload, Queue, SettleOp};
 use crate::runner::Runner;
 
 /// Pause after a failed claim before trying again.
@@ -32,7 +32,7 @@ const ERROR_PAUSE: Duration = Duration::from_secs(1);
 
 pub struct Claimer {
     pub config: Arc<Config>,
-    pub queue: RedisQueue,
+    pub queue: Queue,
     pub lease: Arc<Lease>,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
@@ -58,7 +58,7 @@ pub enum ClaimOutcome {
 
 impl Claimer {
     pub async fn run(self, stop: CancellationToken) {
-        let mut blocking: Option<BlockingConn> = None;
+        let mut blocking: Option<Blocking> = None;
         let mut queue_was_empty = false;
         let mut audit = false;
         while !stop.is_cancelled() {
@@ -84,7 +84,7 @@ impl Claimer {
     /// something is), start the claimed jobs.
     pub async fn pass(
         &self,
-        blocking: &mut Option<BlockingConn>,
+        blocking: &mut Option<Blocking>,
         queue_was_empty: &mut bool,
         stop: &CancellationToken,
     ) -> ClaimOutcome {

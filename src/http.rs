@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::health::{Check, Health};
 use crate::lease::Lease;
 use crate::metrics::Metrics;
-use crate::queue::RedisQueue;
+use crate::queue::Queue;
 use crate::store::Store;
 
 /// Longest a probe or scrape waits on Redis or Postgres: probes have short timeouts of their own.
@@ -31,7 +31,7 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
-    pub queue: RedisQueue,
+    pub queue: Queue,
     pub store: Store,
     pub lease: Arc<Lease>,
     pub capacity: Arc<Capacity>,
@@ -44,6 +44,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health/live", get(live))
         .route("/metrics", get(metrics))
         .route("/jobs", axum::routing::post(crate::http_jobs::enqueue))
+        .route("/jobs/{id}", get(crate::http_jobs::result))
         .with_state(state)
 }
 
@@ -112,6 +113,7 @@ async fn health(State(s): State<AppState>) -> Response {
             "lease": { "ok": lease },
             "draining": draining,
         },
+        "queue_driver": if s.queue.is_memory() { "memory" } else { "redis" },
         "paused": paused,
         "paused_steps": s.pause.paused_steps(),
         "in_flight": s.capacity.held(),

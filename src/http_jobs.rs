@@ -1,10 +1,11 @@
 //! `POST /jobs`: enqueue one job (a JSON object) or several (an array) over HTTP, validated against
 //! the job contract exactly as `step-worker enqueue` validates them. Either every job is accepted
-//! or none is. Protected by `ADMIN_TOKEN` (bearer); without a token the endpoint is open outside
-//! production (the quickstart) and disabled in production.
+//! or none is. `GET /jobs/{id}`: the job's result row, once it has one. Both are protected by
+//! `ADMIN_TOKEN` (bearer); without a token they are open outside production (the quickstart) and
+//! disabled in production.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -39,7 +40,7 @@ pub async fn enqueue(State(s): State<AppState>, headers: HeaderMap, body: axum::
         s.metrics.redis_errors.with_label_values(&["enqueue"]).inc();
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("Redis refused the jobs: {e}"),
+            format!("the queue refused the jobs: {e}"),
             None,
         );
     }
@@ -50,13 +51,50 @@ pub async fn enqueue(State(s): State<AppState>, headers: HeaderMap, body: axum::
         .into_response()
 }
 
+pub async fn result(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Err(refusal) = authorize(&s, &headers) {
+        return *refusal;
+    }
+    match s.store.result(&id).await {
+        Ok(Some(r)) => {
+            let output = r
+                .output
+                .as_deref()
+                .map(|o| serde_json::from_str::<Value>(o).unwrap_or(json!(o)));
+            let body = json!({
+                "job_id": r.job_id,
+                "status": r.status,
+                "attempts": r.attempts,
+                "output": output,
+                "error": r.error,
+                "finished_at": r.finished_at,
+                "worker_id": r.worker_id,
+            });
+            (StatusCode::OK, Json(body)).into_response()
+        }
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            format!("no result for job {id:?} yet: it is queued, running, waiting for a retry, or unknown"),
+            None,
+        ),
+        Err(e) => {
+            s.metrics.postgres_errors.with_label_values(&["result"]).inc();
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the results store failed: {e}"),
+                None,
+            )
+        }
+    }
+}
+
 /// `Err` is the refusal to send (boxed: a response is large and refusals are rare).
 fn authorize(s: &AppState, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let Some(token) = &s.config.admin_token else {
         return match s.config.app_env {
             AppEnv::Production => Err(Box::new(error(
                 StatusCode::FORBIDDEN,
-                "POST /jobs is disabled: set ADMIN_TOKEN to enable it".into(),
+                "the /jobs endpoints are disabled: set ADMIN_TOKEN to enable them".into(),
                 None,
             ))),
             _ => Ok(()),

@@ -17,7 +17,7 @@ use crate::health::Health;
 use crate::inflight::InFlight;
 use crate::lease::Lease;
 use crate::metrics::Metrics;
-use crate::queue::{Beat, BeatMode, BeatStatus, RedisQueue};
+use crate::queue::{Beat, BeatMode, BeatStatus, Queue};
 use crate::store::{Batch, DeadLetterRecord, ResultRecord, Status, Store};
 
 /// Poison entries moved into Postgres per drain.
@@ -25,7 +25,7 @@ const POISON_DRAIN: usize = 100;
 
 pub struct Maintenance {
     pub config: Arc<Config>,
-    pub queue: RedisQueue,
+    pub queue: Queue,
     pub store: Store,
     pub lease: Arc<Lease>,
     pub metrics: Arc<Metrics>,
@@ -283,7 +283,7 @@ impl Promoter {
         }
     }
 
-    pub async fn run(&self, queue: RedisQueue, metrics: Arc<Metrics>, stop: CancellationToken) {
+    pub async fn run(&self, queue: Queue, metrics: Arc<Metrics>, stop: CancellationToken) {
         loop {
             let next = *self.next.lock().unwrap();
             let sleep = async {

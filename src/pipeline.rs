@@ -26,7 +26,7 @@ use crate::lease::Lease;
 use crate::maintenance::Promoter;
 use crate::metrics::Metrics;
 use crate::outcome::{Finished, Settle};
-use crate::queue::{RedisQueue, SettleOp};
+use crate::queue::{Queue, SettleOp};
 use crate::store::{self, Batch, DeadLetterRecord, Store};
 
 /// Retry pauses for Postgres and Redis writes: quick at first, then no more than every 30 s.
@@ -38,7 +38,7 @@ const CONCURRENT_FLUSHES: usize = 2;
 
 pub struct Pipeline {
     pub store: Store,
-    pub queue: RedisQueue,
+    pub queue: Queue,
     pub lease: Arc<Lease>,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,

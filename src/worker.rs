@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 use crate::capacity::Capacity;
 use crate::claimer::Claimer;
 use crate::config::Config;
+use crate::config::QueueDriver;
 use crate::handler::Registry;
 use crate::health::Health;
 use crate::http::{self, AppState};
@@ -32,7 +33,7 @@ use crate::lease::Lease;
 use crate::maintenance::{Maintenance, Promoter};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
-use crate::queue::{RedisQueue, SettleOp};
+use crate::queue::{MemoryQueue, Queue, RedisQueue, SettleOp};
 use crate::runner::Runner;
 use crate::shutdown::Shutdown;
 use crate::store::Store;
@@ -47,6 +48,9 @@ pub struct Running {
     pub worker_id: String,
     /// Where `/health` and `/metrics` are served (when enabled).
     pub http_addr: Option<SocketAddr>,
+    /// The queue it claims from: producers in the same process (tests, an embedding
+    /// application) push through it, which is the only way into a memory queue.
+    pub queue: Queue,
     pub shutdown: Shutdown,
     done: JoinHandle<()>,
 }
@@ -69,14 +73,25 @@ impl Running {
 pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> anyhow::Result<Option<Running>> {
     let config = Arc::new(config);
     let stop = &shutdown.graceful;
-    let ca = config.redis_ca_pem();
-    let Some(queue) = retry_until("connect to Redis", stop, || {
-        RedisQueue::connect_with_ca(config.redis_url.expose(), &config.queue_key, ca)
-    })
-    .await
-    .context("REDIS_URL")?
-    else {
-        return Ok(None);
+    let queue = match config.queue_driver {
+        QueueDriver::Memory => {
+            tracing::warn!(
+                "QUEUE_DRIVER=memory: jobs are kept in this process only and are lost when it exits; set REDIS_URL for a durable, shared queue"
+            );
+            Queue::Memory(MemoryQueue::named(&config.queue_key))
+        }
+        QueueDriver::Redis => {
+            let ca = config.redis_ca_pem();
+            let Some(queue) = retry_until("connect to Redis", stop, || {
+                RedisQueue::connect_with_ca(config.redis_url.expose(), &config.queue_key, ca)
+            })
+            .await
+            .context("REDIS_URL")?
+            else {
+                return Ok(None);
+            };
+            Queue::Redis(queue)
+        }
     };
     let store = Store::connect_lazy(config.database_url.expose(), config.database_pool_size).context("DATABASE_URL")?;
     if config.database_migrate
@@ -93,11 +108,13 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
     let metrics = Arc::new(Metrics::new(&worker_id));
     let registry = crate::http_step::install(registry, &config.http_steps, &metrics)?;
     metrics.concurrency.set(config.concurrency as i64);
-    let policy = crate::redis_guard::check(&queue, &config).await?;
-    metrics
-        .redis_policy
-        .with_label_values(&[policy.as_deref().unwrap_or("unknown")])
-        .set(1);
+    if let Some(redis) = queue.redis() {
+        let policy = crate::redis_guard::check(redis, &config).await?;
+        metrics
+            .redis_policy
+            .with_label_values(&[policy.as_deref().unwrap_or("unknown")])
+            .set(1);
+    }
     let health = Arc::new(Health::default());
     let background = CancellationToken::new();
     let notifier = Arc::new(crate::notify::Notifier::start(
@@ -208,7 +225,7 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
 
     let drain = Drain {
         config: config.clone(),
-        queue,
+        queue: queue.clone(),
         lease,
         health,
         capacity,
@@ -229,6 +246,7 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
     Ok(Some(Running {
         worker_id,
         http_addr,
+        queue,
         shutdown,
         done,
     }))
@@ -244,7 +262,7 @@ pub async fn run(config: Config, registry: Registry, shutdown: Shutdown) -> anyh
 
 struct Drain {
     config: Arc<Config>,
-    queue: RedisQueue,
+    queue: Queue,
     lease: Arc<Lease>,
     health: Arc<Health>,
     capacity: Arc<Capacity>,
@@ -327,6 +345,26 @@ impl Drain {
         }
         if let Err(e) = self.queue.deregister(&id.wid).await {
             tracing::warn!(error = %e, "deregistration failed; the registry entry expires by itself");
+        }
+        self.report_memory_leftovers().await;
+    }
+
+    /// A memory queue ends with the process: say what it takes with it rather than drop it
+    /// silently.
+    async fn report_memory_leftovers(&self) {
+        if !self.queue.is_memory() {
+            return;
+        }
+        if let Ok(d) = self.queue.depths().await {
+            let left = d.ready + d.delayed + d.in_flight;
+            if left > 0 {
+                tracing::warn!(
+                    ready = d.ready,
+                    delayed = d.delayed,
+                    in_flight = d.in_flight,
+                    "QUEUE_DRIVER=memory: {left} jobs still queued are discarded when this process exits"
+                );
+            }
         }
     }
 }

@@ -22,7 +22,7 @@ pub async fn smoke(admin: &Admin, timeout: Duration) -> anyhow::Result<()> {
     while started.elapsed() < timeout {
         let status: Option<String> = sqlx::query_scalar("SELECT status FROM step_results WHERE job_id = $1")
             .bind(&id)
-            .fetch_optional(admin.store.pool())
+            .fetch_optional(&admin.pool)
             .await?;
         match status.as_deref() {
             Some("succeeded") => {
@@ -93,7 +93,7 @@ pub async fn load(admin: &Admin, l: Load) -> anyhow::Result<()> {
     let done = loop {
         let done: i64 = sqlx::query_scalar("SELECT count(*) FROM step_results WHERE run_id = $1")
             .bind(&run)
-            .fetch_one(admin.store.pool())
+            .fetch_one(&admin.pool)
             .await?;
         bar.set_position(done as u64);
         if done as u64 >= l.jobs || started.elapsed() > l.timeout {
@@ -112,7 +112,7 @@ pub async fn load(admin: &Admin, l: Load) -> anyhow::Result<()> {
          FROM step_results WHERE run_id = $1",
     )
     .bind(&run)
-    .fetch_one(admin.store.pool())
+    .fetch_one(&admin.pool)
     .await?;
     let LoadReport {
         span,

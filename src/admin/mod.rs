@@ -17,7 +17,7 @@ use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::Context;
 
-use crate::config::Config;
+use crate::config::{Config, QueueDriver};
 use crate::queue::RedisQueue;
 use crate::store::Store;
 
@@ -31,16 +31,33 @@ pub struct Admin {
     pub config: Config,
     pub queue: RedisQueue,
     pub store: Store,
+    /// The store's Postgres pool (the commands need Postgres: they run beside a deployed worker).
+    pub pool: sqlx::PgPool,
 }
 
 impl Admin {
     pub async fn connect(config: Config) -> anyhow::Result<Self> {
+        // The memory queue lives inside the worker process: nothing outside it can reach it.
+        if config.queue_driver == QueueDriver::Memory {
+            anyhow::bail!(
+                "QUEUE_DRIVER=memory: the queue lives inside the running worker, where these commands cannot reach it; set REDIS_URL (or QUEUE_DRIVER=redis) to manage a Redis queue, or use POST /jobs to enqueue"
+            );
+        }
         let ca = config.redis_ca_pem();
         let queue = RedisQueue::connect_with_ca(config.redis_url.expose(), &config.queue_key, ca)
             .await
             .with_context(|| format!("connecting to Redis at {}", config.redis_url))?;
         let store = Store::connect_lazy(config.database_url.expose(), 2).context("DATABASE_URL")?;
-        Ok(Admin { config, queue, store })
+        let pool = store
+            .postgres()
+            .cloned()
+            .context("DATABASE_URL: the admin commands need a PostgreSQL URL (postgres://...)")?;
+        Ok(Admin {
+            config,
+            queue,
+            store,
+            pool,
+        })
     }
 }
 

@@ -81,10 +81,20 @@ pub enum LogFormat {
     Pretty,
 }
 
+/// `QUEUE_DRIVER`: where the queue lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueDriver {
+    /// Redis: shared by every replica, survives restarts (with AOF). Production uses this.
+    Redis,
+    /// This process's memory: a first run or local development; lost on exit.
+    Memory,
+}
+
 /// The effective configuration. Durations are already converted; secrets are wrapped.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub app_env: AppEnv,
+    pub queue_driver: QueueDriver,
     pub redis_url: Secret,
     pub database_url: Secret,
     pub concurrency: usize,
@@ -123,6 +133,8 @@ pub struct Config {
 /// Local services on their standard ports: what `cargo run` and the test suite use.
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432/postgres";
+/// The results store of a first run: a SQLite file in the working directory, created on start.
+pub const DEFAULT_SQLITE_URL: &str = "sqlite://step-worker.db";
 
 impl Config {
     /// Reads the process environment.
@@ -158,23 +170,34 @@ impl Config {
         // Before the fields below are moved out of `raw`.
         let http_steps = http_steps::parse(&raw)?;
         let notify = notify::parse(&raw)?;
-        if let Some(v) = &raw.queue_driver {
-            parse_one_of(Var::new("QUEUE_DRIVER", v), &["redis"])?;
-        }
+        let queue_driver = parse_queue_driver(raw.queue_driver.as_deref(), raw.redis_url.is_some(), production)?;
         let redis_url = url_var(
             "REDIS_URL",
             raw.redis_url,
             DEFAULT_REDIS_URL,
-            production,
+            production && queue_driver == QueueDriver::Redis,
             &["redis://", "rediss://"],
         )?;
+        // The embedded defaults go together: the memory queue records results in a local SQLite
+        // file, so a first run needs no server at all.
+        let default_database = match queue_driver {
+            QueueDriver::Memory => DEFAULT_SQLITE_URL,
+            QueueDriver::Redis => DEFAULT_DATABASE_URL,
+        };
         let database_url = url_var(
             "DATABASE_URL",
             raw.database_url,
-            DEFAULT_DATABASE_URL,
+            default_database,
             production,
-            &["postgres://", "postgresql://"],
+            &["postgres://", "postgresql://", "sqlite:"],
         )?;
+        if production && database_url.expose().starts_with("sqlite:") {
+            return Err(ConfigError::new(
+                "DATABASE_URL",
+                "a PostgreSQL URL (postgres:// or postgresql://) when APP_ENV=production: SQLite is one local file, for a first run only",
+                &redact_url(database_url.expose()),
+            ));
+        }
         let ms = |name: &'static str, raw: &Option<String>, default: u64, min: u64, max: u64| {
             parse_int(name, raw.as_deref(), default, min, max).map(Duration::from_millis)
         };
@@ -220,6 +243,7 @@ impl Config {
         }
         Ok(Config {
             app_env,
+            queue_driver,
             redis_url,
             database_url,
             concurrency: parse_int("WORKER_CONCURRENCY", raw.worker_concurrency.as_deref(), 10, 1, 10_000)? as usize,
@@ -274,7 +298,7 @@ impl Config {
         let ms = |d: Duration| d.as_millis().to_string();
         let mut lines = vec![
             ("APP_ENV", format!("{:?}", self.app_env).to_lowercase()),
-            ("QUEUE_DRIVER", "redis".to_owned()),
+            ("QUEUE_DRIVER", format!("{:?}", self.queue_driver).to_lowercase()),
             ("REDIS_URL", self.redis_url.redacted()),
             ("DATABASE_URL", self.database_url.redacted()),
             ("QUEUE_KEY", self.queue_key.clone()),
@@ -321,6 +345,27 @@ fn parse_app_env(var: Var<'_>) -> Result<AppEnv, ConfigError> {
             _ => AppEnv::Development,
         },
     )
+}
+
+/// `QUEUE_DRIVER`, or its default: Redis when a Redis is configured or in production (where it
+/// must be), the memory queue on a bare development machine.
+fn parse_queue_driver(raw: Option<&str>, redis_set: bool, production: bool) -> Result<QueueDriver, ConfigError> {
+    let driver = match raw {
+        Some(v) => match parse_one_of(Var::new("QUEUE_DRIVER", v), &["redis", "memory"])? {
+            "memory" => QueueDriver::Memory,
+            _ => QueueDriver::Redis,
+        },
+        None if redis_set || production => QueueDriver::Redis,
+        None => QueueDriver::Memory,
+    };
+    if production && driver == QueueDriver::Memory {
+        return Err(ConfigError::new(
+            "QUEUE_DRIVER",
+            "redis when APP_ENV=production (the memory queue keeps jobs only in this process: they are lost on every restart and replicas cannot share them)",
+            "memory",
+        ));
+    }
+    Ok(driver)
 }
 
 /// A connection URL: required in production (a local default there would point a deployed worker

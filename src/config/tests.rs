@@ -17,6 +17,35 @@ fn empty_environment_gives_the_documented_defaults() {
     assert_eq!(c.queue_key, "step.ready");
     assert_eq!(c.log_format, LogFormat::Pretty);
     assert!(c.database_migrate && c.health_check_enabled);
+    // No server needed: the memory queue and a SQLite file in the working directory.
+    assert_eq!(c.queue_driver, QueueDriver::Memory);
+    assert_eq!(c.database_url.expose(), DEFAULT_SQLITE_URL);
+}
+
+#[test]
+fn a_configured_redis_selects_the_redis_driver_and_postgres() {
+    let c = config(&[("REDIS_URL", "redis://cache:6379")]).unwrap();
+    assert_eq!(c.queue_driver, QueueDriver::Redis);
+    assert_eq!(c.database_url.expose(), DEFAULT_DATABASE_URL);
+    let c = config(&[("QUEUE_DRIVER", "redis")]).unwrap();
+    assert_eq!(c.redis_url.expose(), DEFAULT_REDIS_URL);
+    let c = config(&[("QUEUE_DRIVER", "memory"), ("DATABASE_URL", "postgres://u@db/app")]).unwrap();
+    assert_eq!(c.queue_driver, QueueDriver::Memory);
+}
+
+#[test]
+fn production_refuses_the_embedded_drivers_by_name() {
+    let err = config(&[("APP_ENV", "production"), ("QUEUE_DRIVER", "memory")]).unwrap_err();
+    assert_eq!(err.variable, "QUEUE_DRIVER");
+    assert!(err.to_string().contains("lost on every restart"), "{err}");
+    let err = config(&[
+        ("APP_ENV", "production"),
+        ("REDIS_URL", "redis://cache:6379"),
+        ("DATABASE_URL", "sqlite://results.db"),
+    ])
+    .unwrap_err();
+    assert_eq!(err.variable, "DATABASE_URL");
+    assert!(err.to_string().contains("PostgreSQL"), "{err}");
 }
 
 #[test]

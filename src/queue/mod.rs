@@ -12,7 +12,9 @@
 //!   response timeout would abandon a `BLMOVE` that the server still completes.
 
 mod admin;
+mod driver;
 mod keys;
+mod memory;
 mod scripts;
 
 use std::sync::Arc;
@@ -22,7 +24,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 use redis::{AsyncConnectionConfig, Client, RedisError, RedisResult};
 
 pub use admin::WorkerInfo;
+pub use driver::{Blocking, Queue};
 pub use keys::Keys;
+pub use memory::MemoryQueue;
 use scripts::Scripts;
 
 /// Raw payload bytes, exactly as the producer pushed them: `LREM` matches on bytes, so they are

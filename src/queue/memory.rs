@@ -1,0 +1,429 @@
+//! `QUEUE_DRIVER=memory`: the same queue protocol held in this process's memory, for a first run
+//! and for local development without Redis. Every operation mirrors its Lua script (see
+//! `lua/*.lua`) on in-process structures under one lock, so the claimer, pipeline and heartbeat
+//! run unchanged on top of it.
+//!
+//! What it does not guarantee: the queue lives and dies with the process. Jobs still ready,
+//! scheduled for a retry or running when the process exits are gone (the shutdown path logs how
+//! many). Producers must run in the same process (`POST /jobs`, or an embedding application
+//! pushing through [`MemoryQueue::named`]). That is why production refuses this driver.
+//!
+//! There is nothing to reap: a worker cannot die without the queue dying with it, so the reaper
+//! and the poison outbox are always empty here.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::Notify;
+
+use super::{Beat, BeatMode, BeatStatus, ClaimReply, Depths, Keys, Payload, SettleOp};
+
+/// Due retries moved per promotion, as `scripts::PROMOTE_LIMIT` does for Redis.
+const PROMOTE_LIMIT: usize = 500;
+
+/// The in-process queue named by one `QUEUE_KEY`. Cheap to clone; clones share the queue.
+#[derive(Clone)]
+pub struct MemoryQueue {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// The same key names as on Redis: workers' in-flight lists are named by them.
+    keys: Keys,
+    state: Mutex<State>,
+    /// Wakes a blocked claim: a push, a promoted retry, a requeue, or `unblock`.
+    wake: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    /// Front is the producer end (`LPUSH`), back the consumer end, as the Redis list.
+    ready: VecDeque<Payload>,
+    /// Each worker's claimed, unsettled jobs, by in-flight list name.
+    procs: HashMap<String, VecDeque<Payload>>,
+    /// Registered workers and their heartbeat deadlines (ms since the epoch).
+    workers: HashMap<String, u64>,
+    /// Workers that deregistered or were replaced: their claims are fenced.
+    gone: HashSet<String>,
+    /// Scheduled retries by (due ms, insertion order).
+    delayed: BTreeMap<(u64, u64), Payload>,
+    seq: u64,
+    /// Failed attempts per payload (the Redis driver keys them by the payload's SHA-1).
+    attempts: HashMap<Payload, u32>,
+}
+
+/// Every memory queue of this process, by queue key, so producers in the process (the HTTP
+/// server, tests, an embedding application) reach the queue the worker claims from.
+static QUEUES: LazyLock<Mutex<HashMap<String, MemoryQueue>>> = LazyLock::new(Default::default);
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl MemoryQueue {
+    /// The process's queue for `queue_key`, created empty on first use.
+    pub fn named(queue_key: &str) -> Self {
+        let mut queues = QUEUES.lock().unwrap_or_else(|e| e.into_inner());
+        queues
+            .entry(queue_key.to_owned())
+            .or_insert_with(|| MemoryQueue {
+                inner: Arc::new(Inner {
+                    keys: Keys::new(queue_key),
+                    state: Mutex::new(State::default()),
+                    wake: Notify::new(),
+                }),
+            })
+            .clone()
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.inner.keys
+    }
+
+    // A panic while holding the lock cannot leave the state half-changed in a way that matters
+    // more than stopping the whole queue would, so a poisoned lock is simply taken over.
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// heartbeat.lua: record the deadline, promote due retries.
+    pub fn heartbeat(&self, wid: &str, deadline: Duration, mode: BeatMode) -> Beat {
+        let now = now_ms();
+        let mut s = self.state();
+        let mut status = BeatStatus::Ok;
+        if mode == BeatMode::Beat && !s.workers.contains_key(wid) {
+            if s.gone.contains(wid) {
+                return Beat {
+                    status: BeatStatus::Reaped,
+                    next_due: None,
+                    reap_needed: false,
+                    poison_pending: 0,
+                    paused: false,
+                    paused_steps: Vec::new(),
+                };
+            }
+            status = BeatStatus::Reregistered;
+        }
+        s.workers.insert(wid.to_owned(), now + deadline.as_millis() as u64);
+        let moved = s.promote(now);
+        let next_due = s.next_due(now);
+        drop(s);
+        if moved > 0 {
+            self.inner.wake.notify_one();
+        }
+        Beat {
+            status,
+            next_due,
+            reap_needed: false,
+            poison_pending: 0,
+            paused: false,
+            paused_steps: Vec::new(),
+        }
+    }
+
+    /// claim.lua: move up to `n` of the oldest ready jobs into `proc`, with attempt counts.
+    pub fn claim(&self, wid: &str, proc: &str, n: usize, extra: &[Payload]) -> ClaimReply {
+        let mut s = self.state();
+        if !s.workers.contains_key(wid) {
+            return ClaimReply {
+                fenced: true,
+                ..ClaimReply::default()
+            };
+        }
+        let mut taken = Vec::with_capacity(n);
+        while taken.len() < n {
+            let Some(p) = s.ready.pop_back() else { break };
+            taken.push(p);
+        }
+        let list = s.procs.entry(proc.to_owned()).or_default();
+        for p in &taken {
+            list.push_front(p.clone());
+        }
+        let jobs = taken
+            .into_iter()
+            .map(|p| {
+                let a = s.attempts.get(&p).copied().unwrap_or(0);
+                (p, a)
+            })
+            .collect();
+        let extra_attempts = extra.iter().map(|p| s.attempts.get(p).copied().unwrap_or(0)).collect();
+        ClaimReply {
+            fenced: false,
+            jobs,
+            extra_attempts,
+        }
+    }
+
+    /// BLMOVE: waits up to `block` for one job and moves it into `proc`. `None` on timeout or
+    /// when woken by [`MemoryQueue::unblock`].
+    pub async fn blocking_claim(&self, proc: &str, block: Duration) -> Option<Payload> {
+        let notified = self.inner.wake.notified();
+        tokio::pin!(notified);
+        // Registered before the first look, so a push between the look and the wait still wakes.
+        notified.as_mut().enable();
+        if let Some(p) = self.take_one(proc) {
+            return Some(p);
+        }
+        tokio::select! {
+            _ = notified => self.take_one(proc),
+            _ = tokio::time::sleep(block) => None,
+        }
+    }
+
+    fn take_one(&self, proc: &str) -> Option<Payload> {
+        let mut s = self.state();
+        let p = s.ready.pop_back()?;
+        s.procs.entry(proc.to_owned()).or_default().push_front(p.clone());
+        Some(p)
+    }
+
+    /// CLIENT UNBLOCK: ends a blocked claim now.
+    pub fn unblock(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// settle.lua: each op applies only if the payload is still in `proc`.
+    pub fn settle(&self, proc: &str, ops: &[SettleOp]) -> Vec<bool> {
+        let now = now_ms();
+        let mut s = self.state();
+        let mut woke = false;
+        let res = ops
+            .iter()
+            .map(|op| {
+                let p = match op {
+                    SettleOp::Done(p) | SettleOp::Retry(p, _) | SettleOp::Requeue(p) | SettleOp::Hold(p, _) => p,
+                };
+                if !s.remove_from(proc, p) {
+                    return false;
+                }
+                match op {
+                    SettleOp::Done(p) => {
+                        s.attempts.remove(p);
+                    }
+                    SettleOp::Retry(p, delay) => {
+                        *s.attempts.entry(p.clone()).or_default() += 1;
+                        s.schedule(p.clone(), now + delay.as_millis() as u64);
+                    }
+                    // Steps cannot be paused here (no operator reaches this process's memory),
+                    // so a held job simply goes back to ready, as settle.lua does for a step that
+                    // was resumed meanwhile.
+                    SettleOp::Requeue(p) | SettleOp::Hold(p, _) => {
+                        s.ready.push_back(p.clone());
+                        woke = true;
+                    }
+                }
+                true
+            })
+            .collect();
+        drop(s);
+        if woke {
+            self.inner.wake.notify_one();
+        }
+        res
+    }
+
+    /// promote.lua: moves due retries to ready; returns how many and when the next is due.
+    pub fn promote(&self) -> (u64, Option<Duration>) {
+        let now = now_ms();
+        let mut s = self.state();
+        let moved = s.promote(now);
+        let next = s.next_due(now);
+        drop(s);
+        if moved > 0 {
+            self.inner.wake.notify_one();
+        }
+        (moved as u64, next)
+    }
+
+    /// adopt.lua: puts payloads still running here back into `proc` if they are missing.
+    pub fn adopt(&self, proc: &str, payloads: &[Payload]) -> u64 {
+        let mut s = self.state();
+        let list = s.procs.entry(proc.to_owned()).or_default();
+        let mut added = 0;
+        for p in payloads {
+            if !list.contains(p) {
+                list.push_front(p.clone());
+                added += 1;
+            }
+        }
+        added
+    }
+
+    pub fn list(&self, proc: &str) -> Vec<Vec<u8>> {
+        let s = self.state();
+        s.procs
+            .get(proc)
+            .map(|l| l.iter().map(|p| p.to_vec()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The worker leaves: a later heartbeat or claim of `wid` is fenced.
+    pub fn deregister(&self, wid: &str) {
+        let mut s = self.state();
+        s.workers.remove(wid);
+        s.gone.insert(wid.to_owned());
+    }
+
+    pub fn depths(&self) -> Depths {
+        let s = self.state();
+        Depths {
+            ready: s.ready.len() as u64,
+            delayed: s.delayed.len() as u64,
+            in_flight: s.procs.values().map(|l| l.len() as u64).sum(),
+            workers: s.workers.len() as u64,
+            poison: 0,
+            held: 0,
+            paused: false,
+        }
+    }
+
+    /// The ready payloads, newest first (as `LRANGE 0 -1` lists them).
+    pub fn ready(&self) -> Vec<Vec<u8>> {
+        self.state().ready.iter().map(|p| p.to_vec()).collect()
+    }
+
+    /// Payloads with a failed-attempt counter (the `attempts` hash's length on Redis).
+    pub fn attempt_counters(&self) -> usize {
+        self.state().attempts.len()
+    }
+
+    /// `LPUSH`, as a producer does.
+    pub fn push(&self, payload: &[u8]) {
+        self.push_many(&[payload]);
+    }
+
+    /// One `LPUSH` of several payloads, under one lock: a claim sees all of them or none.
+    pub fn push_many<P: AsRef<[u8]>>(&self, payloads: &[P]) {
+        let mut s = self.state();
+        for p in payloads {
+            s.ready.push_front(Payload::from(p.as_ref()));
+        }
+        drop(s);
+        self.inner.wake.notify_one();
+    }
+}
+
+impl State {
+    /// `LREM proc -1 p`: removes the occurrence nearest the back (the oldest claim).
+    fn remove_from(&mut self, proc: &str, p: &Payload) -> bool {
+        let Some(list) = self.procs.get_mut(proc) else {
+            return false;
+        };
+        match list.iter().rposition(|x| x == p) {
+            Some(i) => {
+                list.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn schedule(&mut self, p: Payload, due: u64) {
+        self.seq += 1;
+        self.delayed.insert((due, self.seq), p);
+    }
+
+    /// Due retries go to the producer end: they wait behind jobs already queued.
+    fn promote(&mut self, now: u64) -> usize {
+        let mut moved = 0;
+        while moved < PROMOTE_LIMIT {
+            match self.delayed.first_entry() {
+                Some(e) if e.key().0 <= now => {
+                    let p = e.remove();
+                    self.ready.push_front(p);
+                    moved += 1;
+                }
+                _ => break,
+            }
+        }
+        moved
+    }
+
+    fn next_due(&self, now: u64) -> Option<Duration> {
+        self.delayed
+            .keys()
+            .next()
+            .map(|(due, _)| Duration::from_millis(due.saturating_sub(now)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue() -> MemoryQueue {
+        MemoryQueue::named(&uuid::Uuid::new_v4().to_string())
+    }
+
+    #[test]
+    fn claims_oldest_first_and_settles_only_what_is_still_claimed() {
+        let q = queue();
+        q.push(b"a");
+        q.push(b"b");
+        assert!(q.claim("w", "proc:w", 1, &[]).fenced, "unregistered workers are fenced");
+        q.heartbeat("w", Duration::from_secs(30), BeatMode::Register);
+        let r = q.claim("w", "proc:w", 5, &[]);
+        let got: Vec<&[u8]> = r.jobs.iter().map(|(p, _)| &p[..]).collect();
+        assert_eq!(got, vec![&b"a"[..], &b"b"[..]]);
+        let a = r.jobs[0].0.clone();
+        assert_eq!(q.settle("proc:w", &[SettleOp::Done(a.clone())]), vec![true]);
+        assert_eq!(
+            q.settle("proc:w", &[SettleOp::Done(a)]),
+            vec![false],
+            "a second settle is a no-op"
+        );
+        assert_eq!(q.depths().in_flight, 1);
+    }
+
+    #[test]
+    fn a_retry_counts_the_attempt_and_waits_until_due() {
+        let q = queue();
+        q.heartbeat("w", Duration::from_secs(30), BeatMode::Register);
+        q.push(b"job");
+        let p = q.claim("w", "proc:w", 1, &[]).jobs.remove(0).0;
+        q.settle("proc:w", &[SettleOp::Retry(p.clone(), Duration::from_secs(60))]);
+        let d = q.depths();
+        assert_eq!((d.ready, d.delayed, d.in_flight), (0, 1, 0));
+        assert!(q.promote().1.is_some_and(|due| due > Duration::from_secs(50)));
+        q.state().delayed = BTreeMap::from([((0, 0), p)]);
+        assert_eq!(q.promote().0, 1);
+        assert_eq!(
+            q.claim("w", "proc:w", 1, &[]).jobs[0].1,
+            1,
+            "one failed attempt counted"
+        );
+    }
+
+    #[test]
+    fn a_deregistered_worker_is_fenced() {
+        let q = queue();
+        q.heartbeat("w", Duration::from_secs(30), BeatMode::Register);
+        q.deregister("w");
+        assert_eq!(
+            q.heartbeat("w", Duration::from_secs(30), BeatMode::Beat).status,
+            BeatStatus::Reaped
+        );
+        q.push(b"x");
+        assert!(q.claim("w", "proc:w", 1, &[]).fenced);
+    }
+
+    #[tokio::test]
+    async fn a_push_wakes_a_blocked_claim() {
+        let q = queue();
+        let waiter = {
+            let q = q.clone();
+            tokio::spawn(async move { q.blocking_claim("proc:w", Duration::from_secs(30)).await })
+        };
+        // The push may land before or after the claim starts waiting: both must deliver it.
+        q.push(b"x");
+        let got = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.as_deref(), Some(&b"x"[..]));
+        assert_eq!(q.list("proc:w"), vec![b"x".to_vec()]);
+    }
+}
