@@ -1,6 +1,7 @@
 //! `/health` follows Redis and Postgres outages (with servers of the test's own, so it may stop
 //! them) and `/metrics` counts what happened.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -94,9 +95,12 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     })
 }
 
-#[tokio::test]
-async fn metrics_count_what_happened() {
-    let env = TestEnv::new().await;
+on_each_driver!(
+    metrics_count_what_happened,
+    post_jobs_validates_and_enqueues_all_or_nothing_behind_the_admin_token,
+);
+
+async fn metrics_count_what_happened(env: TestEnv) {
     let worker = env.start(&[("RETRY_BACKOFF_MS", "10")]).await;
     for i in 0..3 {
         env.push(&json!({"id": format!("m-ok-{i}"), "step": "builtin.noop", "enqueued_at": chrono::Utc::now().timestamp_millis()}).to_string()).await;
@@ -108,7 +112,7 @@ async fn metrics_count_what_happened() {
         .await;
     env.wait_count("2 dead letters", "SELECT count(*) FROM step_dead_letters", 2, WAIT)
         .await;
-    common::wait_for("redis drained", WAIT, || async { env.in_flight_len().await == 0 }).await;
+    common::wait_for("queue drained", WAIT, || async { env.in_flight_len().await == 0 }).await;
 
     let (code, text) = common::get(&format!("http://{}/metrics", worker.http_addr.unwrap())).await;
     assert_eq!(code, 200);
@@ -178,9 +182,7 @@ async fn post_jobs(addr: std::net::SocketAddr, token: Option<&str>, body: &str) 
     (r.status().as_u16(), r.json().await.unwrap())
 }
 
-#[tokio::test]
-async fn post_jobs_validates_and_enqueues_all_or_nothing_behind_the_admin_token() {
-    let env = TestEnv::new().await;
+async fn post_jobs_validates_and_enqueues_all_or_nothing_behind_the_admin_token(env: TestEnv) {
     let worker = env.start(&[("ADMIN_TOKEN", "test-admin-token-123")]).await;
     let addr = worker.http_addr.unwrap();
 

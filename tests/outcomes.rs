@@ -1,5 +1,8 @@
-//! Each outcome of a job, asserted on what lands in Postgres and what is left in Redis.
+//! Each outcome of a job, asserted on what lands in the results store and what is left in the
+//! queue. One suite, run twice: on Redis with Postgres, and on the embedded memory queue with
+//! SQLite (`QUEUE_DRIVER=memory`), so the two cannot drift apart.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -10,15 +13,26 @@ use step_worker::backoff::min_retry_delay;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-async fn assert_redis_drained(env: &TestEnv) {
+on_each_driver!(
+    successful_job_is_persisted_once_and_removed_from_the_queue,
+    failing_job_is_retried_with_backoff_then_succeeds,
+    exhausted_retries_dead_letter_the_job,
+    job_max_retries_overrides_the_default,
+    permanent_failure_is_dead_lettered_without_retries,
+    timed_out_attempt_is_recorded_and_retried,
+    panicking_step_is_a_failed_attempt_and_the_worker_lives_on,
+    bad_payloads_are_dead_lettered_with_the_reason,
+    output_with_nul_characters_is_stored,
+    native_handler_registered_by_the_embedding_application_runs,
+);
+
+async fn assert_queue_drained(env: &TestEnv) {
     assert_eq!(env.ready_len().await, 0, "ready list");
     assert_eq!(env.in_flight_len().await, 0, "in-flight lists");
-    assert_eq!(env.zcard(&env.key("delayed")).await, 0, "delayed set");
+    assert_eq!(env.delayed_len().await, 0, "delayed set");
 }
 
-#[tokio::test]
-async fn successful_job_is_persisted_once_and_removed_from_redis() {
-    let env = TestEnv::new().await;
+async fn successful_job_is_persisted_once_and_removed_from_the_queue(env: TestEnv) {
     let worker = env.start(&[]).await;
     env.push_job("ok-1", "builtin.noop", json!({"hello": "world"})).await;
     let row = env.wait_result("ok-1", WAIT).await;
@@ -26,18 +40,16 @@ async fn successful_job_is_persisted_once_and_removed_from_redis() {
     assert_eq!(row.attempts, 1);
     assert_eq!(row.output, Some(json!({"hello": "world"})));
     assert_eq!(row.worker_id, worker.worker_id);
-    common::wait_for("the job to leave Redis", WAIT, || async {
+    common::wait_for("the job to leave the queue", WAIT, || async {
         env.in_flight_len().await == 0
     })
     .await;
-    assert_redis_drained(&env).await;
+    assert_queue_drained(&env).await;
     assert!(env.attempts("ok-1").await.is_empty());
     worker.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn failing_job_is_retried_with_backoff_then_succeeds() {
-    let env = TestEnv::new().await;
+async fn failing_job_is_retried_with_backoff_then_succeeds(env: TestEnv) {
     let worker = env.start(&[("RETRY_BACKOFF_MS", "200")]).await;
     env.push_job("retry-1", "builtin.fail", json!({"times": 2, "message": "flaky"}))
         .await;
@@ -55,14 +67,12 @@ async fn failing_job_is_retried_with_backoff_then_succeeds() {
     let gap = (attempts[1].started_at - attempts[0].finished_at).to_std().unwrap();
     let min = min_retry_delay(1, Duration::from_millis(200), Duration::from_secs(2));
     assert!(gap >= min, "gap {gap:?} shorter than the backoff lower bound {min:?}");
-    common::wait_for("redis drained", WAIT, || async { env.in_flight_len().await == 0 }).await;
-    assert_redis_drained(&env).await;
+    common::wait_for("queue drained", WAIT, || async { env.in_flight_len().await == 0 }).await;
+    assert_queue_drained(&env).await;
     worker.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn exhausted_retries_dead_letter_the_job() {
-    let env = TestEnv::new().await;
+async fn exhausted_retries_dead_letter_the_job(env: TestEnv) {
     let worker = env.start(&[("MAX_RETRY_ATTEMPTS", "2")]).await;
     env.push_job("exhaust-1", "builtin.fail", json!({"message": "always"}))
         .await;
@@ -76,21 +86,13 @@ async fn exhausted_retries_dead_letter_the_job() {
     assert_eq!(letters[0].job_id.as_deref(), Some("exhaust-1"));
     assert_eq!(letters[0].reason, "retries_exhausted");
     assert_eq!(letters[0].attempts, 3);
-    common::wait_for("redis drained", WAIT, || async { env.in_flight_len().await == 0 }).await;
-    assert_redis_drained(&env).await;
-    assert_eq!(
-        env.redis.clone().hlen::<_, i64>(env.key("attempts")).await.unwrap(),
-        0,
-        "attempt counters are cleaned up"
-    );
+    common::wait_for("queue drained", WAIT, || async { env.in_flight_len().await == 0 }).await;
+    assert_queue_drained(&env).await;
+    assert_eq!(env.attempt_counters().await, 0, "attempt counters are cleaned up");
     worker.stop().await.unwrap();
 }
 
-use redis::AsyncCommands;
-
-#[tokio::test]
-async fn job_max_retries_overrides_the_default() {
-    let env = TestEnv::new().await;
+async fn job_max_retries_overrides_the_default(env: TestEnv) {
     let worker = env.start(&[("MAX_RETRY_ATTEMPTS", "5")]).await;
     env.push(r#"{"id":"override-1","step":"builtin.fail","max_retries":0}"#)
         .await;
@@ -99,9 +101,7 @@ async fn job_max_retries_overrides_the_default() {
     worker.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn permanent_failure_is_dead_lettered_without_retries() {
-    let env = TestEnv::new().await;
+async fn permanent_failure_is_dead_lettered_without_retries(env: TestEnv) {
     let worker = env.start(&[]).await;
     env.push_job(
         "perm-1",
@@ -117,9 +117,7 @@ async fn permanent_failure_is_dead_lettered_without_retries() {
     worker.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn timed_out_attempt_is_recorded_and_retried() {
-    let env = TestEnv::new().await;
+async fn timed_out_attempt_is_recorded_and_retried(env: TestEnv) {
     let worker = env.start(&[]).await;
     env.push(r#"{"id":"slow-1","step":"builtin.sleep","input":{"ms":10000},"timeout_ms":100,"max_retries":1}"#)
         .await;
@@ -138,9 +136,7 @@ async fn timed_out_attempt_is_recorded_and_retried() {
     worker.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn panicking_step_is_a_failed_attempt_and_the_worker_lives_on() {
-    let env = TestEnv::new().await;
+async fn panicking_step_is_a_failed_attempt_and_the_worker_lives_on(env: TestEnv) {
     let worker = env.start(&[]).await;
     env.push(r#"{"id":"panic-1","step":"builtin.panic","max_retries":1}"#)
         .await;
@@ -157,9 +153,7 @@ async fn panicking_step_is_a_failed_attempt_and_the_worker_lives_on() {
     worker.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn bad_payloads_are_dead_lettered_with_the_reason() {
-    let env = TestEnv::new().await;
+async fn bad_payloads_are_dead_lettered_with_the_reason(env: TestEnv) {
     let worker = env.start(&[]).await;
     env.push("{not json").await;
     env.push(r#"{"step":"builtin.noop"}"#).await;
@@ -194,16 +188,14 @@ async fn bad_payloads_are_dead_lettered_with_the_reason() {
     // not (their id, if any, cannot be trusted to be a job's).
     assert_eq!(env.result("unknown-1").await.unwrap().status, "dead");
     assert!(env.result("nostep-1").await.is_none());
-    common::wait_for("redis drained", WAIT, || async { env.in_flight_len().await == 0 }).await;
-    assert_redis_drained(&env).await;
+    common::wait_for("queue drained", WAIT, || async { env.in_flight_len().await == 0 }).await;
+    assert_queue_drained(&env).await;
     env.push_job("still-alive", "builtin.noop", json!(null)).await;
     assert_eq!(env.wait_result("still-alive", WAIT).await.status, "succeeded");
     worker.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn output_with_nul_characters_is_stored() {
-    let env = TestEnv::new().await;
+async fn output_with_nul_characters_is_stored(env: TestEnv) {
     let worker = env.start(&[]).await;
     env.push(r#"{"id":"nul-1","step":"builtin.noop","input":{"s":"a\u0000b"}}"#)
         .await;
@@ -213,9 +205,7 @@ async fn output_with_nul_characters_is_stored() {
     worker.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn native_handler_registered_by_the_embedding_application_runs() {
-    let env = TestEnv::new().await;
+async fn native_handler_registered_by_the_embedding_application_runs(env: TestEnv) {
     let registry = step_worker::Registry::new().register(
         "math.double",
         |ctx: step_worker::StepContext, input: serde_json::Value| async move {

@@ -1,7 +1,7 @@
 //! Test harness: every test gets its own queue key (and so its own Redis keys) and its own
 //! Postgres database, so tests run in parallel against the shared local servers. Tests that
 //! kill or stop a server start their own (see `servers`).
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros)]
 
 pub mod capture;
 pub mod servers;
@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
 use serde_json::Value;
-use sqlx::{PgPool, Row};
+use sqlx::{PgPool, Row, SqlitePool};
+use step_worker::queue::MemoryQueue;
 use step_worker::worker::Running;
 use step_worker::{Config, Registry, Shutdown};
 
@@ -38,7 +39,42 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }
 
-/// One test's isolated slice of Redis and Postgres.
+/// Declares each named `async fn(TestEnv)` as two tests, one per driver pair:
+/// `redis_postgres::<name>` (what production runs) and `memory_sqlite::<name>` (the embedded
+/// defaults), so one suite holds both to the same contract.
+macro_rules! on_each_driver {
+    ($($name:ident),* $(,)?) => {
+        mod redis_postgres {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(crate::common::TestEnv::new().await).await
+            })*
+        }
+        mod memory_sqlite {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(crate::common::TestEnv::memory().await).await
+            })*
+        }
+    };
+}
+
+/// Runs the same query code on whichever results store the environment uses: the body is
+/// compiled once per pool type, so one test suite covers Postgres and SQLite alike.
+macro_rules! on_store {
+    ($env:expr, |$pool:ident| $body:expr) => {
+        match &$env.sqlite {
+            Some($pool) => $body,
+            None => {
+                let $pool = &$env.pg;
+                $body
+            }
+        }
+    };
+}
+
+/// One test's isolated slice of Redis and Postgres, or, for the embedded drivers
+/// ([`TestEnv::memory`]), its own memory queue and SQLite file.
 pub struct TestEnv {
     pub queue_key: String,
     pub redis_url: String,
@@ -46,7 +82,12 @@ pub struct TestEnv {
     admin_url: String,
     db_name: String,
     pub redis: redis::aio::ConnectionManager,
+    /// The Postgres database (unused, and never connected, in a memory environment).
     pub pg: PgPool,
+    /// The memory queue and the SQLite store, in a memory environment.
+    memory: Option<MemoryQueue>,
+    sqlite: Option<SqlitePool>,
+    sqlite_file: Option<std::path::PathBuf>,
 }
 
 impl TestEnv {
@@ -81,27 +122,69 @@ impl TestEnv {
             db_name,
             redis,
             pg,
+            memory: None,
+            sqlite: None,
+            sqlite_file: None,
         }
+    }
+
+    /// The embedded defaults: `QUEUE_DRIVER=memory` and a SQLite results file of its own.
+    pub async fn memory() -> Self {
+        step_worker::telemetry::init_for_tests();
+        let queue_key = unique("t.") + ".ready";
+        let file = std::env::temp_dir().join(format!("{}.db", unique("sw_test_")));
+        let database_url = format!("sqlite://{}", file.display());
+        let store = step_worker::store::Store::connect_lazy(&database_url, 1).unwrap();
+        store.migrate().await.expect("migrate the test SQLite file");
+        let sqlite = SqlitePool::connect(&database_url).await.unwrap();
+        // A connection manager needs a server only when it is used, which a memory test never
+        // does; it is here so the Redis-side fields keep one type.
+        let redis = redis::Client::open(redis_url())
+            .unwrap()
+            .get_connection_manager()
+            .await
+            .expect("connect to the test Redis");
+        TestEnv {
+            memory: Some(MemoryQueue::named(&queue_key)),
+            queue_key,
+            redis_url: String::new(),
+            database_url,
+            admin_url: String::new(),
+            db_name: String::new(),
+            redis,
+            pg: PgPool::connect_lazy(&admin_database_url()).unwrap(),
+            sqlite: Some(sqlite),
+            sqlite_file: Some(file),
+        }
+    }
+
+    pub fn is_memory(&self) -> bool {
+        self.memory.is_some()
     }
 
     /// The variables a worker of this environment runs with: fast timings, port 0.
     pub fn vars(&self) -> Vec<(String, String)> {
-        [
-            ("APP_ENV", "test"),
-            ("REDIS_URL", self.redis_url.as_str()),
-            ("DATABASE_URL", self.database_url.as_str()),
-            ("QUEUE_KEY", self.queue_key.as_str()),
-            ("HEALTH_CHECK_PORT", "0"),
-            ("RETRY_BACKOFF_MS", "50"),
-            ("RETRY_BACKOFF_MAX_MS", "2000"),
-            ("CLAIM_BLOCK_MS", "2000"),
-            ("HEARTBEAT_INTERVAL_MS", "200"),
-            ("WORKER_DEADLINE_MS", "1500"),
-            ("SHUTDOWN_TIMEOUT_MS", "5000"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
+        let queue: &[(&str, &str)] = match &self.memory {
+            Some(_) => &[("QUEUE_DRIVER", "memory")],
+            None => &[("REDIS_URL", self.redis_url.as_str())],
+        };
+        queue
+            .iter()
+            .copied()
+            .chain([
+                ("APP_ENV", "test"),
+                ("DATABASE_URL", self.database_url.as_str()),
+                ("QUEUE_KEY", self.queue_key.as_str()),
+                ("HEALTH_CHECK_PORT", "0"),
+                ("RETRY_BACKOFF_MS", "50"),
+                ("RETRY_BACKOFF_MAX_MS", "2000"),
+                ("CLAIM_BLOCK_MS", "2000"),
+                ("HEARTBEAT_INTERVAL_MS", "200"),
+                ("WORKER_DEADLINE_MS", "1500"),
+                ("SHUTDOWN_TIMEOUT_MS", "5000"),
+            ])
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
     }
 
     pub fn config(&self, overrides: &[(&str, &str)]) -> Config {
@@ -127,6 +210,9 @@ impl TestEnv {
     /// `LPUSH`es a payload. After a Redis restart the first command on the old connection fails
     /// while the manager reconnects, so it is tried again once.
     pub async fn push(&self, payload: &str) {
+        if let Some(q) = &self.memory {
+            return q.push(payload.as_bytes());
+        }
         let mut conn = self.redis.clone();
         if conn.lpush::<_, _, i64>(&self.queue_key, payload).await.is_err() {
             let _: i64 = conn.lpush(&self.queue_key, payload).await.unwrap();
@@ -153,7 +239,46 @@ impl TestEnv {
     }
 
     pub async fn ready_len(&self) -> i64 {
+        if let Some(q) = &self.memory {
+            return q.depths().ready as i64;
+        }
         self.llen(&self.queue_key).await
+    }
+
+    /// Retries scheduled and not yet due.
+    pub async fn delayed_len(&self) -> i64 {
+        if let Some(q) = &self.memory {
+            return q.depths().delayed as i64;
+        }
+        self.zcard(&self.key("delayed")).await
+    }
+
+    /// The ready list's payloads, newest first (`LRANGE 0 -1`).
+    pub async fn ready_payloads(&self) -> Vec<String> {
+        if let Some(q) = &self.memory {
+            return q
+                .ready()
+                .into_iter()
+                .map(|p| String::from_utf8_lossy(&p).into_owned())
+                .collect();
+        }
+        self.redis.clone().lrange(&self.queue_key, 0, -1).await.unwrap()
+    }
+
+    /// Registered workers.
+    pub async fn live_workers(&self) -> i64 {
+        if let Some(q) = &self.memory {
+            return q.depths().workers as i64;
+        }
+        self.zcard(&self.key("workers")).await
+    }
+
+    /// Payloads that still have a failed-attempt counter.
+    pub async fn attempt_counters(&self) -> i64 {
+        if let Some(q) = &self.memory {
+            return q.attempt_counters() as i64;
+        }
+        self.redis.clone().hlen(self.key("attempts")).await.unwrap()
     }
 
     pub async fn zcard(&self, key: &str) -> i64 {
@@ -168,6 +293,9 @@ impl TestEnv {
 
     /// Total length of every worker's in-flight list.
     pub async fn in_flight_len(&self) -> i64 {
+        if let Some(q) = &self.memory {
+            return q.depths().in_flight as i64;
+        }
         let pattern = format!("{{{}}}:proc:*", self.queue_key);
         let mut c = self.redis.clone();
         let keys: Vec<String> = match c.keys(&pattern).await {
@@ -182,45 +310,52 @@ impl TestEnv {
     }
 
     pub async fn result(&self, job_id: &str) -> Option<ResultRow> {
-        sqlx::query("SELECT status, attempts, output, error, worker_id FROM step_results WHERE job_id = $1")
-            .bind(job_id)
-            .fetch_optional(&self.pg)
-            .await
-            .unwrap()
-            .map(|r| ResultRow {
-                status: r.get("status"),
-                attempts: r.get("attempts"),
-                output: r.get("output"),
-                error: r.get("error"),
-                worker_id: r.get("worker_id"),
-            })
+        on_store!(self, |pool| sqlx::query(
+            "SELECT status, attempts, output, error, worker_id FROM step_results WHERE job_id = $1"
+        )
+        .bind(job_id)
+        .fetch_optional(pool)
+        .await
+        .unwrap()
+        .map(|r| ResultRow {
+            status: r.get("status"),
+            attempts: r.get("attempts"),
+            output: r.get("output"),
+            error: r.get("error"),
+            worker_id: r.get("worker_id"),
+        }))
     }
 
     pub async fn count(&self, sql: &'static str) -> i64 {
-        sqlx::query_scalar(sql).fetch_one(&self.pg).await.unwrap()
+        on_store!(self, |pool| sqlx::query_scalar(sql).fetch_one(pool).await.unwrap())
     }
 
     pub async fn dead_letters(&self) -> Vec<DeadLetterRow> {
-        sqlx::query("SELECT job_id, reason, error, attempts, payload FROM step_dead_letters ORDER BY dead_at")
-            .fetch_all(&self.pg)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|r| DeadLetterRow {
-                job_id: r.get("job_id"),
-                reason: r.get("reason"),
-                error: r.get("error"),
-                attempts: r.get("attempts"),
-                payload: r.get("payload"),
-            })
-            .collect()
+        on_store!(self, |pool| sqlx::query(
+            "SELECT job_id, reason, error, attempts, payload FROM step_dead_letters ORDER BY dead_at"
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| DeadLetterRow {
+            job_id: r.get("job_id"),
+            reason: r.get("reason"),
+            error: r.get("error"),
+            attempts: r.get("attempts"),
+            payload: r.get("payload"),
+        })
+        .collect())
     }
 
     pub async fn attempts(&self, job_id: &str) -> Vec<AttemptRow> {
-        sqlx::query("SELECT attempt, outcome, error, started_at, finished_at FROM step_attempts WHERE job_id = $1 ORDER BY attempt")
-            .bind(job_id)
-            .fetch_all(&self.pg)
-            .await
+        on_store!(self, |pool| {
+            sqlx::query(
+            "SELECT attempt, outcome, error, started_at, finished_at FROM step_attempts WHERE job_id = $1 ORDER BY attempt"
+        )
+        .bind(job_id)
+        .fetch_all(pool)
+        .await
             .unwrap()
             .into_iter()
             .map(|r| AttemptRow {
@@ -231,39 +366,31 @@ impl TestEnv {
                 finished_at: r.get("finished_at"),
             })
             .collect()
+        })
     }
 
     /// Waits until `job_id` has a result row.
     pub async fn wait_result(&self, job_id: &str, within: Duration) -> ResultRow {
-        let pg = self.pg.clone();
-        let id = job_id.to_owned();
-        wait_for(&format!("a result row for {job_id}"), within, || {
-            let (pg, id) = (pg.clone(), id.clone());
-            async move {
-                sqlx::query_scalar::<_, i64>("SELECT count(*) FROM step_results WHERE job_id = $1")
-                    .bind(id)
-                    .fetch_one(&pg)
-                    .await
-                    .unwrap()
-                    > 0
-            }
+        wait_for(&format!("a result row for {job_id}"), within, || async {
+            self.result(job_id).await.is_some()
         })
         .await;
         self.result(job_id).await.unwrap()
     }
 
     pub async fn wait_count(&self, what: &str, sql: &'static str, at_least: i64, within: Duration) {
-        let pg = self.pg.clone();
-        wait_for(what, within, || {
-            let pg = pg.clone();
-            async move { sqlx::query_scalar::<_, i64>(sql).fetch_one(&pg).await.unwrap() >= at_least }
-        })
-        .await;
+        wait_for(what, within, || async { self.count(sql).await >= at_least }).await;
     }
 }
 
 impl Drop for TestEnv {
     fn drop(&mut self) {
+        if let Some(file) = &self.sqlite_file {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
+            }
+            return;
+        }
         let (admin, db) = (self.admin_url.clone(), self.db_name.clone());
         // The test's runtime is blocked inside this drop, so the cleanup gets a runtime of its
         // own on a plain thread. FORCE ends the connections still open to the database.
