@@ -8,6 +8,10 @@
 //! (`PERSIST_BATCH_SIZE`) beyond the running ones. Fast steps are committed in group batches as
 //! large as the commit latency calls for, instead of `WORKER_CONCURRENCY` per round trip; and
 //! while Postgres is down the holds run out and claiming stops by itself.
+//!
+//! A suspected poison pill (see `claim.lua`) runs with *every* slot: [`Capacity::acquire_all`]
+//! waits until every other job has finished and been settled, so a crash takes no bystander down
+//! and leaves no finished outcome unsettled in our list for the reaper to send round again.
 
 use std::sync::Arc;
 
@@ -16,6 +20,7 @@ use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore, SemaphorePermit
 pub struct Capacity {
     run: Arc<Semaphore>,
     held: Arc<Semaphore>,
+    concurrency: usize,
     hold_max: usize,
 }
 
@@ -40,6 +45,7 @@ impl Capacity {
         Capacity {
             run: Arc::new(Semaphore::new(concurrency)),
             held: Arc::new(Semaphore::new(hold_max)),
+            concurrency,
             hold_max,
         }
     }
@@ -64,7 +70,39 @@ impl Capacity {
         })
     }
 
-    /// Jobs claimed and not yet settled.
+    /// Waits until nothing is running or waiting to be settled, then takes every slot: one per
+    /// run slot, the last one also holding the backlog's holds. While the claim loop runs it is
+    /// the only caller that acquires, so this cannot starve behind a stream of single acquires.
+    pub async fn acquire_all(&self) -> Vec<Slot> {
+        let closed = "the semaphores are never closed";
+        let mut held = self
+            .held
+            .clone()
+            .acquire_many_owned(self.hold_max as u32)
+            .await
+            .expect(closed);
+        let mut run = self
+            .run
+            .clone()
+            .acquire_many_owned(self.concurrency as u32)
+            .await
+            .expect(closed);
+        let mut slots = Vec::with_capacity(self.concurrency);
+        while run.num_permits() > 1 {
+            slots.push(Slot {
+                run: run.split(1),
+                _held: held.split(1).expect("at least as many holds as run slots"),
+            });
+        }
+        slots.push(Slot {
+            run: Some(run),
+            _held: held,
+        });
+        slots
+    }
+
+    /// Jobs claimed and not yet settled, plus the holds [`Capacity::acquire_all`] has taken (it
+    /// collects them as jobs settle, and keeps them while a suspect runs).
     pub fn held(&self) -> usize {
         self.hold_max - self.held.available_permits()
     }
@@ -72,5 +110,31 @@ impl Capacity {
     /// Resolves once every claimed job has been settled (and keeps new claims out meanwhile).
     pub async fn all_settled(&self) -> Result<SemaphorePermit<'_>, AcquireError> {
         self.held.acquire_many(self.hold_max as u32).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::FutureExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn acquire_all_waits_until_every_job_is_settled_then_takes_every_slot() {
+        let capacity = Capacity::new(3, 1);
+        let mut running = capacity.acquire().await;
+        let all = capacity.acquire_all();
+        tokio::pin!(all);
+        assert!((&mut all).now_or_never().is_none(), "a step is running");
+        running.step_ended();
+        assert!((&mut all).now_or_never().is_none(), "its job is not settled yet");
+        drop(running);
+        let slots = all.await;
+        assert_eq!(slots.len(), 3, "one slot per run slot");
+        assert!(capacity.try_acquire().is_none(), "nothing starts beside them");
+        assert_eq!(capacity.held(), 4, "the backlog's holds are taken too");
+        drop(slots);
+        assert_eq!(capacity.held(), 0);
+        assert!(capacity.try_acquire().is_some());
     }
 }

@@ -7,6 +7,15 @@
 //! command, as many as there are free slots). When the queue is empty the loop parks in a
 //! `BLMOVE` with a long block on a connection of its own, which costs two commands a minute at
 //! idle. That call is never abandoned mid-flight: shutdown wakes it with `CLIENT UNBLOCK`.
+//!
+//! Suspects. When a worker dies, the reaper returns all of its jobs to the queue together, and a
+//! batch claim would put them on one worker together again: a poison pill among them would kill
+//! the same bystanders on every run until they too were dead-lettered. So a job recovered from
+//! dead workers twice (see [`suspect_threshold`]) is a suspect, and runs alone. `claim.lua` never
+//! batches one with other jobs and says when one is next (`suspect_waiting`); the loop then waits
+//! for every slot (every job it runs finished *and* settled, so a crash leaves nothing behind to
+//! recover), claims alone, and runs the suspect with all slots held until its step ends. A suspect
+//! that `BLMOVE` took, blind, gets no company and waits for every slot the same way before it runs.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,7 +33,7 @@ use crate::inflight::InFlight;
 use crate::lease::{Identity, Lease};
 use crate::metrics::Metrics;
 use crate::outcome::{Claimed, Finished};
-use crate::queue::{Blocking, Payload, Queue, SettleOp};
+use crate::queue::{Blocking, Counters, Payload, Queue, SettleOp, Suspects};
 use crate::runner::Runner;
 
 /// Pause after a failed claim before trying again.
@@ -46,6 +55,24 @@ pub struct Claimer {
     pub pause: Arc<crate::pause::Pause>,
 }
 
+/// What the claim loop carries from one pass to the next.
+#[derive(Default)]
+pub struct LoopState {
+    blocking: Option<Blocking>,
+    /// The last claim found nothing: block at once next time instead of asking again first.
+    queue_was_empty: bool,
+    /// The last claim stopped before a suspect: drain, then claim alone.
+    suspect_waiting: bool,
+}
+
+/// Recoveries from dead workers that make a job a suspect. Two rather than one, so a crash with
+/// an ordinary cause (a lost node, a deploy's SIGKILL) costs its jobs no throughput; a job caught
+/// in a second crash runs alone from then on. With `MAX_RECOVERIES` below two the limit itself
+/// (and at least one), so every job has run alone at least once before it is dead-lettered.
+pub fn suspect_threshold(max_recoveries: u32) -> u32 {
+    max_recoveries.clamp(1, 2)
+}
+
 /// What one pass of the claim loop did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ClaimOutcome {
@@ -58,18 +85,17 @@ pub enum ClaimOutcome {
 
 impl Claimer {
     pub async fn run(self, stop: CancellationToken) {
-        let mut blocking: Option<Blocking> = None;
-        let mut queue_was_empty = false;
+        let mut state = LoopState::default();
         let mut audit = false;
         while !stop.is_cancelled() {
             if audit && self.self_audit().await {
                 audit = false;
             }
-            let outcome = self.pass(&mut blocking, &mut queue_was_empty, &stop).await;
+            let outcome = self.pass(&mut state, &stop).await;
             self.health.claim_progress();
             match outcome {
                 ClaimOutcome::Failed => {
-                    blocking = None;
+                    state.blocking = None;
                     audit = true;
                     tokio::select! { _ = tokio::time::sleep(ERROR_PAUSE) => {}, _ = stop.cancelled() => {} }
                 }
@@ -80,20 +106,23 @@ impl Claimer {
         self.blocking_id.store(0, Ordering::SeqCst);
     }
 
-    /// One pass: wait for a valid lease and a free slot, claim what is ready (or block until
-    /// something is), start the claimed jobs.
-    pub async fn pass(
-        &self,
-        blocking: &mut Option<Blocking>,
-        queue_was_empty: &mut bool,
-        stop: &CancellationToken,
-    ) -> ClaimOutcome {
+    /// One pass: wait for a valid lease and a free slot (every slot when a suspect is next),
+    /// claim what is ready (or block until something is), start the claimed jobs.
+    pub async fn pass(&self, state: &mut LoopState, stop: &CancellationToken) -> ClaimOutcome {
         self.lease.wait_valid(stop).await;
         self.health.claim_waiting(true);
         // Paused by an operator: running jobs finish, nothing new is claimed.
         self.pause.wait_unpaused(stop).await;
-        let first = tokio::select! {
-            slot = self.capacity.acquire() => slot,
+        let alone = state.suspect_waiting;
+        let acquire = async {
+            if alone {
+                self.capacity.acquire_all().await
+            } else {
+                vec![self.capacity.acquire().await]
+            }
+        };
+        let mut slots = tokio::select! {
+            slots = acquire => slots,
             _ = stop.cancelled() => return ClaimOutcome::Stopped,
         };
         self.health.claim_waiting(false);
@@ -101,30 +130,35 @@ impl Claimer {
             return ClaimOutcome::Stopped;
         }
         let identity = self.lease.identity();
-        let mut slots = vec![first];
-        if !*queue_was_empty {
-            self.take_more(&mut slots);
+        if !state.queue_was_empty {
+            if !alone {
+                self.take_more(&mut slots);
+            }
+            let n = slots.len().min(self.config.claim_batch_size);
             match self
                 .queue
-                .claim(&identity.wid, &identity.proc_key, slots.len(), &[])
+                .claim(&identity.wid, &identity.proc_key, n, &[], self.suspects(alone))
                 .await
             {
                 Ok(r) if r.fenced => return ClaimOutcome::Fenced,
-                Ok(r) if !r.jobs.is_empty() => {
-                    let n = r.jobs.len();
-                    self.start(r.jobs, slots, &identity);
-                    return ClaimOutcome::Claimed(n);
+                Ok(r) => {
+                    state.suspect_waiting = r.suspect_waiting;
+                    if !r.jobs.is_empty() || r.suspect_waiting {
+                        let n = r.jobs.len();
+                        self.start(r.jobs, slots, &identity);
+                        return ClaimOutcome::Claimed(n);
+                    }
+                    state.queue_was_empty = true;
                 }
-                Ok(_) => *queue_was_empty = true,
                 Err(e) => return self.failed("claim", e),
             }
             slots.truncate(1);
         }
-        if blocking.is_none() {
+        if state.blocking.is_none() {
             match self.queue.blocking_conn(self.config.claim_block, &identity.wid).await {
                 Ok(conn) => {
                     self.blocking_id.store(conn.client_id(), Ordering::SeqCst);
-                    *blocking = Some(conn);
+                    state.blocking = Some(conn);
                 }
                 Err(e) => return self.failed("connect", e),
             }
@@ -132,29 +166,36 @@ impl Claimer {
         if stop.is_cancelled() {
             return ClaimOutcome::Stopped;
         }
-        let conn = blocking.as_mut().expect("connected above");
+        let conn = state.blocking.as_mut().expect("connected above");
         let payload = match conn.claim(&identity.proc_key, self.config.claim_block).await {
             Ok(Some(p)) => p,
             Ok(None) => return ClaimOutcome::Empty,
             Err(e) => return self.failed("blmove", e),
         };
-        *queue_was_empty = false;
-        // Top up with whatever else is ready, and learn the claimed job's attempt count.
+        state.queue_was_empty = false;
+        // Top up with whatever else is ready, and learn the claimed job's counters. The script
+        // takes nothing more if the claimed job is a suspect.
         self.take_more(&mut slots);
         let extra = [payload.clone()];
         let wanted = slots.len() - 1;
         match self
             .queue
-            .claim(&identity.wid, &identity.proc_key, wanted, &extra)
+            .claim(&identity.wid, &identity.proc_key, wanted, &extra, self.suspects(false))
             .await
         {
             Ok(r) if r.fenced => ClaimOutcome::Fenced,
             Ok(r) => {
+                let counters = r.extra.first().copied().unwrap_or_default();
+                state.suspect_waiting = r.suspect_waiting;
                 // A short top-up emptied the queue: the next pass can block at once instead of
-                // first asking again (one command less per job when jobs trickle in).
-                *queue_was_empty = wanted > 0 && r.jobs.len() < wanted;
+                // first asking again (one command less per job when jobs trickle in). Not when it
+                // stopped short for a suspect.
+                state.queue_was_empty = wanted > 0 && r.jobs.len() < wanted && !r.suspect_waiting && !counters.suspect;
+                if counters.suspect {
+                    return self.start_alone(payload, counters, slots, &identity, stop).await;
+                }
                 let mut jobs = Vec::with_capacity(1 + r.jobs.len());
-                jobs.push((payload, r.extra_attempts.first().copied().unwrap_or(0)));
+                jobs.push((payload, counters));
                 jobs.extend(r.jobs);
                 let n = jobs.len();
                 self.start(jobs, slots, &identity);
@@ -163,6 +204,42 @@ impl Claimer {
             // The payload stays in our list unknown to memory; the self-audit hands it back.
             Err(e) => self.failed("claim", e),
         }
+    }
+
+    fn suspects(&self, alone: bool) -> Suspects {
+        Suspects::Isolate {
+            at: suspect_threshold(self.config.max_recoveries),
+            alone,
+        }
+    }
+
+    /// Runs a suspect that `BLMOVE` claimed, once every other job has finished and been settled.
+    async fn start_alone(
+        &self,
+        payload: Payload,
+        counters: Counters,
+        slots: Vec<Slot>,
+        identity: &Arc<Identity>,
+        stop: &CancellationToken,
+    ) -> ClaimOutcome {
+        // It is in our Redis list while it waits, so it must be known here as a running job is
+        // (a registry loss puts it back); `start` tracks it again before this ticket is dropped.
+        let _waiting = self.inflight.track(payload.clone(), identity.clone());
+        // Ours are among the slots to wait for; nothing else acquires meanwhile.
+        drop(slots);
+        self.health.claim_waiting(true);
+        let slots = tokio::select! {
+            slots = self.capacity.acquire_all() => slots,
+            // It stays in our list, and the shutdown drain hands it back.
+            _ = stop.cancelled() => return ClaimOutcome::Stopped,
+        };
+        self.health.claim_waiting(false);
+        if identity.is_reaped() {
+            // Declared dead while waiting: the job is another worker's now.
+            return ClaimOutcome::Fenced;
+        }
+        self.start(vec![(payload, counters)], slots, identity);
+        ClaimOutcome::Claimed(1)
     }
 
     fn take_more(&self, slots: &mut Vec<Slot>) {
@@ -180,16 +257,26 @@ impl Claimer {
         ClaimOutcome::Failed
     }
 
-    /// Starts one task per claimed job. Unused slots are dropped here (freed).
-    fn start(&self, jobs: Vec<(Payload, u32)>, slots: Vec<Slot>, identity: &Arc<Identity>) {
+    /// Starts one task per claimed job. Unused slots are dropped here (freed). A suspect is only
+    /// ever claimed alone with every slot held: it keeps all of them until its step ends, so
+    /// nothing starts beside it.
+    fn start(&self, jobs: Vec<(Payload, Counters)>, slots: Vec<Slot>, identity: &Arc<Identity>) {
         let claimed_at = chrono::Utc::now();
         let claimed_clock = std::time::Instant::now();
-        for ((payload, failures), slot) in jobs.into_iter().zip(slots) {
+        let mut slots = slots.into_iter();
+        for (payload, counters) in jobs {
+            let Some(slot) = slots.next() else { break };
+            let escort: Vec<Slot> = if counters.suspect {
+                tracing::warn!("a job caught in earlier worker crashes runs alone: it may be a poison pill");
+                slots.by_ref().collect()
+            } else {
+                Vec::new()
+            };
             let ticket = self.inflight.track(payload.clone(), identity.clone());
             let claimed = Claimed {
                 payload,
                 identity: identity.clone(),
-                failures,
+                failures: counters.failures,
                 claimed_at,
                 claimed_clock,
                 slot,
@@ -201,6 +288,8 @@ impl Claimer {
             self.tasks.spawn(async move {
                 let mut f = runner.run(claimed, cancel).await;
                 f.claimed.slot.step_ended();
+                // The suspect's step is over, whatever its outcome: others may run beside it.
+                drop(escort);
                 // The pipeline outlives every job task; if it is gone the process is exiting
                 // and the job stays in our Redis list for the reaper.
                 let _ = finished.send(f);

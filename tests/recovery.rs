@@ -8,9 +8,11 @@ use std::time::Duration;
 use common::TestEnv;
 use redis::AsyncCommands;
 use serde_json::json;
-use step_worker::queue::{BeatMode, BeatStatus, RedisQueue, SettleOp, sha1_hex};
+use step_worker::queue::{BeatMode, BeatStatus, Counters, Payload, RedisQueue, SettleOp, Suspects, sha1_hex};
 
 const WAIT: Duration = Duration::from_secs(30);
+/// A worker's claim with the default MAX_RECOVERIES (suspects from two recoveries), not alone.
+const ISOLATE: Suspects = Suspects::Isolate { at: 2, alone: false };
 
 /// A worker process that is SIGKILLed when dropped, so a failing test leaves nothing behind.
 struct WorkerProcess(Child);
@@ -118,7 +120,7 @@ async fn a_reaped_worker_can_no_longer_settle_its_jobs() {
         .await
         .unwrap();
     env.push_job("fenced-1", "builtin.noop", json!(null)).await;
-    let claimed = queue.claim(wid, &proc, 1, &[]).await.unwrap();
+    let claimed = queue.claim(wid, &proc, 1, &[], ISOLATE).await.unwrap();
     assert_eq!(claimed.jobs.len(), 1);
     let payload = claimed.jobs[0].0.clone();
 
@@ -152,7 +154,7 @@ async fn a_reaped_worker_can_no_longer_settle_its_jobs() {
         .await
         .unwrap();
     assert_eq!(beat.status, BeatStatus::Reaped);
-    assert!(queue.claim(wid, &proc, 1, &[]).await.unwrap().fenced);
+    assert!(queue.claim(wid, &proc, 1, &[], ISOLATE).await.unwrap().fenced);
 }
 
 #[tokio::test]
@@ -194,4 +196,113 @@ async fn a_job_that_keeps_killing_its_workers_is_dead_lettered_after_max_recover
     let counters: i64 = env.redis.clone().hlen(env.key("attempts")).await.unwrap();
     assert_eq!(counters, 0, "a poisoned job's attempt counter is forgotten with it");
     worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_claim_never_batches_a_suspect_and_takes_one_only_alone() {
+    let env = TestEnv::new().await;
+    let queue = RedisQueue::connect(&env.redis_url, &env.queue_key).await.unwrap();
+    let wid = "claimer-host:1:5e5e5e5e";
+    let proc = queue.keys().proc(wid);
+    queue
+        .heartbeat(wid, Duration::from_secs(30), BeatMode::Register, Duration::ZERO)
+        .await
+        .unwrap();
+    let mut redis = env.redis.clone();
+    let job = |id: &str| format!(r#"{{"id":"{id}","step":"builtin.noop"}}"#);
+    // Oldest first: a, b (recovered once: not yet a suspect), c (recovered twice), d.
+    for id in ["a", "b", "c", "d"] {
+        env.push(&job(id)).await;
+    }
+    interrupted(&env, &job("b"), 1).await;
+    interrupted(&env, &job("c"), 2).await;
+    let _: () = redis
+        .hset(env.key("attempts"), sha1_hex(job("c").as_bytes()), 1)
+        .await
+        .unwrap();
+    let ids = |jobs: &[(Payload, Counters)]| -> Vec<String> {
+        jobs.iter()
+            .map(|(p, _)| {
+                serde_json::from_slice::<serde_json::Value>(p).unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+
+    // The batch stops before the suspect and says it is waiting.
+    let r = queue.claim(wid, &proc, 4, &[], ISOLATE).await.unwrap();
+    assert_eq!(ids(&r.jobs), ["a", "b"]);
+    assert!(r.jobs.iter().all(|(_, c)| !c.suspect));
+    assert!(r.suspect_waiting);
+    // A suspect at the head of the queue is not taken by a claim that is not alone.
+    let r = queue.claim(wid, &proc, 4, &[], ISOLATE).await.unwrap();
+    assert!(r.jobs.is_empty() && r.suspect_waiting);
+    assert_eq!(env.ready_len().await, 2);
+    // Claiming alone takes the suspect and nothing after it, with its counters.
+    let alone = Suspects::Isolate { at: 2, alone: true };
+    let r = queue.claim(wid, &proc, 4, &[], alone).await.unwrap();
+    assert_eq!(ids(&r.jobs), ["c"]);
+    assert_eq!(
+        r.jobs[0].1,
+        Counters {
+            failures: 1,
+            suspect: true
+        }
+    );
+    assert!(!r.suspect_waiting);
+    // Alone with no suspect first: an ordinary batch.
+    let r = queue.claim(wid, &proc, 4, &[], alone).await.unwrap();
+    assert_eq!(ids(&r.jobs), ["d"]);
+
+    // A suspect that BLMOVE took gets no company, and is reported as one.
+    for id in ["e", "f"] {
+        env.push(&job(id)).await;
+    }
+    interrupted(&env, &job("e"), 2).await;
+    let moved: Vec<u8> = redis::cmd("LMOVE")
+        .arg(&env.queue_key)
+        .arg(&proc)
+        .arg("RIGHT")
+        .arg("LEFT")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let moved = Payload::from(moved);
+    let r = queue.claim(wid, &proc, 3, &[moved], ISOLATE).await.unwrap();
+    assert!(r.jobs.is_empty());
+    assert_eq!(
+        r.extra,
+        [Counters {
+            failures: 0,
+            suspect: true
+        }]
+    );
+    assert_eq!(env.ready_len().await, 1, "f is left for others");
+
+    // With MAX_RECOVERIES = 1 one recovery makes a suspect; a purge ignores suspects.
+    for id in ["g", "h"] {
+        env.push(&job(id)).await;
+    }
+    interrupted(&env, &job("g"), 1).await;
+    let strict = Suspects::Isolate { at: 1, alone: false };
+    let r = queue.claim(wid, &proc, 3, &[], strict).await.unwrap();
+    assert_eq!(ids(&r.jobs), ["f"]);
+    assert!(r.suspect_waiting);
+    let r = queue.claim(wid, &proc, 3, &[], Suspects::Ignore).await.unwrap();
+    assert_eq!(ids(&r.jobs), ["g", "h"]);
+    assert!(r.jobs.iter().all(|(_, c)| !c.suspect));
+    assert!(!r.suspect_waiting);
+    assert_eq!(env.llen(&proc).await, 8, "every claimed job is in the worker's list");
+}
+
+/// Sets how often a payload was recovered from dead workers.
+async fn interrupted(env: &TestEnv, payload: &str, times: u32) {
+    let _: () = env
+        .redis
+        .clone()
+        .hset(env.key("interrupts"), sha1_hex(payload.as_bytes()), times)
+        .await
+        .unwrap();
 }

@@ -4,7 +4,7 @@ use chrono::Utc;
 use uuid::Uuid;
 
 use super::{Admin, confirm, progress};
-use crate::queue::{BeatMode, SettleOp};
+use crate::queue::{BeatMode, SettleOp, Suspects};
 use crate::store::{Batch, DeadLetterRecord};
 
 /// Jobs moved from ready into dead letters per round trip by `purge-ready`.
@@ -47,7 +47,8 @@ pub async fn resume(admin: &Admin, step: Option<&str>) -> anyhow::Result<()> {
 
 /// Moves every waiting job into the dead-letter table (reason `purged`), never deleting one. It
 /// claims like a worker (registered, into its own in-flight list), so if it dies midway the
-/// reaper hands its batch back to the queue.
+/// reaper hands its batch back to the queue. It runs nothing it claims, so suspected poison pills
+/// are batched like any other job.
 pub async fn purge_ready(admin: &Admin, yes: bool) -> anyhow::Result<()> {
     let waiting = admin.queue.depths().await?.ready;
     if waiting == 0 {
@@ -69,13 +70,16 @@ pub async fn purge_ready(admin: &Admin, yes: bool) -> anyhow::Result<()> {
     let mut purged = 0u64;
     loop {
         admin.queue.heartbeat(&wid, deadline, BeatMode::Beat, grace).await?;
-        let claimed = admin.queue.claim(&wid, &proc, PURGE_BATCH, &[]).await?;
+        let claimed = admin
+            .queue
+            .claim(&wid, &proc, PURGE_BATCH, &[], Suspects::Ignore)
+            .await?;
         if claimed.jobs.is_empty() {
             break;
         }
         let now = Utc::now();
         let mut batch = Batch::default();
-        for (payload, failures) in &claimed.jobs {
+        for (payload, counters) in &claimed.jobs {
             let job = crate::job::decode(payload).ok();
             batch.dead_letters.push(DeadLetterRecord {
                 id: Uuid::now_v7(),
@@ -84,7 +88,7 @@ pub async fn purge_ready(admin: &Admin, yes: bool) -> anyhow::Result<()> {
                 step: job.as_ref().map(|j| j.step.clone()),
                 reason: "purged".to_owned(),
                 error: Some("purged by operator".to_owned()),
-                attempts: *failures as i32,
+                attempts: counters.failures as i32,
                 payload: payload.clone(),
                 worker_id: wid.clone(),
                 dead_at: now,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use redis::RedisResult;
 
 use super::memory::MemoryQueue;
-use super::{Beat, BeatMode, BlockingConn, ClaimReply, Depths, Keys, Payload, RedisQueue, SettleOp};
+use super::{Beat, BeatMode, BlockingConn, ClaimReply, Depths, Keys, Payload, RedisQueue, SettleOp, Suspects};
 
 // A handful of these exist per process (one per component, cloned at startup), so the size
 // difference between the variants costs nothing worth an extra indirection on every command.
@@ -73,9 +73,16 @@ impl Queue {
         }
     }
 
-    pub async fn claim(&self, wid: &str, proc: &str, n: usize, extra: &[Payload]) -> RedisResult<ClaimReply> {
+    pub async fn claim(
+        &self,
+        wid: &str,
+        proc: &str,
+        n: usize,
+        extra: &[Payload],
+        suspects: Suspects,
+    ) -> RedisResult<ClaimReply> {
         match self {
-            Queue::Redis(q) => q.claim(wid, proc, n, extra).await,
+            Queue::Redis(q) => q.claim(wid, proc, n, extra, suspects).await,
             Queue::Memory(m) => Ok(m.claim(wid, proc, n, extra)),
         }
     }

@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
 
-use super::{Beat, BeatMode, BeatStatus, ClaimReply, Depths, Keys, Payload, SettleOp};
+use super::{Beat, BeatMode, BeatStatus, ClaimReply, Counters, Depths, Keys, Payload, SettleOp};
 
 /// Due retries moved per promotion, as `scripts::PROMOTE_LIMIT` does for Redis.
 const PROMOTE_LIMIT: usize = 500;
@@ -124,7 +124,8 @@ impl MemoryQueue {
         }
     }
 
-    /// claim.lua: move up to `n` of the oldest ready jobs into `proc`, with attempt counts.
+    /// claim.lua: move up to `n` of the oldest ready jobs into `proc`, with attempt counts. No
+    /// payload is ever a suspect here: none can be recovered from a dead worker (see above).
     pub fn claim(&self, wid: &str, proc: &str, n: usize, extra: &[Payload]) -> ClaimReply {
         let mut s = self.state();
         if !s.workers.contains_key(wid) {
@@ -145,15 +146,16 @@ impl MemoryQueue {
         let jobs = taken
             .into_iter()
             .map(|p| {
-                let a = s.attempts.get(&p).copied().unwrap_or(0);
-                (p, a)
+                let c = s.counters(&p);
+                (p, c)
             })
             .collect();
-        let extra_attempts = extra.iter().map(|p| s.attempts.get(p).copied().unwrap_or(0)).collect();
+        let extra = extra.iter().map(|p| s.counters(p)).collect();
         ClaimReply {
             fenced: false,
             jobs,
-            extra_attempts,
+            extra,
+            suspect_waiting: false,
         }
     }
 
@@ -307,6 +309,13 @@ impl MemoryQueue {
 }
 
 impl State {
+    fn counters(&self, p: &Payload) -> Counters {
+        Counters {
+            failures: self.attempts.get(p).copied().unwrap_or(0),
+            suspect: false,
+        }
+    }
+
     /// `LREM proc -1 p`: removes the occurrence nearest the back (the oldest claim).
     fn remove_from(&mut self, proc: &str, p: &Payload) -> bool {
         let Some(list) = self.procs.get_mut(proc) else {
@@ -391,7 +400,7 @@ mod tests {
         q.state().delayed = BTreeMap::from([((0, 0), p)]);
         assert_eq!(q.promote().0, 1);
         assert_eq!(
-            q.claim("w", "proc:w", 1, &[]).jobs[0].1,
+            q.claim("w", "proc:w", 1, &[]).jobs[0].1.failures,
             1,
             "one failed attempt counted"
         );

@@ -5,6 +5,8 @@
 //!   claiming worker's own list (`BLMOVE` or `claim.lua`), and leaves that list only through a
 //!   script that first checks it is still there (`settle.lua`, `reap.lua`). List membership is
 //!   the job's ownership, so a rescued job's late settle is a no-op.
+//! - A job recovered from dead workers too often (a suspect) is never claimed beside other jobs,
+//!   so a poison pill cannot keep killing the same bystanders (`claim.lua`, [`Suspects`]).
 //! - Every script is idempotent, because a command whose reply is lost has an unknown outcome and
 //!   is simply sent again. `Script::invoke_async` reloads scripts after `NOSCRIPT`.
 //! - Blocking claims run on their own connection ([`BlockingConn`]): a blocking command stalls
@@ -73,14 +75,37 @@ pub enum BeatMode {
     Beat,
 }
 
+/// How a claim treats suspects: payloads recovered from dead workers often enough that they may
+/// be the reason those workers died (see `claim.lua`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Suspects {
+    /// No payload is a suspect: for callers that do not run what they claim (a purge).
+    Ignore,
+    /// Payloads recovered at least `at` times are never claimed with others. One is claimed only
+    /// by a caller that claims `alone`: it runs nothing else and holds every slot, so if the
+    /// payload kills it, it kills no bystander.
+    Isolate { at: u32, alone: bool },
+}
+
+/// What Redis knows about a claimed payload.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    /// Failed attempts so far.
+    pub failures: u32,
+    /// A suspect (see [`Suspects`]): it must run with every slot held.
+    pub suspect: bool,
+}
+
 /// The reply to a batch claim.
 #[derive(Debug, Default)]
 pub struct ClaimReply {
     pub fenced: bool,
-    /// Claimed payloads with their failed-attempt counts.
-    pub jobs: Vec<(Payload, u32)>,
-    /// Failed-attempt counts for the payloads passed as already claimed.
-    pub extra_attempts: Vec<u32>,
+    /// Claimed payloads. A suspect is only ever claimed alone, so it is the only one.
+    pub jobs: Vec<(Payload, Counters)>,
+    /// The counters of the payloads passed as already claimed.
+    pub extra: Vec<Counters>,
+    /// The next ready payload is a suspect the claim left in the queue: claim again alone.
+    pub suspect_waiting: bool,
 }
 
 /// One settle operation, applied only if the payload is still in the worker's list.
@@ -226,27 +251,59 @@ impl RedisQueue {
         })
     }
 
-    /// Claims up to `n` ready jobs into `proc` and reads the attempt counters of `extra` payloads
-    /// (ones already claimed by a blocking `BLMOVE`).
-    pub async fn claim(&self, wid: &str, proc: &str, n: usize, extra: &[Payload]) -> RedisResult<ClaimReply> {
+    /// Claims up to `n` ready jobs into `proc` and reads the counters of `extra` payloads (ones
+    /// already claimed by a blocking `BLMOVE`). The batch stops before a suspect, as `suspects`
+    /// says; the script is the only place that decides, so every replica applies one rule.
+    pub async fn claim(
+        &self,
+        wid: &str,
+        proc: &str,
+        n: usize,
+        extra: &[Payload],
+        suspects: Suspects,
+    ) -> RedisResult<ClaimReply> {
         let k = &self.keys;
+        let (at, alone) = match suspects {
+            Suspects::Ignore => (0, false),
+            // A threshold of 0 would make every payload a suspect: nothing could ever be batched.
+            Suspects::Isolate { at, alone } => (at.max(1), alone),
+        };
         let mut inv = self.scripts.claim.key(&k.ready);
-        inv.key(proc).key(&k.workers).key(&k.attempts).arg(wid).arg(n);
+        inv.key(proc)
+            .key(&k.workers)
+            .key(&k.attempts)
+            .key(&k.interrupts)
+            .arg(wid)
+            .arg(n)
+            .arg(at)
+            .arg(u8::from(alone));
         for p in extra {
             inv.arg(sha1_hex(p));
         }
-        let (fenced, flat, extra_attempts): (i64, Vec<redis::Value>, Vec<u32>) =
+        let (fenced, flat, extra, waiting): (i64, Vec<redis::Value>, Vec<u32>, i64) =
             inv.invoke_async(&mut self.conn.clone()).await?;
-        let mut jobs = Vec::with_capacity(flat.len() / 2);
+        let mut jobs = Vec::with_capacity(flat.len() / 3);
         let mut it = flat.into_iter();
-        while let (Some(p), Some(a)) = (it.next(), it.next()) {
+        while let (Some(p), Some(a), Some(s)) = (it.next(), it.next(), it.next()) {
             let p: Vec<u8> = redis::from_redis_value(p)?;
-            jobs.push((Payload::from(p), redis::from_redis_value(a)?));
+            let counters = Counters {
+                failures: redis::from_redis_value(a)?,
+                suspect: redis::from_redis_value::<i64>(s)? == 1,
+            };
+            jobs.push((Payload::from(p), counters));
         }
+        let extra = extra
+            .chunks_exact(2)
+            .map(|c| Counters {
+                failures: c[0],
+                suspect: c[1] == 1,
+            })
+            .collect();
         Ok(ClaimReply {
             fenced: fenced == 1,
             jobs,
-            extra_attempts,
+            extra,
+            suspect_waiting: waiting == 1,
         })
     }
 

@@ -1,5 +1,6 @@
 //! Faults of the worker processes themselves: SIGKILL, a crash between commit and settle,
-//! SIGSTOP past the deadline, a poison pill, and a rolling SIGTERM deploy.
+//! SIGSTOP past the deadline, a poison pill (among replicas, and on a lone one), and a rolling
+//! SIGTERM deploy.
 
 use std::time::Duration;
 
@@ -113,13 +114,8 @@ async fn poison_pill_is_dead_lettered_after_max_recoveries_and_every_other_job_c
         max_ms: 100,
     };
     let mut w = Workload::mixed("poison", scale(800, 10_000), durations, 2);
-    let poison = Job {
-        id: Some("poison-pill".into()),
-        payload: br#"{"id":"poison-pill","step":"chaos.abort"}"#.to_vec(),
-        expect: Expect::Dead("interrupted"),
-    };
     let middle = w.len() / 2;
-    w.jobs.insert(middle, poison);
+    w.jobs.insert(middle, poison_pill());
     let mut c = Cluster::start(opts.clone()).await;
     w.push(&c.redis_conn, &c.queue_key).await;
     let (v, log, restarts) = settle(&mut c, &w).await;
@@ -142,6 +138,74 @@ async fn poison_pill_is_dead_lettered_after_max_recoveries_and_every_other_job_c
     v.assert_clean();
     assert_eq!(runs, MAX_RECOVERIES + 1, "the pill runs once plus MAX_RECOVERIES times");
     assert_eq!(restarts, MAX_RECOVERIES + 1, "each run of the pill killed its worker");
+}
+
+/// The jobs that died with the poison pill were recovered with it, and a batch claim on an idle
+/// queue takes them together again: on a lone replica they shared every one of its crashes, and
+/// were dead-lettered with it, until a job caught in two crashes was made to run alone.
+#[tokio::test]
+async fn poison_pill_on_a_lone_replica_takes_no_bystander_with_it() {
+    let _serial = serial().await;
+    let opts = Opts {
+        replicas: 1,
+        ..Opts::default()
+    };
+    let durations = Durations {
+        min_ms: 50,
+        max_ms: 150,
+    };
+    let mut w = Workload::mixed("lone", 120, durations, 8);
+    let middle = w.len() / 2;
+    w.jobs.insert(middle, poison_pill());
+    let mut c = Cluster::start(opts.clone()).await;
+    w.push(&c.redis_conn, &c.queue_key).await;
+    let (v, log, restarts) = settle(&mut c, &w).await;
+    let runs = log.starts_of("poison-pill");
+    let innocents: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM step_dead_letters WHERE reason = 'interrupted' AND job_id IS DISTINCT FROM 'poison-pill'",
+    )
+    .fetch_one(&c.pg_pool)
+    .await
+    .unwrap();
+    // The most jobs one crash took down: more than the pill alone, or the test proves nothing.
+    let worst_crash = c
+        .log_lines("returned a dead worker's jobs")
+        .iter()
+        .map(|l| {
+            let f = &serde_json::from_str::<serde_json::Value>(l).unwrap()["fields"];
+            f["recovered"].as_u64().unwrap_or(0) + f["poisoned"].as_u64().unwrap_or(0)
+        })
+        .max()
+        .unwrap_or(0);
+    let alone = c.log_lines("runs alone").len();
+    let row = Row {
+        fault: "8b poison pill, lone replica".into(),
+        jobs: w.len(),
+        lost: v.lost.len(),
+        duplicates: log.duplicates(),
+        overlaps: log.overlaps(&c.gone, None).len(),
+        recovery: String::new(),
+        notes: format!(
+            "pill ran {runs}× (limit {}), {restarts} crashes, up to {worst_crash} jobs per crash, {alone} runs alone, {innocents} other jobs dead",
+            MAX_RECOVERIES + 1
+        ),
+        pass: v.clean() && runs == MAX_RECOVERIES + 1 && innocents == 0 && worst_crash > 1,
+    };
+    row.emit();
+    assert!(worst_crash > 1, "the pill never had company: nothing was tested");
+    assert_eq!(innocents, 0, "jobs dead-lettered for the pill's crashes");
+    v.assert_clean();
+    assert_eq!(runs, MAX_RECOVERIES + 1, "the pill runs once plus MAX_RECOVERIES times");
+    assert_eq!(restarts, MAX_RECOVERIES + 1, "each run of the pill killed its worker");
+}
+
+/// A job whose step aborts its worker on every run, expected dead-lettered as `interrupted`.
+fn poison_pill() -> Job {
+    Job {
+        id: Some("poison-pill".into()),
+        payload: br#"{"id":"poison-pill","step":"chaos.abort"}"#.to_vec(),
+        expect: Expect::Dead("interrupted"),
+    }
 }
 
 #[tokio::test]
