@@ -279,6 +279,7 @@ impl Claimer {
                 failures: counters.failures,
                 claimed_at,
                 claimed_clock,
+                ended_clock: None,
                 slot,
                 ticket,
             };
@@ -288,6 +289,7 @@ impl Claimer {
             self.tasks.spawn(async move {
                 let mut f = runner.run(claimed, cancel).await;
                 f.claimed.slot.step_ended();
+                f.claimed.ended_clock = Some(std::time::Instant::now());
                 // The suspect's step is over, whatever its outcome: others may run beside it.
                 drop(escort);
                 // The pipeline outlives every job task; if it is gone the process is exiting

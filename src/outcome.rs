@@ -20,6 +20,8 @@ pub struct Claimed {
     pub claimed_at: chrono::DateTime<chrono::Utc>,
     /// The same moment on the monotonic clock, for the per-job overhead metric.
     pub claimed_clock: Instant,
+    /// When its step's attempt ended (set by the job's task), for the overhead's phases.
+    pub ended_clock: Option<Instant>,
     pub slot: Slot,
     pub ticket: crate::inflight::Ticket,
 }

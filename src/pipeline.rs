@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -70,6 +70,7 @@ impl Pipeline {
 
     async fn flush(&self, items: Vec<Finished>, give_up: &CancellationToken) {
         let mut items = self.drop_rescued(items);
+        let mut committed = None;
         if items.iter().any(Finished::has_rows) {
             self.lease.wait_valid(give_up).await;
             items = self.drop_rescued(items);
@@ -84,9 +85,10 @@ impl Pipeline {
                 }
             } else {
                 crate::failpoint::after_commit();
+                committed = Some(Instant::now());
             }
         }
-        self.settle(items, give_up).await;
+        self.settle(items, give_up, committed).await;
     }
 
     /// Jobs claimed under an identity that was reaped now run elsewhere: forget them.
@@ -164,7 +166,8 @@ impl Pipeline {
         }
     }
 
-    async fn settle(&self, items: Vec<Finished>, give_up: &CancellationToken) {
+    /// `committed`: when this batch's rows were committed (none were written: `None`).
+    async fn settle(&self, items: Vec<Finished>, give_up: &CancellationToken, committed: Option<Instant>) {
         let mut groups: HashMap<&str, Vec<&Finished>> = HashMap::new();
         for item in &items {
             groups
@@ -193,12 +196,12 @@ impl Pipeline {
             };
             let Some(owned) = owned else { continue };
             for (f, owned) in group.iter().zip(owned) {
-                self.count(f, owned);
+                self.count(f, owned, committed);
             }
         }
     }
 
-    fn count(&self, f: &Finished, owned: bool) {
+    fn count(&self, f: &Finished, owned: bool, committed: Option<Instant>) {
         if !owned {
             tracing::debug!(step = %f.step_label, "settle found the job gone from our list (settled before, or rescued)");
             return;
@@ -211,6 +214,13 @@ impl Pipeline {
             Settle::Done => {
                 let overhead = f.claimed.claimed_clock.elapsed().saturating_sub(f.ran_for);
                 self.metrics.job_overhead.observe(overhead.as_secs_f64());
+                if let (Some(ended), Some(committed)) = (f.claimed.ended_clock, committed) {
+                    let before = ended.duration_since(f.claimed.claimed_clock).saturating_sub(f.ran_for);
+                    self.metrics.overhead_phase("before_step_end", before);
+                    self.metrics
+                        .overhead_phase("step_end_to_commit", committed.duration_since(ended));
+                    self.metrics.overhead_phase("commit_to_settled", committed.elapsed());
+                }
             }
             Settle::Retry(delay) => {
                 self.metrics.job(&f.step_label, "retried");

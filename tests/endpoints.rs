@@ -159,6 +159,19 @@ async fn metrics_count_what_happened(env: TestEnv) {
         sample(&text, "step_worker_queue_depth", &[("queue", "held")]),
         Some(0.0)
     );
+    // Every succeeded job's overhead, whole and split by phase (3 noop + the flaky one's success).
+    assert_eq!(sample(&text, "step_worker_job_overhead_seconds_count", &[]), Some(4.0));
+    for phase in ["before_step_end", "step_end_to_commit", "commit_to_settled"] {
+        assert_eq!(
+            sample(
+                &text,
+                "step_worker_job_overhead_phase_seconds_count",
+                &[("phase", phase)]
+            ),
+            Some(4.0),
+            "{phase}"
+        );
+    }
     assert_eq!(sample(&text, "step_worker_live_workers", &[]), Some(1.0));
     assert_eq!(sample(&text, "step_worker_concurrency", &[]), Some(10.0));
     assert!(sample(&text, "step_worker_build_info", &[("worker_id", &worker.worker_id)]).is_some());
