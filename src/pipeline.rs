@@ -212,14 +212,19 @@ impl Pipeline {
                 self.notifier.dead_lettered(letter);
             }
             Settle::Done => {
-                let overhead = f.claimed.claimed_clock.elapsed().saturating_sub(f.ran_for);
+                let now = Instant::now();
+                let overhead = now.duration_since(f.claimed.claimed_clock).saturating_sub(f.ran_for);
                 self.metrics.job_overhead.observe(overhead.as_secs_f64());
                 if let (Some(ended), Some(committed)) = (f.claimed.ended_clock, committed) {
                     let before = ended.duration_since(f.claimed.claimed_clock).saturating_sub(f.ran_for);
-                    self.metrics.overhead_phase("before_step_end", before);
-                    self.metrics
-                        .overhead_phase("step_end_to_commit", committed.duration_since(ended));
-                    self.metrics.overhead_phase("commit_to_settled", committed.elapsed());
+                    let phases = &self.metrics.overhead_phases;
+                    phases.before_step_end.observe(before.as_secs_f64());
+                    phases
+                        .step_end_to_commit
+                        .observe(committed.duration_since(ended).as_secs_f64());
+                    phases
+                        .commit_to_settled
+                        .observe(now.duration_since(committed).as_secs_f64());
                 }
             }
             Settle::Retry(delay) => {

@@ -91,37 +91,20 @@ impl MemoryQueue {
 
     /// heartbeat.lua: record the deadline, promote due retries.
     pub fn heartbeat(&self, wid: &str, deadline: Duration, mode: BeatMode) -> Beat {
-        let now = now_ms();
-        let mut s = self.state();
-        let mut status = BeatStatus::Ok;
-        if mode == BeatMode::Beat && !s.workers.contains_key(wid) {
-            if s.gone.contains(wid) {
-                return Beat {
-                    status: BeatStatus::Reaped,
-                    next_due: None,
-                    reap_needed: false,
-                    poison_pending: 0,
-                    paused: false,
-                    paused_steps: Vec::new(),
-                };
+        let status = {
+            let mut s = self.state();
+            let mut status = BeatStatus::Ok;
+            if mode == BeatMode::Beat && !s.workers.contains_key(wid) {
+                if s.gone.contains(wid) {
+                    return beat(BeatStatus::Reaped, None);
+                }
+                status = BeatStatus::Reregistered;
             }
-            status = BeatStatus::Reregistered;
-        }
-        s.workers.insert(wid.to_owned(), now + deadline.as_millis() as u64);
-        let moved = s.promote(now);
-        let next_due = s.next_due(now);
-        drop(s);
-        if moved > 0 {
-            self.inner.wake.notify_one();
-        }
-        Beat {
-            status,
-            next_due,
-            reap_needed: false,
-            poison_pending: 0,
-            paused: false,
-            paused_steps: Vec::new(),
-        }
+            s.workers.insert(wid.to_owned(), now_ms() + deadline.as_millis() as u64);
+            status
+        };
+        let (_, next_due) = self.promote();
+        beat(status, next_due)
     }
 
     /// claim.lua: move up to `n` of the oldest ready jobs into `proc`, with attempt counts. No
@@ -305,6 +288,18 @@ impl MemoryQueue {
         }
         drop(s);
         self.inner.wake.notify_one();
+    }
+}
+
+/// A heartbeat's answer: nothing is ever reaped, poisoned or paused in memory.
+fn beat(status: BeatStatus, next_due: Option<Duration>) -> Beat {
+    Beat {
+        status,
+        next_due,
+        reap_needed: false,
+        poison_pending: 0,
+        paused: false,
+        paused_steps: Vec::new(),
     }
 }
 
