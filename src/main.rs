@@ -26,7 +26,9 @@ fn main() -> ExitCode {
         }
     };
     let command = cli.command.unwrap_or(Command::Run);
-    if matches!(command, Command::Run | Command::Migrate { .. }) {
+    // The daemon and `migrate` (a platform's release command) log; the other commands print.
+    let logs = matches!(command, Command::Run | Command::Migrate { .. });
+    if logs {
         telemetry::init(&config);
     }
     let result = runtime.block_on(async {
@@ -50,9 +52,17 @@ fn main() -> ExitCode {
             eprintln!("{e}");
             ExitCode::from(3)
         }
+        Err(e) if e.is::<step_worker::admin::Misconfigured>() => {
+            eprintln!("{e}");
+            ExitCode::from(2)
+        }
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "exiting after an error");
-            eprintln!("error: {e:#}");
+            let chain = telemetry::error_chain(e.as_ref());
+            if logs {
+                tracing::error!(error = %chain, "exiting after an error");
+            } else {
+                eprintln!("error: {chain}");
+            }
             ExitCode::FAILURE
         }
     }

@@ -121,3 +121,21 @@ fn production_refuses_the_memory_queue_and_sqlite() {
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
     }
 }
+
+#[test]
+fn admin_commands_on_the_embedded_defaults_are_a_configuration_error() {
+    let dir = std::env::temp_dir().join(common::unique("sw_quickstart_cli_"));
+    std::fs::create_dir_all(&dir).unwrap();
+    for args in [vec!["stats"], vec!["dlq", "list"], vec!["pause"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_step-worker"))
+            .env_clear()
+            .current_dir(&dir)
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("QUEUE_DRIVER"), "{args:?}: {stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -26,6 +26,12 @@ use crate::store::Store;
 #[error("not confirmed: nothing was changed (pass --yes to skip the question)")]
 pub struct NotConfirmed;
 
+/// The configuration cannot serve this command (a variable names the wrong kind of server):
+/// exit code 2, like every other configuration error.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Misconfigured(pub &'static str);
+
 /// Connections for one admin command.
 pub struct Admin {
     pub config: Config,
@@ -39,19 +45,19 @@ impl Admin {
     pub async fn connect(config: Config) -> anyhow::Result<Self> {
         // The memory queue lives inside the worker process: nothing outside it can reach it.
         if config.queue_driver == QueueDriver::Memory {
-            anyhow::bail!(
-                "QUEUE_DRIVER=memory: the queue lives inside the running worker, where these commands cannot reach it; set REDIS_URL (or QUEUE_DRIVER=redis) to manage a Redis queue, or use POST /jobs to enqueue"
-            );
+            return Err(Misconfigured(
+                "QUEUE_DRIVER=memory: the queue lives inside the running worker, where these commands cannot reach it; set REDIS_URL (or QUEUE_DRIVER=redis) to manage a Redis queue, or use POST /jobs to enqueue",
+            )
+            .into());
         }
         let ca = config.redis_ca_pem();
         let queue = RedisQueue::connect_with_ca(config.redis_url.expose(), &config.queue_key, ca)
             .await
             .with_context(|| format!("connecting to Redis at {}", config.redis_url))?;
         let store = Store::connect_lazy(config.database_url.expose(), 2).context("DATABASE_URL")?;
-        let pool = store
-            .postgres()
-            .cloned()
-            .context("DATABASE_URL: the admin commands need a PostgreSQL URL (postgres://...)")?;
+        let pool = store.postgres().cloned().ok_or(Misconfigured(
+            "DATABASE_URL: the admin commands need a PostgreSQL URL (postgres://...)",
+        ))?;
         Ok(Admin {
             config,
             queue,
