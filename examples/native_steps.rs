@@ -7,13 +7,19 @@
 //! for its step name; other names go to `STEP_HANDLER_URL` / `SUPABASE_URL` / `STEP_ROUTES` when
 //! they are set (docs/http-steps.md).
 //!
-//! With local Redis and Postgres running:
+//! On the embedded defaults (memory queue, `./step-worker.db`), enqueue through the worker's own
+//! HTTP server and read the results back from it:
 //! ```text
 //! cargo run --example native_steps
-//! redis-cli LPUSH step.ready '{"id":"demo-1","step":"greet","input":{"name":"Ada"}}'
-//! redis-cli LPUSH step.ready '{"id":"demo-2","step":"stock.reserve","input":{"sku":"A-1","qty":2}}'
-//! psql -c "SELECT job_id, status, attempts, output FROM step_results"
+//! curl -s -X POST localhost:3001/jobs -H 'Content-Type: application/json' \
+//!   -d '[{"id":"demo-1","step":"greet","input":{"name":"Ada"}},
+//!        {"id":"demo-2","step":"stock.reserve","input":{"sku":"A-1","qty":2}}]'
+//! curl -s localhost:3001/jobs/demo-1
+//! curl -s localhost:3001/jobs/demo-2
 //! ```
+//! With `REDIS_URL` and `DATABASE_URL` set (or `QUEUE_DRIVER=redis` and local servers), any
+//! producer pushes instead (`redis-cli LPUSH step.ready '<job json>'`) and the rows are in
+//! Postgres (`psql -c "SELECT job_id, status, attempts, output FROM step_results"`).
 
 use std::time::Duration;
 
