@@ -392,9 +392,11 @@ impl Drop for TestEnv {
             return;
         }
         let (admin, db) = (self.admin_url.clone(), self.db_name.clone());
+        let (redis_url, queue) = (self.redis_url.clone(), self.queue_key.clone());
         // The test's runtime is blocked inside this drop, so the cleanup gets a runtime of its
         // own on a plain thread. FORCE ends the connections still open to the database.
         let _ = std::thread::spawn(move || {
+            delete_queue_keys(&redis_url, &queue);
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -411,6 +413,24 @@ impl Drop for TestEnv {
         })
         .join();
     }
+}
+
+/// Deletes every key of queue `queue` (the ready list and the `{queue}:*` keys beside it), so a
+/// test leaves nothing in the shared Redis.
+pub fn delete_queue_keys(redis_url: &str, queue: &str) {
+    let Ok(mut conn) = redis::Client::open(redis_url).and_then(|c| c.get_connection()) else {
+        return;
+    };
+    let mut keys: Vec<String> = redis::cmd("SCAN")
+        .cursor_arg(0)
+        .arg("MATCH")
+        .arg(format!("{{{queue}}}:*"))
+        .clone()
+        .iter(&mut conn)
+        .map(|it| it.filter_map(Result::ok).collect())
+        .unwrap_or_default();
+    keys.push(queue.to_owned());
+    let _: Result<(), _> = redis::cmd("DEL").arg(&keys).query(&mut conn);
 }
 
 #[derive(Debug, Clone)]
