@@ -25,6 +25,8 @@ export async function startRedis() {
     '--appendonly', 'no', '--dir', dir, '--maxmemory-policy', 'noeviction'], { stdio: 'ignore' });
   const url = `redis://127.0.0.1:${port}`;
   const probe = new Redis(url, { lazyConnect: true, retryStrategy: () => 50, maxRetriesPerRequest: 1 });
+  // Refused connections are expected until the server listens; waitFor below is the judge.
+  probe.on('error', () => {});
   const ok = await waitFor(async () => probe.ping().then(() => true, () => false), { timeoutMs: 10_000 });
   probe.disconnect();
   if (!ok) throw new Error('the private redis-server did not start');

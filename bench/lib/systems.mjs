@@ -29,7 +29,14 @@ class Proc {
   async stop(timeoutMs = 40_000) {
     if (this.child.exitCode !== null || this.child.signalCode !== null) return this.exited;
     this.child.kill('SIGTERM');
-    const done = await Promise.race([this.exited, new Promise((r) => setTimeout(() => r(null), timeoutMs))]);
+    // The timer is cleared once the process exits, or it alone would keep Node alive for the
+    // whole timeout after the run has finished.
+    let timer;
+    const timeout = new Promise((r) => {
+      timer = setTimeout(() => r(null), timeoutMs);
+    });
+    const done = await Promise.race([this.exited, timeout]);
+    clearTimeout(timer);
     if (done) return done;
     log(`pid ${this.pid} did not stop in ${timeoutMs / 1000} s; killing it`);
     this.child.kill('SIGKILL');
