@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-#
 # step-worker image: a Debian 13 (trixie) builder and a distroless runtime of the same release.
 #
 #   chef     Rust toolchain + cargo-chef

@@ -32,6 +32,15 @@ pub fn config_check(config: &Config) -> anyhow::Result<()> {
 }
 
 pub async fn healthcheck(config: &Config, url: Option<String>) -> anyhow::Result<()> {
+    // A container HEALTHCHECK runs this with the worker's own environment. With the endpoint
+    // switched off there is nothing to probe, and failing would mark a working container
+    // unhealthy for good; so it says so and succeeds, like having no check at all.
+    if url.is_none()
+        && let Some(why) = nothing_to_probe(config)
+    {
+        println!("{why}: nothing to probe (pass --url to probe another address)");
+        return Ok(());
+    }
     let url = url.unwrap_or_else(|| format!("http://127.0.0.1:{}/health", config.health_check_port));
     let client = reqwest::Client::builder().timeout(Duration::from_secs(3)).build()?;
     let response = client.get(&url).send().await.with_context(|| format!("GET {url}"))?;
@@ -42,6 +51,16 @@ pub async fn healthcheck(config: &Config, url: Option<String>) -> anyhow::Result
         bail!("{url} answered {status}");
     }
     Ok(())
+}
+
+fn nothing_to_probe(config: &Config) -> Option<&'static str> {
+    if !config.health_check_enabled {
+        Some("HEALTH_CHECK_ENABLED=false: the worker serves no /health")
+    } else if config.health_check_port == 0 {
+        Some("HEALTH_CHECK_PORT=0: the worker picked a free port at startup, unknown here")
+    } else {
+        None
+    }
 }
 
 /// Runs an operator command (everything but `run`, `migrate`, `config`, `healthcheck`).

@@ -91,3 +91,18 @@ async fn healthcheck_subcommand_fails_when_nothing_listens() {
     let out = step_worker(&[("HEALTH_CHECK_PORT", port.as_str())], &["healthcheck"]);
     assert!(!out.status.success());
 }
+
+#[test]
+fn healthcheck_succeeds_without_probing_when_the_endpoint_is_switched_off() {
+    for (var, value) in [("HEALTH_CHECK_ENABLED", "false"), ("HEALTH_CHECK_PORT", "0")] {
+        let out = step_worker(&[(var, value)], &["healthcheck"]);
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(out.status.code(), Some(0), "{var}={value}: {stdout}");
+        assert!(stdout.contains(var) && stdout.contains("nothing to probe"), "{stdout}");
+    }
+    // An explicit --url is always probed.
+    let port = common::servers::free_port().to_string();
+    let url = format!("http://127.0.0.1:{port}/health");
+    let out = step_worker(&[("HEALTH_CHECK_ENABLED", "false")], &["healthcheck", "--url", &url]);
+    assert_eq!(out.status.code(), Some(1));
+}
