@@ -226,6 +226,7 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
     let drain = Drain {
         config: config.clone(),
         queue: queue.clone(),
+        store,
         lease,
         health,
         capacity,
@@ -263,6 +264,7 @@ pub async fn run(config: Config, registry: Registry, shutdown: Shutdown) -> anyh
 struct Drain {
     config: Arc<Config>,
     queue: Queue,
+    store: Store,
     lease: Arc<Lease>,
     health: Arc<Health>,
     capacity: Arc<Capacity>,
@@ -310,6 +312,9 @@ impl Drain {
             let _ = task.await;
         }
         self.http_stop.cancel();
+        if tokio::time::timeout(SETTLE_GRACE, self.store.close()).await.is_err() {
+            tracing::warn!("closing the database connections timed out");
+        }
         tracing::info!("worker stopped");
     }
 

@@ -90,6 +90,12 @@ async fn bare_binary_runs_a_posted_job_and_serves_its_result() {
         dir.join("step-worker.db").exists(),
         "results are kept in ./step-worker.db"
     );
+    for leftover in ["step-worker.db-wal", "step-worker.db-shm"] {
+        assert!(
+            !dir.join(leftover).exists(),
+            "a clean exit closes the database and leaves no {leftover}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

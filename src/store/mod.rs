@@ -84,6 +84,15 @@ impl Store {
         }
     }
 
+    /// Closes every pooled connection, waiting for those in use to come back. For SQLite this
+    /// also folds the write-ahead log into the database file and removes the `-wal`/`-shm` files.
+    pub async fn close(&self) {
+        match &self.db {
+            Db::Postgres(p) => p.close().await,
+            Db::Sqlite(p) => p.close().await,
+        }
+    }
+
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
         match &self.db {
             Db::Postgres(p) => sqlx::query("SELECT 1").execute(p).await.map(|_| ()),
