@@ -106,6 +106,23 @@ impl Drop for Worker {
     }
 }
 
+/// The workers' log folder, removed however the test ends.
+struct LogDir(PathBuf);
+
+impl LogDir {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(common::unique("sw-pooler-"));
+        std::fs::create_dir_all(&dir).unwrap();
+        LogDir(dir)
+    }
+}
+
+impl Drop for LogDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// The job mix, by index: what each job does and so which rows it leaves.
 fn job(i: usize) -> serde_json::Value {
     let (step, input) = match i % 10 {
@@ -124,8 +141,7 @@ async fn workers_and_every_subcommand_run_through_a_transaction_pooler_without_p
     let bouncer = PgBouncer::start(env.admin_url(), env.db_name(), "transaction", 2);
     eprintln!("{}", PgBouncer::version());
     let database_url = format!("{}?pgbouncer=true", bouncer.url(env.db_name()));
-    let dir = std::env::temp_dir().join(common::unique("sw-pooler-"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = LogDir::new();
     let vars: Vec<(String, String)> = [
         ("APP_ENV", "test"),
         ("REDIS_URL", env.redis_url.as_str()),
@@ -171,7 +187,7 @@ async fn workers_and_every_subcommand_run_through_a_transaction_pooler_without_p
         1
     );
 
-    let workers: Vec<Worker> = (0..2).map(|n| Worker::start(&vars, &dir, n)).collect();
+    let workers: Vec<Worker> = (0..2).map(|n| Worker::start(&vars, &dir.0, n)).collect();
     let mut redis = env.redis.clone();
     let payloads: Vec<String> = (0..JOBS).map(|i| job(i).to_string()).collect();
     for chunk in payloads.chunks(500) {
@@ -276,7 +292,6 @@ async fn workers_and_every_subcommand_run_through_a_transaction_pooler_without_p
         let hits: Vec<&str> = log.lines().filter(|l| l.contains(needle)).take(5).collect();
         assert!(hits.is_empty(), "{needle:?} was logged: {hits:#?}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Session mode (Supabase's pooler on port 5432) with PgBouncer's default settings needs no hint:
