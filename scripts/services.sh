@@ -1,6 +1,6 @@
 # Sourced by scripts/test and scripts/dev: makes sure a Redis and a PostgreSQL answer on their
 # standard local ports, installing them from Debian packages and starting them when needed.
-# Leaves running servers alone.
+# Leaves running servers alone. PgBouncer is only installed: the tests start their own.
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
@@ -49,4 +49,10 @@ ensure_postgres() {
   if ! PGPASSWORD=postgres psql -h 127.0.0.1 -U postgres -d postgres -tAc 'select 1' >/dev/null 2>&1; then
     as_root runuser -u postgres -- psql -q -c "ALTER USER postgres PASSWORD 'postgres'" >/dev/null
   fi
+}
+
+# The tests run their own PgBouncer (transaction mode, in front of the local PostgreSQL) to stand
+# in for Supabase's pooler; they need only the binary.
+ensure_pgbouncer() {
+  command -v pgbouncer >/dev/null || apt_install pgbouncer
 }

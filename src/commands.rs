@@ -11,14 +11,29 @@ use crate::config::Config;
 use crate::store::Store;
 use crate::store::dead_letters::Filter;
 
+/// `migrate`: succeeds exactly when the schema ends at the version this binary expects, whoever
+/// applied it (several `migrate` run at once: one applies, the others wait for it and find
+/// nothing to do). `--revert` succeeds when every migration was reverted.
 pub async fn migrate(config: &Config, revert: bool) -> anyhow::Result<()> {
-    let store = Store::connect_lazy(config.database_url.expose(), 1).context("DATABASE_URL")?;
+    let store = Store::connect_lazy_with(config.database_url.expose(), 1, config.database_statement_timeout)
+        .context("DATABASE_URL")?;
     if revert {
         store.revert().await.context("reverting migrations")?;
         println!("reverted all migrations");
-    } else {
-        store.migrate().await.context("applying migrations")?;
-        println!("migrations applied");
+        return Ok(());
+    }
+    let applied = store.migrate().await;
+    // The outcome that counts is the schema's: an error after the commit (a dropped connection)
+    // must not fail a migration that was applied, nor may a success be claimed without it.
+    let current = store.is_migrated().await.context("reading the applied migrations")?;
+    match (applied, current) {
+        (Ok(()), true) => println!("migrations applied"),
+        (Err(e), true) => {
+            eprintln!("warning: {:#}", anyhow::Error::from(e).context("applying migrations"));
+            println!("migrations applied (the schema is at the expected version)");
+        }
+        (Err(e), false) => return Err(anyhow::Error::from(e).context("applying migrations")),
+        (Ok(()), false) => bail!("migrations ran but the schema is not at the version this binary expects"),
     }
     Ok(())
 }

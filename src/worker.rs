@@ -93,7 +93,19 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
             Queue::Redis(queue)
         }
     };
-    let store = Store::connect_lazy(config.database_url.expose(), config.database_pool_size).context("DATABASE_URL")?;
+    let store = Store::connect_lazy_with(
+        config.database_url.expose(),
+        config.database_pool_size,
+        config.database_statement_timeout,
+    )
+    .context("DATABASE_URL")?;
+    if let Some(pg) = store.postgres()
+        && pg.pooled()
+    {
+        tracing::info!(
+            "DATABASE_URL reaches a transaction-mode pooler: every statement runs unnamed, in a transaction"
+        );
+    }
     if config.database_migrate
         && retry_until("run database migrations", stop, || store.migrate())
             .await

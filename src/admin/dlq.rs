@@ -10,7 +10,7 @@ use crate::store::dead_letters::{self, DeadLetter, Filter};
 const REPLAY_BATCH: i64 = 500;
 
 pub async fn list(admin: &Admin, f: &Filter, limit: i64, offset: i64, json: bool) -> anyhow::Result<()> {
-    let rows = dead_letters::list(&admin.pool, f, limit, offset).await?;
+    let rows = dead_letters::list(&admin.pg, f, limit, offset).await?;
     if json {
         let out: Vec<serde_json::Value> = rows.iter().map(with_payload).collect();
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -32,13 +32,13 @@ pub async fn list(admin: &Admin, f: &Filter, limit: i64, offset: i64, json: bool
             if r.replayed_at.is_some() { "  (replayed)" } else { "" },
         );
     }
-    let total = dead_letters::count(&admin.pool, f).await?;
+    let total = dead_letters::count(&admin.pg, f).await?;
     println!("{} of {} matching (offset {offset})", rows.len(), total);
     Ok(())
 }
 
 pub async fn show(admin: &Admin, id: Uuid, json: bool) -> anyhow::Result<()> {
-    let Some(r) = dead_letters::get(&admin.pool, id).await? else {
+    let Some(r) = dead_letters::get(&admin.pg, id).await? else {
         bail!("no dead letter with id {id}")
     };
     if json {
@@ -72,9 +72,9 @@ pub async fn replay(admin: &Admin, f: &Filter, dry_run: bool) -> anyhow::Result<
     // letter, which must not be replayed in the same breath.
     let started = chrono::Utc::now();
     f.before = Some(f.before.map_or(started, |b| b.min(started)));
-    let total = dead_letters::count(&admin.pool, &f).await?;
+    let total = dead_letters::count(&admin.pg, &f).await?;
     if dry_run {
-        for r in dead_letters::list(&admin.pool, &f, total.max(1), 0).await? {
+        for r in dead_letters::list(&admin.pg, &f, total.max(1), 0).await? {
             println!(
                 "would replay {}  job {}  ({})",
                 r.id,
@@ -88,7 +88,7 @@ pub async fn replay(admin: &Admin, f: &Filter, dry_run: bool) -> anyhow::Result<
     let bar = progress(total as u64, "replay");
     let mut replayed = 0;
     loop {
-        let mut tx = admin.pool.begin().await?;
+        let mut tx = admin.pg.transaction().await?;
         let letters = dead_letters::take_for_replay(&mut tx, &f, REPLAY_BATCH).await?;
         if letters.is_empty() {
             break;
@@ -96,7 +96,7 @@ pub async fn replay(admin: &Admin, f: &Filter, dry_run: bool) -> anyhow::Result<
         let payloads: Vec<Vec<u8>> = letters.iter().map(|l| l.payload.clone()).collect();
         admin.queue.reset_counters(&payloads).await?;
         admin.queue.push_many(&payloads).await?;
-        tx.commit().await?;
+        tx.finish().await?;
         replayed += letters.len();
         bar.inc(letters.len() as u64);
     }
@@ -106,13 +106,13 @@ pub async fn replay(admin: &Admin, f: &Filter, dry_run: bool) -> anyhow::Result<
 }
 
 pub async fn purge(admin: &Admin, f: &Filter, yes: bool) -> anyhow::Result<()> {
-    let n = dead_letters::count(&admin.pool, f).await?;
+    let n = dead_letters::count(&admin.pg, f).await?;
     if n == 0 {
         println!("no dead letters match");
         return Ok(());
     }
     confirm(&format!("Delete {n} dead letter(s) permanently?"), yes)?;
-    let deleted = dead_letters::purge(&admin.pool, f).await?;
+    let deleted = dead_letters::purge(&admin.pg, f).await?;
     println!("deleted {deleted} dead letter(s)");
     Ok(())
 }

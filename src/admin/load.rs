@@ -20,10 +20,13 @@ pub async fn smoke(admin: &Admin, timeout: Duration) -> anyhow::Result<()> {
     let started = Instant::now();
     admin.queue.push(job.to_string().as_bytes()).await?;
     while started.elapsed() < timeout {
+        let mut s = admin.pg.scope().await?;
         let status: Option<String> = sqlx::query_scalar("SELECT status FROM step_results WHERE job_id = $1")
             .bind(&id)
-            .fetch_optional(&admin.pool)
+            .persistent(s.cache())
+            .fetch_optional(s.conn())
             .await?;
+        s.finish().await?;
         match status.as_deref() {
             Some("succeeded") => {
                 println!("smoke job {id} succeeded in {} ms", started.elapsed().as_millis());
@@ -91,10 +94,13 @@ pub async fn load(admin: &Admin, l: Load) -> anyhow::Result<()> {
     bar.finish_and_clear();
     let bar = progress(l.jobs, "results");
     let done = loop {
+        let mut s = admin.pg.scope().await?;
         let done: i64 = sqlx::query_scalar("SELECT count(*) FROM step_results WHERE run_id = $1")
             .bind(&run)
-            .fetch_one(&admin.pool)
+            .persistent(s.cache())
+            .fetch_one(s.conn())
             .await?;
+        s.finish().await?;
         bar.set_position(done as u64);
         if done as u64 >= l.jobs || started.elapsed() > l.timeout {
             break done;
@@ -102,6 +108,7 @@ pub async fn load(admin: &Admin, l: Load) -> anyhow::Result<()> {
         tokio::time::sleep(POLL).await;
     };
     bar.finish_and_clear();
+    let mut s = admin.pg.scope().await?;
     let row: LoadReport = sqlx::query_as(
         "SELECT extract(epoch FROM max(finished_at) - min(enqueued_at))::float8 AS span, \
          percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - enqueued_at))::float8 AS e2e50, \
@@ -112,8 +119,10 @@ pub async fn load(admin: &Admin, l: Load) -> anyhow::Result<()> {
          FROM step_results WHERE run_id = $1",
     )
     .bind(&run)
-    .fetch_one(&admin.pool)
+    .persistent(s.cache())
+    .fetch_one(s.conn())
     .await?;
+    s.finish().await?;
     let LoadReport {
         span,
         e2e50,

@@ -37,8 +37,9 @@ pub struct Admin {
     pub config: Config,
     pub queue: RedisQueue,
     pub store: Store,
-    /// The store's Postgres pool (the commands need Postgres: they run beside a deployed worker).
-    pub pool: sqlx::PgPool,
+    /// The store's Postgres connections (the commands need Postgres: they run beside a deployed
+    /// worker).
+    pub pg: crate::store::Pg,
 }
 
 impl Admin {
@@ -54,15 +55,16 @@ impl Admin {
         let queue = RedisQueue::connect_with_ca(config.redis_url.expose(), &config.queue_key, ca)
             .await
             .with_context(|| format!("connecting to Redis at {}", config.redis_url))?;
-        let store = Store::connect_lazy(config.database_url.expose(), 2).context("DATABASE_URL")?;
-        let pool = store.postgres().cloned().ok_or(Misconfigured(
+        let store = Store::connect_lazy_with(config.database_url.expose(), 2, config.database_statement_timeout)
+            .context("DATABASE_URL")?;
+        let pg = store.postgres().cloned().ok_or(Misconfigured(
             "DATABASE_URL: the admin commands need a PostgreSQL URL (postgres://...)",
         ))?;
         Ok(Admin {
             config,
             queue,
             store,
-            pool,
+            pg,
         })
     }
 }

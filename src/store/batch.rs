@@ -1,16 +1,16 @@
 //! One batch of outcomes and the single statement that writes it. Data-modifying CTEs make the
-//! three inserts one atomic statement and one round trip, which also keeps the worker safe behind
-//! a transaction-mode pooler (no transaction spans two statements).
+//! three inserts one atomic statement and one round trip on a direct connection (behind a
+//! transaction-mode pooler it is still one statement, inside the transaction [`Scope`] opens).
 
 use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use serde_json::value::RawValue;
-use sqlx::PgPool;
 use sqlx::types::Json;
 use uuid::Uuid;
 
+use super::Scope;
 use crate::queue::Payload;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,7 +129,7 @@ impl Batch {
         self.results.len() + self.dead_letters.len() + self.attempts.len()
     }
 
-    pub(super) async fn write(&self, pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
+    pub(super) async fn write(&self, s: &mut Scope) -> Result<Vec<String>, sqlx::Error> {
         if self.is_empty() {
             return Ok(Vec::new());
         }
@@ -168,7 +168,8 @@ impl Batch {
             .bind(a.iter().map(|x| x.started_at).collect::<Vec<_>>())
             .bind(a.iter().map(|x| x.finished_at).collect::<Vec<_>>())
             .bind(a.iter().map(|x| pg_text(&x.worker_id)).collect::<Vec<_>>())
-            .fetch_all(pool)
+            .persistent(s.cache())
+            .fetch_all(s.conn())
             .await
     }
 }

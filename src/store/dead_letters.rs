@@ -2,8 +2,10 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{FromRow, PgPool, Postgres, Transaction};
+use sqlx::FromRow;
 use uuid::Uuid;
+
+use super::{Pg, Scope};
 
 /// Which dead letters a `dlq` command applies to. Every field narrows the selection.
 #[derive(Debug, Default, Clone)]
@@ -60,39 +62,47 @@ macro_rules! bind_filter {
     };
 }
 
-pub async fn list(pool: &PgPool, f: &Filter, limit: i64, offset: i64) -> Result<Vec<DeadLetter>, sqlx::Error> {
+pub async fn list(pg: &Pg, f: &Filter, limit: i64, offset: i64) -> Result<Vec<DeadLetter>, sqlx::Error> {
     let sql = format!("SELECT {COLUMNS} FROM step_dead_letters {WHERE} ORDER BY dead_at DESC, id LIMIT $8 OFFSET $9");
-    bind_filter!(sqlx::query_as::<_, DeadLetter>(sqlx::AssertSqlSafe(sql)), f)
+    let mut s = pg.scope().await?;
+    let rows = bind_filter!(sqlx::query_as::<_, DeadLetter>(sqlx::AssertSqlSafe(sql)), f)
         .bind(limit)
         .bind(offset)
-        .fetch_all(pool)
-        .await
+        .persistent(s.cache())
+        .fetch_all(s.conn())
+        .await?;
+    s.finish().await?;
+    Ok(rows)
 }
 
-pub async fn count(pool: &PgPool, f: &Filter) -> Result<i64, sqlx::Error> {
+pub async fn count(pg: &Pg, f: &Filter) -> Result<i64, sqlx::Error> {
     let sql = format!("SELECT count(*) FROM step_dead_letters {WHERE}");
-    bind_filter!(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)), f)
-        .fetch_one(pool)
-        .await
+    let mut s = pg.scope().await?;
+    let n = bind_filter!(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)), f)
+        .persistent(s.cache())
+        .fetch_one(s.conn())
+        .await?;
+    s.finish().await?;
+    Ok(n)
 }
 
-pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<DeadLetter>, sqlx::Error> {
+pub async fn get(pg: &Pg, id: Uuid) -> Result<Option<DeadLetter>, sqlx::Error> {
     let sql = format!("SELECT {COLUMNS} FROM step_dead_letters WHERE id = $1");
-    sqlx::query_as(sqlx::AssertSqlSafe(sql))
+    let mut s = pg.scope().await?;
+    let row = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(id)
-        .fetch_optional(pool)
-        .await
+        .persistent(s.cache())
+        .fetch_optional(s.conn())
+        .await?;
+    s.finish().await?;
+    Ok(row)
 }
 
 /// Marks up to `limit` matching, not yet replayed dead letters as replayed, and deletes their
 /// jobs' `dead` result rows so the replay is recorded afresh. Locked rows are skipped, so two
-/// concurrent replays never replay the same letter. The caller pushes the payloads and then
-/// commits: a failed push rolls the marks back.
-pub async fn take_for_replay(
-    tx: &mut Transaction<'static, Postgres>,
-    f: &Filter,
-    limit: i64,
-) -> Result<Vec<DeadLetter>, sqlx::Error> {
+/// concurrent replays never replay the same letter. `tx` comes from [`Pg::transaction`]; the
+/// caller pushes the payloads and then commits: a failed push rolls the marks back.
+pub async fn take_for_replay(tx: &mut Scope, f: &Filter, limit: i64) -> Result<Vec<DeadLetter>, sqlx::Error> {
     let sql = format!(
         "UPDATE step_dead_letters SET replayed_at = now() WHERE id IN \
          (SELECT id FROM step_dead_letters {WHERE} AND replayed_at IS NULL ORDER BY dead_at LIMIT $8 FOR UPDATE SKIP LOCKED) \
@@ -100,20 +110,26 @@ pub async fn take_for_replay(
     );
     let letters: Vec<DeadLetter> = bind_filter!(sqlx::query_as(sqlx::AssertSqlSafe(sql)), f)
         .bind(limit)
-        .fetch_all(&mut **tx)
+        .persistent(tx.cache())
+        .fetch_all(tx.conn())
         .await?;
     let job_ids: Vec<String> = letters.iter().filter_map(|l| l.job_id.clone()).collect();
     sqlx::query("DELETE FROM step_results WHERE job_id = ANY($1) AND status = 'dead'")
         .bind(&job_ids)
-        .execute(&mut **tx)
+        .persistent(tx.cache())
+        .execute(tx.conn())
         .await?;
     Ok(letters)
 }
 
-pub async fn purge(pool: &PgPool, f: &Filter) -> Result<u64, sqlx::Error> {
+pub async fn purge(pg: &Pg, f: &Filter) -> Result<u64, sqlx::Error> {
     let sql = format!("DELETE FROM step_dead_letters {WHERE}");
-    Ok(bind_filter!(sqlx::query(sqlx::AssertSqlSafe(sql)), f)
-        .execute(pool)
+    let mut s = pg.scope().await?;
+    let deleted = bind_filter!(sqlx::query(sqlx::AssertSqlSafe(sql)), f)
+        .persistent(s.cache())
+        .execute(s.conn())
         .await?
-        .rows_affected())
+        .rows_affected();
+    s.finish().await?;
+    Ok(deleted)
 }

@@ -5,15 +5,18 @@
 
 mod batch;
 pub mod dead_letters;
+mod migrate;
+mod pg;
 mod sqlite;
 
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
 pub use batch::{AttemptRecord, Batch, DeadLetterRecord, ResultRecord, Status, stored_json};
+pub use migrate::MIGRATE_STATEMENT_TIMEOUT;
+pub use pg::{Pg, Scope};
 
 /// Embedded, reversible migrations (`migrations/*.up.sql` / `*.down.sql`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -23,6 +26,12 @@ pub static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migratio
 /// How long a caller waits for a pooled connection before treating Postgres as unavailable.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The default bound on each Postgres statement (`DATABASE_STATEMENT_TIMEOUT_MS`): far above the
+/// milliseconds a batch write or an operator's query takes, so it only ever ends a statement
+/// that waits on a lock someone else holds (an operator's `ALTER TABLE`, a stuck transaction).
+/// The worker then retries and reports the failure instead of hanging on it forever.
+pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+
 #[derive(Clone)]
 pub struct Store {
     db: Db,
@@ -30,15 +39,21 @@ pub struct Store {
 
 #[derive(Clone)]
 enum Db {
-    Postgres(PgPool),
+    Postgres(Pg),
     Sqlite(SqlitePool),
 }
 
 impl Store {
+    /// [`Store::connect_lazy_with`] with the default statement timeout.
+    pub fn connect_lazy(url: &str, pool_size: u32) -> Result<Self, sqlx::Error> {
+        Self::connect_lazy_with(url, pool_size, DEFAULT_STATEMENT_TIMEOUT)
+    }
+
     /// A lazily connecting pool: creating it never fails on an unreachable server, so the worker
     /// can start, serve `/health` (503) and wait for Postgres. A `sqlite:` URL opens (and creates)
-    /// a local file instead.
-    pub fn connect_lazy(url: &str, pool_size: u32) -> Result<Self, sqlx::Error> {
+    /// a local file instead. Each Postgres statement is cancelled by the server after
+    /// `statement_timeout`; a transaction-mode pooler is recognised as [`Pg::connect_lazy`] says.
+    pub fn connect_lazy_with(url: &str, pool_size: u32, statement_timeout: Duration) -> Result<Self, sqlx::Error> {
         if url.starts_with("sqlite:") {
             // WAL lets `/health` and the CLI read while the pipeline writes; the busy timeout
             // makes a writer wait for another instead of failing at once.
@@ -52,17 +67,12 @@ impl Store {
                 .connect_lazy_with(options);
             return Ok(Store { db: Db::Sqlite(pool) });
         }
-        let options = PgConnectOptions::from_str(url)?.application_name("step-worker");
-        let pool = PgPoolOptions::new()
-            .max_connections(pool_size)
-            .min_connections(0)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_lazy_with(options);
-        Ok(Store { db: Db::Postgres(pool) })
+        let pg = Pg::connect_lazy(url, pool_size, ACQUIRE_TIMEOUT, statement_timeout)?;
+        Ok(Store { db: Db::Postgres(pg) })
     }
 
-    /// The Postgres pool, for what only Postgres serves (the `dlq` and `load` commands).
-    pub fn postgres(&self) -> Option<&PgPool> {
+    /// The Postgres connections, for what only Postgres serves (the `dlq` and `load` commands).
+    pub fn postgres(&self) -> Option<&Pg> {
         match &self.db {
             Db::Postgres(p) => Some(p),
             Db::Sqlite(_) => None,
@@ -71,15 +81,36 @@ impl Store {
 
     pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
         match &self.db {
-            Db::Postgres(p) => MIGRATOR.run(p).await,
+            Db::Postgres(p) => migrate::run(p, &MIGRATOR).await,
             Db::Sqlite(p) => SQLITE_MIGRATOR.run(p).await,
+        }
+    }
+
+    /// Whether the schema is at the version this binary expects: every embedded migration
+    /// applied, unmodified, none failed, none unknown.
+    pub async fn is_migrated(&self) -> Result<bool, sqlx::Error> {
+        match &self.db {
+            Db::Postgres(p) => migrate::is_current(p, &MIGRATOR).await,
+            Db::Sqlite(p) => {
+                let rows: Vec<(i64, Vec<u8>, bool)> =
+                    match sqlx::query_as("SELECT version, checksum, success FROM _sqlx_migrations")
+                        .fetch_all(p)
+                        .await
+                    {
+                        Ok(rows) => rows,
+                        // No bookkeeping table yet: nothing applied.
+                        Err(sqlx::Error::Database(e)) if e.message().contains("no such table") => Vec::new(),
+                        Err(e) => return Err(e),
+                    };
+                Ok(migrate::matches_history(&SQLITE_MIGRATOR, &rows))
+            }
         }
     }
 
     /// Reverts every migration (`step-worker migrate --revert`), dropping the tables.
     pub async fn revert(&self) -> Result<(), sqlx::migrate::MigrateError> {
         match &self.db {
-            Db::Postgres(p) => MIGRATOR.undo(p, 0).await,
+            Db::Postgres(p) => migrate::revert(p, &MIGRATOR).await,
             Db::Sqlite(p) => SQLITE_MIGRATOR.undo(p, 0).await,
         }
     }
@@ -95,7 +126,11 @@ impl Store {
 
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
         match &self.db {
-            Db::Postgres(p) => sqlx::query("SELECT 1").execute(p).await.map(|_| ()),
+            Db::Postgres(p) => {
+                let mut s = p.scope().await?;
+                sqlx::query("SELECT 1").persistent(s.cache()).execute(s.conn()).await?;
+                s.finish().await
+            }
             Db::Sqlite(p) => sqlx::query("SELECT 1").execute(p).await.map(|_| ()),
         }
     }
@@ -104,7 +139,15 @@ impl Store {
     pub async fn pending_dead_letters(&self) -> Result<i64, sqlx::Error> {
         const SQL: &str = "SELECT count(*) FROM step_dead_letters WHERE replayed_at IS NULL";
         match &self.db {
-            Db::Postgres(p) => sqlx::query_scalar(SQL).fetch_one(p).await,
+            Db::Postgres(p) => {
+                let mut s = p.scope().await?;
+                let n = sqlx::query_scalar(SQL)
+                    .persistent(s.cache())
+                    .fetch_one(s.conn())
+                    .await?;
+                s.finish().await?;
+                Ok(n)
+            }
             Db::Sqlite(p) => sqlx::query_scalar(SQL).fetch_one(p).await,
         }
     }
@@ -116,10 +159,14 @@ impl Store {
         match &self.db {
             Db::Postgres(p) => {
                 let sql = format!("SELECT {COLUMNS}, output::text AS output FROM step_results WHERE job_id = $1");
-                sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                let mut s = p.scope().await?;
+                let row = sqlx::query_as(sqlx::AssertSqlSafe(sql))
                     .bind(job_id)
-                    .fetch_optional(p)
-                    .await
+                    .persistent(s.cache())
+                    .fetch_optional(s.conn())
+                    .await?;
+                s.finish().await?;
+                Ok(row)
             }
             Db::Sqlite(p) => {
                 let sql = format!("SELECT {COLUMNS}, output FROM step_results WHERE job_id = $1");
@@ -135,7 +182,15 @@ impl Store {
     /// wrote (ids missing from it were already settled by an earlier run).
     pub async fn persist(&self, batch: &Batch) -> Result<Vec<String>, sqlx::Error> {
         match &self.db {
-            Db::Postgres(p) => batch.write(p).await,
+            Db::Postgres(p) => {
+                if batch.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut s = p.scope().await?;
+                let written = batch.write(&mut s).await?;
+                s.finish().await?;
+                Ok(written)
+            }
             Db::Sqlite(p) => sqlite::write(batch, p).await,
         }
     }

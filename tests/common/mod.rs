@@ -4,6 +4,7 @@
 #![allow(dead_code, unused_macros)]
 
 pub mod capture;
+pub mod pgbouncer;
 pub mod servers;
 
 use std::future::Future;
@@ -156,6 +157,16 @@ impl TestEnv {
             sqlite: Some(sqlite),
             sqlite_file: Some(file),
         }
+    }
+
+    /// The test's own Postgres database (empty in a memory environment).
+    pub fn db_name(&self) -> &str {
+        &self.db_name
+    }
+
+    /// The URL of the server's maintenance database the test database was created from.
+    pub fn admin_url(&self) -> &str {
+        &self.admin_url
     }
 
     pub fn is_memory(&self) -> bool {

@@ -225,7 +225,7 @@ fn run(cmd: &mut Command) {
     );
 }
 
-fn running_as_root() -> bool {
+pub fn running_as_root() -> bool {
     // Read the effective uid without a libc dependency.
     std::fs::read_to_string("/proc/self/status")
         .ok()
