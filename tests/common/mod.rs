@@ -4,6 +4,7 @@
 #![allow(dead_code, unused_macros)]
 
 pub mod capture;
+pub mod redis_cluster;
 pub mod servers;
 
 use std::future::Future;
