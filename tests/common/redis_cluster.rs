@@ -156,13 +156,14 @@ impl PrivateRedisCluster {
         })
     }
 
-    /// Who serves `key`'s slot, once every live node agrees and reports cluster_state:ok.
+    /// Who serves `key`'s slot, once every live node agrees, reports cluster_state:ok, and the
+    /// master's replica is in sync (so it can take over).
     pub fn owner(&self, key: &str) -> Owner {
-        self.wait_until(
-            "the live nodes to agree on a slot's owner",
-            Duration::from_secs(30),
-            |c| c.agreed_owner(key),
-        )
+        self.wait_until("a slot's owner and its replica in sync", Duration::from_secs(30), |c| {
+            let owner = c.agreed_owner(key)?;
+            let replica = owner.replica?;
+            (c.info_field(replica, "replication", "master_link_status")? == "up").then_some(owner)
+        })
     }
 
     fn agreed_owner(&self, key: &str) -> Option<Owner> {
