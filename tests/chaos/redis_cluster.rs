@@ -74,7 +74,7 @@ async fn redis_cluster_master_of_the_queue_killed_mid_run_fails_over_and_loses_n
         .log_lines("handed back claimed jobs this worker had no record of")
         .len();
     let row = Row {
-        fault: "Redis Cluster: queue's master SIGKILL, replica promoted".into(),
+        fault: "14 Redis Cluster: queue's master SIGKILL, replica promoted".into(),
         jobs: w.len(),
         lost: v.lost.len(),
         duplicates: log.duplicates(),
