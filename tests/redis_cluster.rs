@@ -48,7 +48,8 @@ async fn worker_and_cli_pointed_at_a_node_that_does_not_own_the_queue_run_every_
         })
         .expect("another master");
     let url = rc.url(elsewhere);
-    let worker = tokio::time::timeout(WAIT, env.start(&[("REDIS_URL", &url)]))
+    // A long block: stopping promptly shows `CLIENT UNBLOCK` reached the node the claim waits on.
+    let worker = tokio::time::timeout(WAIT, env.start(&[("REDIS_URL", &url), ("CLAIM_BLOCK_MS", "60000")]))
         .await
         .expect("the worker connects through a node that does not own the queue's slot");
 
@@ -86,5 +87,11 @@ async fn worker_and_cli_pointed_at_a_node_that_does_not_own_the_queue_run_every_
         exists(elsewhere).is_err(),
         "a node that does not own the slot answers MOVED"
     );
+    let stopping = std::time::Instant::now();
     worker.stop().await.unwrap();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(10),
+        "the blocked claim was not woken: stop took {:?}",
+        stopping.elapsed()
+    );
 }

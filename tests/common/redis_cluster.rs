@@ -1,6 +1,6 @@
 //! A private Redis Cluster: 3 masters with one replica each, six `redis-server` processes on free
 //! ports (AOF everysec, noeviction, as production should run), joined by `redis-cli --cluster
-//! create`. Tests point workers at it and kill the master that owns a queue's hash slot. Each
+//! create`; or, for the TLS test, 3 masters speaking only TLS (clients, bus and replication). Tests point workers at it and kill the master that owns a queue's hash slot. Each
 //! node is stopped by its own pid, and the folder removed, when the cluster is dropped.
 
 use std::net::TcpListener;
@@ -17,9 +17,19 @@ use super::servers::{temp_dir, wait_port};
 pub const NODE_TIMEOUT: Duration = Duration::from_millis(2_000);
 
 pub struct Node {
+    /// The client port (the TLS port in a TLS cluster).
     pub port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    tls: Option<Tls>,
+}
+
+/// PEM files of a TLS cluster: the nodes' certificate and key, and the CA that signed it.
+#[derive(Clone)]
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
 }
 
 /// Who serves a hash slot, as node indexes.
@@ -49,7 +59,8 @@ impl Node {
     fn spawn(&mut self) {
         std::fs::create_dir_all(&self.dir).unwrap();
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--bind", "127.0.0.1", "--save", ""])
+            .args(self.port_args())
             .args(["--appendonly", "yes", "--appendfsync", "everysec"])
             .args(["--maxmemory-policy", "noeviction", "--cluster-enabled", "yes"])
             .args(["--cluster-config-file", "nodes.conf"])
@@ -64,6 +75,27 @@ impl Node {
         wait_port(self.port, true, Duration::from_secs(10));
     }
 
+    fn port_args(&self) -> Vec<String> {
+        let port = self.port.to_string();
+        let Some(tls) = &self.tls else {
+            return vec!["--port".into(), port];
+        };
+        let mut args: Vec<String> = ["--port", "0", "--tls-port", &port, "--tls-cluster", "yes"]
+            .into_iter()
+            .chain(["--tls-replication", "yes", "--tls-auth-clients", "no"])
+            .map(String::from)
+            .collect();
+        for (flag, path) in [
+            ("--tls-cert-file", &tls.cert),
+            ("--tls-key-file", &tls.key),
+            ("--tls-ca-cert-file", &tls.ca),
+        ] {
+            args.push(flag.into());
+            args.push(path.display().to_string());
+        }
+        args
+    }
+
     fn alive(&self) -> bool {
         self.child.is_some()
     }
@@ -71,12 +103,18 @@ impl Node {
 
 impl PrivateRedisCluster {
     pub fn start() -> Self {
+        Self::start_with(1, None)
+    }
+
+    /// 3 masters with `replicas` replicas each, speaking only TLS when `tls` is given.
+    pub fn start_with(replicas: usize, tls: Option<Tls>) -> Self {
         let dir = temp_dir("sw-rcluster-");
-        let mut nodes: Vec<Node> = (0..6)
+        let mut nodes: Vec<Node> = (0..3 * (1 + replicas))
             .map(|i| Node {
                 port: free_cluster_port(),
                 dir: dir.join(format!("node-{i}")),
                 child: None,
+                tls: tls.clone(),
             })
             .collect();
         for n in &mut nodes {
@@ -84,10 +122,14 @@ impl PrivateRedisCluster {
         }
         let c = PrivateRedisCluster { nodes, dir };
         let addrs: Vec<String> = c.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
-        let out = Command::new("redis-cli")
+        let mut cli = Command::new("redis-cli");
+        if let Some(tls) = &tls {
+            cli.arg("--tls").arg("--cacert").arg(&tls.ca);
+        }
+        let out = cli
             .args(["--cluster", "create"])
             .args(&addrs)
-            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("redis-cli is installed (scripts/test installs it)");
         assert!(
@@ -103,7 +145,12 @@ impl PrivateRedisCluster {
     }
 
     pub fn url(&self, node: usize) -> String {
-        format!("redis://127.0.0.1:{}", self.nodes[node].port)
+        let scheme = if self.nodes[node].tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.nodes[node].port)
     }
 
     /// Every node's URL, comma-separated: the seed-list form of `REDIS_URL`.
@@ -112,7 +159,16 @@ impl PrivateRedisCluster {
     }
 
     fn query(&self, node: usize, cmd: &redis::Cmd) -> redis::RedisResult<Value> {
-        let client = redis::Client::open(self.url(node))?;
+        let client = match &self.nodes[node].tls {
+            Some(tls) => redis::Client::build_with_tls(
+                self.url(node),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(std::fs::read(&tls.ca)?),
+                },
+            )?,
+            None => redis::Client::open(self.url(node))?,
+        };
         let mut conn = client.get_connection_with_timeout(Duration::from_secs(2))?;
         cmd.query(&mut conn)
     }
@@ -157,10 +213,14 @@ impl PrivateRedisCluster {
     }
 
     /// Who serves `key`'s slot, once every live node agrees, reports cluster_state:ok, and the
-    /// master's replica is in sync (so it can take over).
+    /// master's replica (in a cluster with replicas) is in sync, so it can take over.
     pub fn owner(&self, key: &str) -> Owner {
+        let with_replicas = self.nodes.len() > 3;
         self.wait_until("a slot's owner and its replica in sync", Duration::from_secs(30), |c| {
             let owner = c.agreed_owner(key)?;
+            if !with_replicas {
+                return Some(owner);
+            }
             let replica = owner.replica?;
             (c.info_field(replica, "replication", "master_link_status")? == "up").then_some(owner)
         })
