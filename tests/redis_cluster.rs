@@ -16,7 +16,7 @@ const WAIT: Duration = Duration::from_secs(30);
 const JOBS: usize = 300;
 
 async fn cli(env: &TestEnv, redis_url: &str, args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_step-worker"))
+    Command::new(env!("CARGO_BIN_EXE_step-worker"))
         .env_clear()
         .envs(env.vars())
         .env("REDIS_URL", redis_url)
@@ -24,10 +24,13 @@ async fn cli(env: &TestEnv, redis_url: &str, args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+fn ok(out: Output) -> Output {
     assert!(
         out.status.success(),
-        "step-worker {args:?}: exit {:?}: {}",
+        "exit {:?}: {}",
         out.status.code(),
         String::from_utf8_lossy(&out.stderr)
     );
@@ -59,8 +62,9 @@ async fn worker_and_cli_pointed_at_a_node_that_does_not_own_the_queue_run_every_
         .collect();
     std::fs::write(&file, jobs.join("\n")).unwrap();
     // The operator's commands through the seed-list form of REDIS_URL.
-    cli(&env, &rc.seeds(), &["enqueue", "--file", file.to_str().unwrap()]).await;
+    let enqueued = cli(&env, &rc.seeds(), &["enqueue", "--file", file.to_str().unwrap()]).await;
     std::fs::remove_file(&file).unwrap();
+    ok(enqueued);
     env.wait_count(
         "every job's row",
         "SELECT count(*) FROM step_results WHERE status = 'succeeded'",
@@ -70,7 +74,7 @@ async fn worker_and_cli_pointed_at_a_node_that_does_not_own_the_queue_run_every_
     .await;
     assert_eq!(env.count("SELECT count(*) FROM step_results").await, JOBS as i64);
 
-    let out = cli(&env, &url, &["stats", "--json"]).await;
+    let out = ok(cli(&env, &url, &["stats", "--json"]).await);
     let stats: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(stats["ready"], 0, "{stats}");
     assert_eq!(stats["in_flight"], 0, "{stats}");
