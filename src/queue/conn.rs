@@ -35,9 +35,10 @@ pub enum RedisConn {
     Cluster(ClusterConnection),
 }
 
-/// How to open more connections to the same Redis (the blocking claim's).
+/// How to open more connections to the same Redis (the blocking claim's): the settings of the
+/// first URL in `REDIS_URL` and the CA to trust.
 #[derive(Clone)]
-pub struct Target {
+pub struct Endpoint {
     /// The first seed: credentials, TLS settings and database for every node.
     seed: ConnectionInfo,
     ca_pem: Option<Vec<u8>>,
@@ -46,8 +47,11 @@ pub struct Target {
 impl RedisConn {
     /// Connects to `url` (one URL, or comma-separated cluster seeds) trusting `ca_pem` (PEM) for
     /// `rediss://`. `probe_key` is a key the caller will use: where `INFO` is refused, a
-    /// `MOVED` reply for it reveals a cluster.
-    pub async fn connect(url: &str, ca_pem: Option<&[u8]>, probe_key: &str) -> RedisResult<(Self, Target)> {
+    /// `MOVED` reply for it reveals a cluster. Returns the connection and how to open more.
+    ///
+    /// Errors: `InvalidClientConfig` for a URL that does not parse (or seeds that disagree on
+    /// credentials or TLS), otherwise the first connection's error (refused, TLS, auth).
+    pub async fn connect(url: &str, ca_pem: Option<&[u8]>, probe_key: &str) -> RedisResult<(Self, Endpoint)> {
         let seeds = url
             .split(',')
             .map(str::trim)
@@ -60,11 +64,11 @@ impl RedisConn {
                 "REDIS_URL names no server",
             )));
         };
-        let target = Target {
+        let endpoint = Endpoint {
             seed,
             ca_pem: ca_pem.map(<[u8]>::to_vec),
         };
-        let client = target.client(target.seed.clone())?;
+        let client = endpoint.client(endpoint.seed.clone())?;
         let cluster = seeds.len() > 1 || is_cluster_node(&client, probe_key).await?;
         let conn = if cluster {
             let mut builder = ClusterClientBuilder::new(seeds)
@@ -72,7 +76,7 @@ impl RedisConn {
                 .response_timeout(COMMAND_TIMEOUT)
                 .max_retry_wait(RECONNECT_MAX_DELAY.as_millis() as u64);
             // `certs` turns TLS on: only where the URL asked for it, as for one server.
-            if let (Some(pem), ConnectionAddr::TcpTls { .. }) = (ca_pem, target.seed.addr()) {
+            if let (Some(pem), ConnectionAddr::TcpTls { .. }) = (ca_pem, endpoint.seed.addr()) {
                 builder = builder.certs(tls_roots(pem));
             }
             RedisConn::Cluster(builder.build()?.get_async_connection().await?)
@@ -83,7 +87,7 @@ impl RedisConn {
                 .set_max_delay(RECONNECT_MAX_DELAY);
             RedisConn::Single(client.get_connection_manager_with_config(config).await?)
         };
-        Ok((conn, target))
+        Ok((conn, endpoint))
     }
 
     pub fn is_cluster(&self) -> bool {
@@ -120,7 +124,7 @@ impl RedisConn {
     }
 
     /// The address of the master that owns `key`'s slot, as the cluster announces it.
-    pub(super) async fn owner_of(&self, key: &str, target: &Target) -> RedisResult<ConnectionInfo> {
+    pub(super) async fn owner_of(&self, key: &str, endpoint: &Endpoint) -> RedisResult<ConnectionInfo> {
         let mut conn = self.clone();
         let slot: i64 = redis::cmd("CLUSTER")
             .arg("KEYSLOT")
@@ -153,7 +157,7 @@ impl RedisConn {
             if host.is_empty() || host == "?" || port == 0 {
                 break;
             }
-            return Ok(target.at(host, port));
+            return Ok(endpoint.at(host, port));
         }
         Err(RedisError::from((
             ErrorKind::Server(redis::ServerErrorKind::ClusterDown),
@@ -163,7 +167,7 @@ impl RedisConn {
     }
 }
 
-impl Target {
+impl Endpoint {
     /// A client for `info`, trusting the configured CA.
     pub(super) fn client(&self, info: ConnectionInfo) -> RedisResult<Client> {
         match &self.ca_pem {

@@ -27,8 +27,8 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisError, RedisResult};
 
 pub use admin::WorkerInfo;
+pub use conn::Endpoint;
 pub use conn::RedisConn;
-use conn::Target;
 pub use driver::{Blocking, Queue};
 pub use keys::Keys;
 pub use memory::MemoryQueue;
@@ -139,7 +139,7 @@ pub struct Depths {
 /// The shared, non-blocking side of the queue. Cheap to clone.
 #[derive(Clone)]
 pub struct RedisQueue {
-    target: Arc<Target>,
+    endpoint: Arc<Endpoint>,
     conn: RedisConn,
     keys: Arc<Keys>,
     scripts: Arc<Scripts>,
@@ -155,9 +155,9 @@ impl RedisQueue {
     /// (see [`RedisConn::connect`]).
     pub async fn connect_with_ca(url: &str, queue_key: &str, ca_pem: Option<&[u8]>) -> RedisResult<Self> {
         let keys = Keys::new(queue_key);
-        let (conn, target) = RedisConn::connect(url, ca_pem, &keys.ready).await?;
+        let (conn, endpoint) = RedisConn::connect(url, ca_pem, &keys.ready).await?;
         Ok(RedisQueue {
-            target: Arc::new(target),
+            endpoint: Arc::new(endpoint),
             conn,
             keys: Arc::new(keys),
             scripts: Arc::new(Scripts::new()),
@@ -180,11 +180,11 @@ impl RedisQueue {
             .set_response_timeout(Some(block + BLOCKING_SLACK))
             .set_connection_timeout(Some(COMMAND_TIMEOUT));
         let node = match self.conn.is_cluster() {
-            true => self.conn.owner_of(&self.keys.ready, &self.target).await?,
-            false => self.target.seed().clone(),
+            true => self.conn.owner_of(&self.keys.ready, &self.endpoint).await?,
+            false => self.endpoint.seed().clone(),
         };
         let mut conn = self
-            .target
+            .endpoint
             .client(node)?
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
@@ -474,9 +474,11 @@ impl RedisQueue {
             .map(|_| ())
     }
 
+    /// Pings the node that holds the queue (on a cluster, the slot's master: a shard that does
+    /// not hold the queue being down is no concern of the worker's).
     pub async fn ping(&self) -> RedisResult<()> {
-        redis::cmd("PING")
-            .query_async::<String>(&mut self.conn.clone())
+        self.conn
+            .query_at_owner(redis::cmd("PING"), &self.keys.ready)
             .await
             .map(|_| ())
     }
