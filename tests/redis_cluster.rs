@@ -99,3 +99,27 @@ async fn worker_and_cli_pointed_at_a_node_that_does_not_own_the_queue_run_every_
         stopping.elapsed()
     );
 }
+
+#[tokio::test]
+async fn production_refuses_a_cluster_whose_queue_replica_evicts() {
+    let rc = PrivateRedisCluster::start();
+    let env = TestEnv::new().await;
+    let owner = rc.owner(&env.queue_key);
+    // Only the replica evicts: it is the master after a failover, so it counts as much.
+    let replica = owner.replica.expect("a replica");
+    let mut c = redis::Client::open(rc.url(replica)).unwrap().get_connection().unwrap();
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("allkeys-lru")
+        .query(&mut c)
+        .unwrap();
+    let refused = step_worker::worker::start(
+        env.config(&[("APP_ENV", "production"), ("REDIS_URL", &rc.url(owner.master))]),
+        step_worker::Registry::new(),
+        step_worker::Shutdown::new(),
+    )
+    .await;
+    let err = format!("{:#}", refused.err().expect("start is refused"));
+    assert!(err.contains("allkeys-lru"), "{err}");
+}
