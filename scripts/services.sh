@@ -20,8 +20,10 @@ pg_bin_dir() {
 }
 
 ensure_redis() {
-  if redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then return 0; fi
+  # redis-server and redis-cli also start the tests' private servers and Redis Cluster.
   command -v redis-server >/dev/null || apt_install redis-server redis-tools
+  command -v redis-cli >/dev/null || apt_install redis-tools
+  if redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then return 0; fi
   echo "starting redis-server on 127.0.0.1:6379"
   redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
     --logfile /tmp/step-worker-redis.log >/dev/null

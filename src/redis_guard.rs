@@ -4,6 +4,8 @@
 //! registry: jobs vanish without an error. Production refuses to start on such a Redis unless
 //! `REDIS_ALLOW_EVICTION=true` says the risk is accepted. Without AOF a Redis restart loses
 //! every job it held, so that is warned about (managed services often persist differently).
+//! On a Redis Cluster every node is asked (any replica may become the queue's master on
+//! failover), and the worst answer counts.
 
 use anyhow::bail;
 
@@ -13,7 +15,11 @@ use crate::queue::RedisQueue;
 /// Checks the settings; returns the policy (`None` where `CONFIG` is forbidden, as on many
 /// managed services, whose own settings must then be checked by hand).
 pub async fn check(queue: &RedisQueue, config: &Config) -> anyhow::Result<Option<String>> {
-    let policy = queue.config_get("maxmemory-policy").await;
+    // The first node that evicts, if any: one such node is enough to lose jobs.
+    let policy = queue
+        .config_get("maxmemory-policy")
+        .await
+        .and_then(|all| all.iter().find(|p| *p != "noeviction").or(all.first()).cloned());
     match policy.as_deref() {
         None => {
             tracing::warn!("cannot read Redis maxmemory-policy (CONFIG is not allowed): make sure it is noeviction")
@@ -31,7 +37,8 @@ pub async fn check(queue: &RedisQueue, config: &Config) -> anyhow::Result<Option
             }
         }
     }
-    if queue.config_get("appendonly").await.as_deref() == Some("no") {
+    let aof = queue.config_get("appendonly").await.unwrap_or_default();
+    if aof.iter().any(|v| v == "no") {
         tracing::warn!("Redis appendonly is off: a Redis restart loses every queued job; set appendonly yes");
     }
     Ok(policy)

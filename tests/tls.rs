@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::servers::{PrivatePostgres, free_port};
+use step_worker::queue::BeatMode;
 use step_worker::{Config, Registry, Shutdown};
 
 /// A CA and a server certificate for 127.0.0.1 and localhost, plus an unrelated CA.
@@ -224,4 +225,42 @@ async fn a_wrong_ca_stops_startup_with_a_clear_error() {
             "{error}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_tls_redis_cluster_is_reached_through_any_node_with_the_configured_ca() {
+    step_worker::telemetry::init_for_tests();
+    let certs = Certs::make();
+    let rc = common::redis_cluster::PrivateRedisCluster::start_with(
+        0,
+        Some(common::redis_cluster::Tls {
+            cert: certs.path("server.pem"),
+            key: certs.path("server.key"),
+            ca: certs.path("ca.pem"),
+        }),
+    );
+    let key = common::unique("tls.") + ".ready";
+    let owner = rc.owner(&key).master;
+    let elsewhere = rc.url((owner + 1) % rc.nodes.len());
+    let ca = std::fs::read(certs.path("ca.pem")).unwrap();
+
+    let queue = step_worker::queue::RedisQueue::connect_with_ca(&elsewhere, &key, Some(&ca))
+        .await
+        .unwrap();
+    assert!(queue.is_cluster());
+    queue
+        .heartbeat("tls-w", Duration::from_secs(30), BeatMode::Register, Duration::ZERO)
+        .await
+        .unwrap();
+    queue.push(b"tls-cluster-job").await.unwrap();
+    // The blocking claim's own connection goes to the slot's master, over TLS with the same CA.
+    let mut blocking = queue.blocking_conn(Duration::from_secs(1), "tls-w").await.unwrap();
+    let proc = queue.keys().proc("tls-w");
+    let claimed = blocking.claim(&proc, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(claimed.as_deref(), Some(&b"tls-cluster-job"[..]));
+    assert_eq!(queue.list(&proc).await.unwrap(), vec![b"tls-cluster-job".to_vec()]);
+
+    let other = std::fs::read(certs.path("other-ca.pem")).unwrap();
+    let refused = step_worker::queue::RedisQueue::connect_with_ca(&elsewhere, &key, Some(&other)).await;
+    assert!(refused.is_err(), "a certificate from another CA is refused");
 }

@@ -181,6 +181,7 @@ impl Config {
             production && queue_driver == QueueDriver::Redis,
             &["redis://", "rediss://"],
         )?;
+        check_redis_seeds(&redis_url)?;
         // The embedded defaults go together: the memory queue records results in a local SQLite
         // file, so a first run needs no server at all.
         let default_database = match queue_driver {
@@ -404,6 +405,25 @@ fn url_var(
         return Err(ConfigError::new(name, &expected, &redact_url(&value)));
     }
     Ok(Secret::new(value))
+}
+
+/// A comma-separated `REDIS_URL` lists seed nodes of one Redis Cluster: each must be a URL of the
+/// same scheme (the cluster client takes TLS from the first, and a cluster is all TLS or none).
+fn check_redis_seeds(url: &Secret) -> Result<(), ConfigError> {
+    let seeds: Vec<&str> = url.expose().split(',').map(str::trim).collect();
+    if seeds.len() < 2 {
+        return Ok(());
+    }
+    let scheme = |s: &str| s.split_once("://").map(|(scheme, _)| scheme.to_owned());
+    let first = scheme(seeds[0]);
+    if seeds.iter().any(|s| s.is_empty() || scheme(s) != first) {
+        return Err(ConfigError::new(
+            "REDIS_URL",
+            "one URL (redis:// or rediss://), or for a Redis Cluster several node URLs of one scheme separated by commas",
+            &url.redacted(),
+        ));
+    }
+    Ok(())
 }
 
 fn parse_log_level(raw: Option<String>) -> Result<String, ConfigError> {

@@ -41,6 +41,10 @@ impl fmt::Display for Secret {
 /// Replaces the password (or a lone token) in `scheme://user:password@host/...` with `***`,
 /// and masks sensitive query parameters such as `password=`.
 pub fn redact_url(url: &str) -> String {
+    // A list of URLs (Redis Cluster seeds): each one has its own password.
+    if url.contains(',') && url.split(',').all(|u| u.contains("://")) {
+        return url.split(',').map(redact_url).collect::<Vec<_>>().join(",");
+    }
     let Some((scheme, rest)) = url.split_once("://") else {
         return "********".to_owned();
     };

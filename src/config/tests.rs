@@ -91,6 +91,25 @@ fn wrong_url_scheme_is_rejected_without_printing_the_password() {
 }
 
 #[test]
+fn redis_cluster_seed_list_is_accepted_and_every_password_redacted() {
+    let seeds = "redis://u:pw1@10.0.0.1:7000, redis://u:pw2@10.0.0.2:7000";
+    let c = config(&[("REDIS_URL", seeds)]).unwrap();
+    assert_eq!(c.redis_url.expose(), seeds);
+    let shown = c.redis_url.to_string();
+    assert!(!shown.contains("pw1") && !shown.contains("pw2"), "{shown}");
+    assert!(shown.contains("10.0.0.2:7000"), "{shown}");
+    for bad in [
+        "redis://a:7000,rediss://b:7000",
+        "redis://a:7000,",
+        "redis://u:pw3@a:7000,b:7000",
+    ] {
+        let err = config(&[("REDIS_URL", bad)]).unwrap_err();
+        assert_eq!(err.variable, "REDIS_URL", "{bad}");
+        assert!(!err.to_string().contains("pw3"), "{err}");
+    }
+}
+
+#[test]
 fn production_requires_explicit_connection_urls_and_logs_json() {
     let err = config(&[("APP_ENV", "production")]).unwrap_err();
     assert_eq!(err.variable, "REDIS_URL");

@@ -14,6 +14,7 @@
 //!   response timeout would abandon a `BLMOVE` that the server still completes.
 
 mod admin;
+mod conn;
 mod driver;
 mod keys;
 mod memory;
@@ -22,10 +23,12 @@ mod scripts;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, Client, RedisError, RedisResult};
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, RedisError, RedisResult};
 
 pub use admin::WorkerInfo;
+pub use conn::Endpoint;
+pub use conn::RedisConn;
 pub use driver::{Blocking, Queue};
 pub use keys::Keys;
 pub use memory::MemoryQueue;
@@ -136,8 +139,8 @@ pub struct Depths {
 /// The shared, non-blocking side of the queue. Cheap to clone.
 #[derive(Clone)]
 pub struct RedisQueue {
-    client: Client,
-    conn: ConnectionManager,
+    endpoint: Arc<Endpoint>,
+    conn: RedisConn,
     keys: Arc<Keys>,
     scripts: Arc<Scripts>,
 }
@@ -148,28 +151,22 @@ impl RedisQueue {
     }
 
     /// Connects trusting `ca_pem` (PEM) instead of the public roots for a `rediss://` URL.
+    /// `url` names one server, any node of a Redis Cluster, or comma-separated cluster seeds
+    /// (see [`RedisConn::connect`]).
     pub async fn connect_with_ca(url: &str, queue_key: &str, ca_pem: Option<&[u8]>) -> RedisResult<Self> {
-        let client = match ca_pem {
-            Some(pem) => Client::build_with_tls(
-                url,
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(pem.to_vec()),
-                },
-            )?,
-            None => Client::open(url)?,
-        };
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(COMMAND_TIMEOUT))
-            .set_connection_timeout(Some(COMMAND_TIMEOUT))
-            .set_max_delay(RECONNECT_MAX_DELAY);
-        let conn = client.get_connection_manager_with_config(config).await?;
+        let keys = Keys::new(queue_key);
+        let (conn, endpoint) = RedisConn::connect(url, ca_pem, &keys.ready).await?;
         Ok(RedisQueue {
-            client,
+            endpoint: Arc::new(endpoint),
             conn,
-            keys: Arc::new(Keys::new(queue_key)),
+            keys: Arc::new(keys),
             scripts: Arc::new(Scripts::new()),
         })
+    }
+
+    /// Whether this is a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.conn.is_cluster()
     }
 
     pub fn keys(&self) -> &Keys {
@@ -177,25 +174,32 @@ impl RedisQueue {
     }
 
     /// A connection reserved for blocking claims, named after the worker so `CLIENT LIST` shows
-    /// who is waiting.
+    /// who is waiting. On a cluster it goes to the master that owns the queue's slot now.
     pub async fn blocking_conn(&self, block: Duration, wid: &str) -> RedisResult<BlockingConn> {
         let config = AsyncConnectionConfig::new()
             .set_response_timeout(Some(block + BLOCKING_SLACK))
             .set_connection_timeout(Some(COMMAND_TIMEOUT));
+        let node = match self.conn.is_cluster() {
+            true => self.conn.owner_of(&self.keys.ready, &self.endpoint).await?,
+            false => self.endpoint.seed().clone(),
+        };
         let mut conn = self
-            .client
+            .endpoint
+            .client(node)?
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
         let name: String = format!("step-worker:{wid}")
             .chars()
             .map(|c| if c.is_ascii_graphic() { c } else { '_' })
             .collect();
-        redis::cmd("CLIENT")
+        // Naming is a convenience and the id only speeds up shutdown: a provider that forbids
+        // CLIENT costs neither (0 is "no id", and a blocked claim then ends within its block time).
+        let _ = redis::cmd("CLIENT")
             .arg("SETNAME")
             .arg(name)
             .query_async::<()>(&mut conn)
-            .await?;
-        let client_id: i64 = redis::cmd("CLIENT").arg("ID").query_async(&mut conn).await?;
+            .await;
+        let client_id: i64 = redis::cmd("CLIENT").arg("ID").query_async(&mut conn).await.unwrap_or(0);
         Ok(BlockingConn {
             conn,
             client_id,
@@ -204,13 +208,11 @@ impl RedisQueue {
     }
 
     /// Wakes a blocked `BLMOVE` (it returns nil), so shutdown need not wait out the block time.
+    /// Sent to the node that owns the queue's slot: client ids are per node.
     pub async fn unblock(&self, client_id: i64) -> RedisResult<()> {
-        redis::cmd("CLIENT")
-            .arg("UNBLOCK")
-            .arg(client_id)
-            .query_async::<i64>(&mut self.conn.clone())
-            .await
-            .map(|_| ())
+        let mut cmd = redis::cmd("CLIENT");
+        cmd.arg("UNBLOCK").arg(client_id);
+        self.conn.query_at_owner(cmd, &self.keys.ready).await.map(|_| ())
     }
 
     pub async fn heartbeat(&self, wid: &str, deadline: Duration, mode: BeatMode, grace: Duration) -> RedisResult<Beat> {
@@ -472,21 +474,26 @@ impl RedisQueue {
             .map(|_| ())
     }
 
+    /// Pings the node that holds the queue (on a cluster, the slot's master: a shard that does
+    /// not hold the queue being down is no concern of the worker's).
     pub async fn ping(&self) -> RedisResult<()> {
-        redis::cmd("PING")
-            .query_async::<String>(&mut self.conn.clone())
+        self.conn
+            .query_at_owner(redis::cmd("PING"), &self.keys.ready)
             .await
             .map(|_| ())
     }
 
-    /// `CONFIG GET <name>`; `None` where the provider forbids `CONFIG` (many managed services).
-    pub async fn config_get(&self, name: &str) -> Option<String> {
-        let reply: RedisResult<Vec<String>> = redis::cmd("CONFIG")
-            .arg("GET")
-            .arg(name)
-            .query_async(&mut self.conn.clone())
-            .await;
-        reply.ok().and_then(|v| v.into_iter().nth(1))
+    /// `CONFIG GET <name>` on every node (one server: on it); `None` where the provider forbids
+    /// `CONFIG` (many managed services). On a cluster each node has its own settings, and any
+    /// replica may become a master.
+    pub async fn config_get(&self, name: &str) -> Option<Vec<String>> {
+        let mut cmd = redis::cmd("CONFIG");
+        cmd.arg("GET").arg(name);
+        let replies = self.conn.query_each_node(cmd).await.ok()?;
+        replies
+            .into_iter()
+            .map(|v| redis::from_redis_value::<Vec<String>>(v).ok()?.into_iter().nth(1))
+            .collect()
     }
 }
 

@@ -1,15 +1,18 @@
-//! The system under test as real processes: a private redis-server (AOF everysec, noeviction), a
-//! private PostgreSQL, and R replicas of `step-worker-chaos`, each a child process on its own
-//! health port with its log in the run's folder. Everything is killed on every exit path: the
-//! cluster's `Drop` SIGKILLs the replicas, then the servers' own guards stop the servers.
+//! The system under test as real processes: a private redis-server (AOF everysec, noeviction) or
+//! a private Redis Cluster (`Opts::redis_cluster`), a private PostgreSQL, and R replicas of
+//! `step-worker-chaos`, each a child process on its own health port with its log in the run's
+//! folder. Everything is killed on every exit path: the cluster's `Drop` SIGKILLs the replicas,
+//! then the servers' own guards stop the servers.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use sqlx::PgPool;
+use step_worker::queue::RedisConn;
 
+use crate::common::redis_cluster::PrivateRedisCluster;
 use crate::common::servers::{PrivatePostgres, PrivateRedis, free_port};
 use crate::common::unique;
 
@@ -24,6 +27,10 @@ pub struct Opts {
     pub shutdown_timeout_ms: u64,
     pub redis_args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// A Redis Cluster (3 masters, 1 replica each) instead of one redis-server. Replica 0 is
+    /// given the master that owns the queue's slot as its only `REDIS_URL`, the others every
+    /// node as seeds.
+    pub redis_cluster: bool,
 }
 
 impl Default for Opts {
@@ -37,6 +44,7 @@ impl Default for Opts {
             shutdown_timeout_ms: 5_000,
             redis_args: Vec::new(),
             env: Vec::new(),
+            redis_cluster: false,
         }
     }
 }
@@ -73,14 +81,18 @@ pub struct Cluster {
     pub opts: Opts,
     pub queue_key: String,
     pub dir: PathBuf,
-    pub redis_conn: ConnectionManager,
+    /// The harness's own connection (a cluster connection on a Redis Cluster).
+    pub redis_conn: RedisConn,
+    /// `REDIS_URL` of replica `slot`: `redis_urls[slot % len]`.
+    redis_urls: Vec<String>,
     pub pg_pool: PgPool,
     pub database_url: String,
     pub replicas: Vec<Option<Replica>>,
     pub gone: Vec<Gone>,
     // Declared last so they are dropped after the replicas are killed (see `Drop`).
     pub pg: PrivatePostgres,
-    pub redis: PrivateRedis,
+    redis: Option<PrivateRedis>,
+    redis_cluster: Option<PrivateRedisCluster>,
 }
 
 pub fn now_us() -> u128 {
@@ -91,33 +103,45 @@ impl Cluster {
     /// Starts the servers, migrates the schema and starts `opts.replicas` workers.
     pub async fn start(opts: Opts) -> Self {
         step_worker::telemetry::init_for_tests();
-        let args: Vec<&str> = opts.redis_args.iter().map(String::as_str).collect();
-        let redis = PrivateRedis::start(&args);
+        let queue_key = unique("chaos.") + ".ready";
+        let (redis, redis_cluster, redis_conn, redis_urls) = if opts.redis_cluster {
+            let rc = PrivateRedisCluster::start();
+            let urls = vec![rc.url(rc.owner(&queue_key).master), rc.seeds()];
+            let (conn, _) = RedisConn::connect(&rc.seeds(), None, &queue_key).await.unwrap();
+            (None, Some(rc), conn, urls)
+        } else {
+            let args: Vec<&str> = opts.redis_args.iter().map(String::as_str).collect();
+            let redis = PrivateRedis::start(&args);
+            let config = ConnectionManagerConfig::new()
+                .set_response_timeout(Some(Duration::from_secs(2)))
+                .set_connection_timeout(Some(Duration::from_secs(2)))
+                .set_number_of_retries(1);
+            let client = redis::Client::open(redis.url()).unwrap();
+            let conn = client.get_connection_manager_with_config(config).await.unwrap();
+            let urls = vec![redis.url()];
+            (Some(redis), None, RedisConn::Single(conn), urls)
+        };
         let pg = PrivatePostgres::start();
         let database_url = pg.url();
         let store = step_worker::store::Store::connect_lazy(&database_url, 2).unwrap();
         store.migrate().await.expect("migrations run");
         let pg_pool = PgPool::connect(&database_url).await.unwrap();
-        let client = redis::Client::open(redis.url()).unwrap();
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(1);
-        let redis_conn = client.get_connection_manager_with_config(config).await.unwrap();
         let dir = std::env::temp_dir().join(unique("sw-chaos-"));
         std::fs::create_dir_all(&dir).unwrap();
         let n = opts.replicas;
         let mut cluster = Cluster {
             opts,
-            queue_key: unique("chaos.") + ".ready",
+            queue_key,
             dir,
             redis_conn,
+            redis_urls,
             pg_pool,
             database_url,
             replicas: (0..n).map(|_| None).collect(),
             gone: Vec::new(),
             pg,
             redis,
+            redis_cluster,
         };
         for slot in 0..n {
             cluster.spawn(slot);
@@ -132,11 +156,21 @@ impl Cluster {
         format!("{{{}}}:{suffix}", self.queue_key)
     }
 
-    fn env(&self, port: u16) -> Vec<(String, String)> {
+    /// The standalone redis-server (not in a `redis_cluster` run).
+    pub fn redis(&mut self) -> &mut PrivateRedis {
+        self.redis.as_mut().expect("a run on one redis-server")
+    }
+
+    /// The Redis Cluster of a `redis_cluster` run.
+    pub fn redis_cluster(&mut self) -> &mut PrivateRedisCluster {
+        self.redis_cluster.as_mut().expect("a run on a Redis Cluster")
+    }
+
+    fn env(&self, slot: usize, port: u16) -> Vec<(String, String)> {
         let o = &self.opts;
         let mut env: Vec<(String, String)> = [
             ("APP_ENV", "test".to_owned()),
-            ("REDIS_URL", self.redis.url()),
+            ("REDIS_URL", self.redis_urls[slot % self.redis_urls.len()].clone()),
             ("DATABASE_URL", self.database_url.clone()),
             ("QUEUE_KEY", self.queue_key.clone()),
             ("HEALTH_CHECK_PORT", port.to_string()),
@@ -172,7 +206,7 @@ impl Cluster {
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_step-worker-chaos"))
             .env_clear()
-            .envs(self.env(port))
+            .envs(self.env(slot, port))
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)

@@ -4,8 +4,9 @@
 //! checks the oracle (see `oracle`); it also reads the execution log (`execlog`) to count
 //! duplicate and overlapping executions and recovery times.
 //!
-//! The fast subset (worker SIGKILL, Redis restart, Postgres outage, poison pill among replicas
-//! and on a lone one, rolling SIGTERM, bad input) runs in `cargo test` at small N. The rest are `#[ignore]`d and run, with
+//! The fast subset (worker SIGKILL, Redis restart, Redis Cluster failover, Postgres outage,
+//! poison pill among replicas and on a lone one, rolling SIGTERM, bad input) runs in `cargo test`
+//! at small N. The rest are `#[ignore]`d and run, with
 //! large N, by `scripts/chaos` (`CHAOS_FULL=1`), which prints the table of results.
 //!
 //! Tests run one at a time (`serial`): each starts several processes on a small machine, and
@@ -19,6 +20,7 @@ mod cluster;
 mod execlog;
 mod oracle;
 mod postgres_faults;
+mod redis_cluster;
 mod redis_faults;
 mod report;
 mod soak;

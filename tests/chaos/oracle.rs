@@ -103,16 +103,21 @@ pub async fn redis_state(c: &Cluster) -> redis::RedisResult<RedisState> {
     })
 }
 
+/// Keys Redis evicted, summed over every node (one on a single server).
 pub async fn evicted_keys(c: &Cluster) -> i64 {
-    let info: String = redis::cmd("INFO")
-        .arg("stats")
-        .query_async(&mut c.redis_conn.clone())
-        .await
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("evicted_keys:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap()
+    let mut cmd = redis::cmd("INFO");
+    cmd.arg("stats");
+    let replies = c.redis_conn.query_each_node(cmd).await.unwrap();
+    replies
+        .into_iter()
+        .map(|v| {
+            let info: String = redis::from_redis_value(v).unwrap();
+            info.lines()
+                .find_map(|l| l.strip_prefix("evicted_keys:"))
+                .and_then(|v| v.trim().parse::<i64>().ok())
+                .unwrap()
+        })
+        .sum()
 }
 
 async fn count(c: &Cluster, sql: &'static str) -> i64 {

@@ -36,9 +36,9 @@ async fn redis_killed_and_restarted_from_its_aof_loses_nothing_and_reaps_no_live
     for _ in 0..crashes {
         // The fault schedule: crash Redis at a steady pace under load, down for a moment.
         tokio::time::sleep(scale(Duration::from_secs(2), Duration::from_secs(10))).await;
-        c.redis.kill();
+        c.redis().kill();
         tokio::time::sleep(scale(Duration::from_secs(1), Duration::from_secs(2))).await;
-        c.redis.restart();
+        c.redis().restart();
     }
     let under_load = ready_len(&c).await > 0;
     let (v, log, restarts) = settle(&mut c, &w).await;
@@ -86,7 +86,7 @@ async fn redis_unreachable_past_the_deadline_fences_workers_that_stay_up_and_res
     let mut c = Cluster::start(opts.clone()).await;
     w.push(&c.redis_conn, &c.queue_key).await;
     oracle::wait_results(&c, 100).await;
-    c.redis.kill();
+    c.redis().kill();
     let down_at = Instant::now();
     let not_ready = until("every replica to report not ready", opts.deadline() * 2, || async {
         let h = health_all(&c).await;
@@ -96,7 +96,7 @@ async fn redis_unreachable_past_the_deadline_fences_workers_that_stay_up_and_res
     let outage = opts.deadline() * 2;
     tokio::time::sleep(outage.saturating_sub(down_at.elapsed())).await;
     let crashed_during = c.supervise();
-    c.redis.restart();
+    c.redis().restart();
     wait_for("every replica to report ready again", opts.deadline() * 3, || async {
         health_all(&c).await.iter().all(|s| *s == 200)
     })

@@ -2,8 +2,8 @@
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use redis::aio::ConnectionManager;
 use serde_json::json;
+use step_worker::queue::RedisConn;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Expect {
@@ -87,7 +87,7 @@ impl Workload {
     }
 
     /// `LPUSH`es every payload, as producers do, in pipelined chunks.
-    pub async fn push(&self, conn: &ConnectionManager, queue: &str) {
+    pub async fn push(&self, conn: &RedisConn, queue: &str) {
         push_payloads(conn, queue, self.jobs.iter().map(|j| j.payload.as_slice())).await;
     }
 }
@@ -101,7 +101,7 @@ pub fn exec(id: &str, ms: u64, fail: u64, expect: Expect) -> Job {
     }
 }
 
-pub async fn push_payloads<'a>(conn: &ConnectionManager, queue: &str, payloads: impl Iterator<Item = &'a [u8]>) {
+pub async fn push_payloads<'a>(conn: &RedisConn, queue: &str, payloads: impl Iterator<Item = &'a [u8]>) {
     let mut conn = conn.clone();
     let payloads: Vec<&[u8]> = payloads.collect();
     for chunk in payloads.chunks(500) {

@@ -5,6 +5,7 @@
 
 pub mod capture;
 pub mod pgbouncer;
+pub mod redis_cluster;
 pub mod servers;
 
 use std::future::Future;

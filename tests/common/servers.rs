@@ -11,7 +11,7 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn wait_port(port: u16, up: bool, within: Duration) {
+pub fn wait_port(port: u16, up: bool, within: Duration) {
     let deadline = Instant::now() + within;
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() != up {
         assert!(
@@ -23,7 +23,7 @@ fn wait_port(port: u16, up: bool, within: Duration) {
     }
 }
 
-fn temp_dir(prefix: &str) -> PathBuf {
+pub fn temp_dir(prefix: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(super::unique(prefix));
     std::fs::create_dir_all(&dir).unwrap();
     dir
