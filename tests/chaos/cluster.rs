@@ -12,6 +12,7 @@ use sqlx::PgPool;
 
 use crate::common::servers::{PrivatePostgres, PrivateRedis, free_port};
 use crate::common::unique;
+use crate::proxy::Proxy;
 
 /// How the replicas run. In the fast subset, timings are shortened from the defaults
 /// (5 s / 30 s) so a fault test takes seconds; the pass criteria scale with them.
@@ -23,8 +24,17 @@ pub struct Opts {
     pub deadline_ms: u64,
     pub shutdown_timeout_ms: u64,
     pub redis_args: Vec<String>,
+    /// Lines of a `redis.conf` the server starts from (`rename-command`, as a managed service).
+    pub redis_conf: Vec<String>,
+    /// ACL rules for a user `worker` (password [`WORKER_PASSWORD`]) the replicas connect as.
+    pub redis_acl: Option<String>,
+    /// Replicas reach Redis through a [`Proxy`] the test can partition.
+    pub via_proxy: bool,
     pub env: Vec<(String, String)>,
 }
+
+/// The password of the ACL user of [`Opts::redis_acl`].
+pub const WORKER_PASSWORD: &str = "worker-password";
 
 impl Default for Opts {
     fn default() -> Self {
@@ -36,6 +46,9 @@ impl Default for Opts {
             deadline_ms: crate::scale(3_000, 30_000),
             shutdown_timeout_ms: 5_000,
             redis_args: Vec::new(),
+            redis_conf: Vec::new(),
+            redis_acl: None,
+            via_proxy: false,
             env: Vec::new(),
         }
     }
@@ -78,7 +91,10 @@ pub struct Cluster {
     pub database_url: String,
     pub replicas: Vec<Option<Replica>>,
     pub gone: Vec<Gone>,
+    /// The URL the replicas use.
+    worker_redis_url: String,
     // Declared last so they are dropped after the replicas are killed (see `Drop`).
+    pub proxy: Option<Proxy>,
     pub pg: PrivatePostgres,
     pub redis: PrivateRedis,
 }
@@ -92,7 +108,8 @@ impl Cluster {
     pub async fn start(opts: Opts) -> Self {
         step_worker::telemetry::init_for_tests();
         let args: Vec<&str> = opts.redis_args.iter().map(String::as_str).collect();
-        let redis = PrivateRedis::start(&args);
+        let conf: Vec<&str> = opts.redis_conf.iter().map(String::as_str).collect();
+        let redis = PrivateRedis::start_with_conf(&conf, &args);
         let pg = PrivatePostgres::start();
         let database_url = pg.url();
         let store = step_worker::store::Store::connect_lazy(&database_url, 2).unwrap();
@@ -104,6 +121,23 @@ impl Cluster {
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_number_of_retries(1);
         let redis_conn = client.get_connection_manager_with_config(config).await.unwrap();
+        let proxy = match opts.via_proxy {
+            true => Some(Proxy::start(redis.port).await),
+            false => None,
+        };
+        let port = proxy.as_ref().map_or(redis.port, |p| p.port);
+        let worker_redis_url = match &opts.redis_acl {
+            Some(rules) => {
+                let mut cmd = redis::cmd("ACL");
+                cmd.arg("SETUSER").arg("worker");
+                for rule in rules.split_whitespace() {
+                    cmd.arg(rule);
+                }
+                let () = cmd.query_async(&mut redis_conn.clone()).await.unwrap();
+                format!("redis://worker:{WORKER_PASSWORD}@127.0.0.1:{port}")
+            }
+            None => format!("redis://127.0.0.1:{port}"),
+        };
         let dir = std::env::temp_dir().join(unique("sw-chaos-"));
         std::fs::create_dir_all(&dir).unwrap();
         let n = opts.replicas;
@@ -116,6 +150,8 @@ impl Cluster {
             database_url,
             replicas: (0..n).map(|_| None).collect(),
             gone: Vec::new(),
+            worker_redis_url,
+            proxy,
             pg,
             redis,
         };
@@ -136,7 +172,7 @@ impl Cluster {
         let o = &self.opts;
         let mut env: Vec<(String, String)> = [
             ("APP_ENV", "test".to_owned()),
-            ("REDIS_URL", self.redis.url()),
+            ("REDIS_URL", self.worker_redis_url.clone()),
             ("DATABASE_URL", self.database_url.clone()),
             ("QUEUE_KEY", self.queue_key.clone()),
             ("HEALTH_CHECK_PORT", port.to_string()),
@@ -186,11 +222,12 @@ impl Cluster {
         });
     }
 
-    /// Waits until the replica in `slot` serves HTTP, which it does only after registering.
+    /// Waits until the replica in `slot` has started: registered and claiming (its HTTP port
+    /// answers from the first moment, `/health` says `starting` until then).
     pub fn wait_up(&mut self, slot: usize) {
         let port = self.replica(slot).port;
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while !started(port) {
             if let Some(status) = self.replica_mut(slot).child.try_wait().unwrap() {
                 let log = std::fs::read_to_string(&self.replica(slot).log).unwrap_or_default();
                 panic!("replica {slot} exited during startup ({status}):\n{log}");
@@ -232,6 +269,12 @@ impl Cluster {
     /// SIGTERM and wait for the exit, up to `within`. Returns the status and how long it took.
     pub async fn terminate(&mut self, slot: usize, within: Duration) -> (Option<ExitStatus>, Duration) {
         self.signal(slot, libc::SIGTERM);
+        self.wait_exit(slot, within).await
+    }
+
+    /// Waits for the replica in `slot` to exit, up to `within` (then SIGKILLs it). Returns the
+    /// status (`None`: killed) and how long it took from this call.
+    pub async fn wait_exit(&mut self, slot: usize, within: Duration) -> (Option<ExitStatus>, Duration) {
         let started = Instant::now();
         let mut r = self.replicas[slot].take().expect("a replica in this slot");
         let status = loop {
@@ -302,6 +345,22 @@ impl Cluster {
     pub fn exec_dir(&self) -> &Path {
         &self.dir
     }
+}
+
+/// Whether a worker on `port` has started: `/health` answers with any status but `starting`.
+fn started(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut reply = String::new();
+    stream
+        .write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .is_ok()
+        && stream.read_to_string(&mut reply).is_ok()
+        && reply.contains("\"status\"")
+        && !reply.contains("\"status\":\"starting\"")
 }
 
 fn read_lines(p: &Path) -> Vec<String> {
