@@ -122,7 +122,7 @@ impl Cluster {
             .set_number_of_retries(1);
         let redis_conn = client.get_connection_manager_with_config(config).await.unwrap();
         let proxy = match opts.via_proxy {
-            true => Some(Proxy::start(redis.port).await),
+            true => Some(Proxy::start(redis.port)),
             false => None,
         };
         let port = proxy.as_ref().map_or(redis.port, |p| p.port);

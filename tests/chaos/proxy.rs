@@ -2,28 +2,51 @@
 //! server answers with a fast `ECONNREFUSED`; a lost route answers with silence, which is what
 //! blocking calls and timeouts must survive. On [`Proxy::partition`] every open pair stops
 //! copying (bytes wait in the buffers, no socket is closed, nothing is reset) and no connection
-//! is accepted; [`Proxy::heal`] copies again, including what waited.
+//! is accepted; [`Proxy::heal`] copies again, including what waited. It runs on a thread and
+//! runtime of its own, so the suite's blocking waits (`Cluster::wait_up`) never stall it.
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
 use tokio::sync::watch;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinSet;
 
 pub struct Proxy {
     pub port: u16,
     cut: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Proxy {
     /// Listens on a free loopback port and forwards to `127.0.0.1:upstream`.
-    pub async fn start(upstream: u16) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    pub fn start(upstream: u16) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
         let (cut, rx) = watch::channel(false);
-        let task = tokio::spawn(accept(listener, upstream, rx));
-        Proxy { port, cut, task }
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = TcpListener::from_std(listener).unwrap();
+                tokio::select! {
+                    _ = accept(listener, upstream, rx) => {}
+                    _ = stopped => {}
+                }
+            });
+            // Dropping the runtime drops every copying task, closing its sockets.
+        });
+        Proxy {
+            port,
+            cut,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
     }
 
     pub fn partition(&self) {
@@ -37,8 +60,12 @@ impl Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        // Dropping the accept task drops its JoinSet, which aborts every copying task.
-        self.task.abort();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
