@@ -299,3 +299,6 @@ impl Clock {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
