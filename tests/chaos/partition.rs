@@ -53,7 +53,7 @@ async fn redis_partition_at_shutdown_bounds_the_exit_and_loses_nothing() {
     let reaps = c.log_lines("returned a dead worker's jobs").len();
     let hard_bound = Duration::from_secs(2);
     let row = Row {
-        fault: "13 Redis partition at SIGTERM".into(),
+        fault: "15 Redis partition at SIGTERM".into(),
         jobs: w.len(),
         lost: v.lost.len(),
         duplicates: log.duplicates(),

@@ -20,7 +20,7 @@ async fn redis_with_client_renamed_away_still_gets_jobs_pushed_after_an_idle_que
         redis_conf: vec![r#"rename-command CLIENT """#.to_owned()],
         ..Opts::default()
     };
-    jobs_after_idle_are_done("12 CLIENT renamed away", opts, 31).await;
+    jobs_after_idle_are_done("14 CLIENT renamed away", opts, 31).await;
 }
 
 #[tokio::test]
@@ -29,7 +29,7 @@ async fn redis_acl_user_without_client_still_gets_jobs_pushed_after_an_idle_queu
         redis_acl: Some(format!("on >{WORKER_PASSWORD} ~* &* +@all -client -config")),
         ..Opts::default()
     };
-    jobs_after_idle_are_done("12b ACL user without +client", opts, 32).await;
+    jobs_after_idle_are_done("14b ACL user without +client", opts, 32).await;
 }
 
 async fn jobs_after_idle_are_done(fault: &str, opts: Opts, seed: u64) {
