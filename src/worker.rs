@@ -276,7 +276,13 @@ where
     Fut: Future<Output = Result<T, E>>,
 {
     loop {
-        match op().await {
+        // A shutdown request does not wait for an attempt that hangs (a partition): dropping a
+        // connect, a migration (its transaction rolls back) or a registration moves no job.
+        let attempt = tokio::select! {
+            r = op() => r,
+            _ = stop.cancelled() => return Ok(None),
+        };
+        match attempt {
             Ok(v) => return Ok(Some(v)),
             Err(e) if is_certificate_error(&e) => return Err(e),
             Err(e) => {

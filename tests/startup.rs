@@ -74,3 +74,27 @@ async fn a_port_that_cannot_be_bound_stops_the_worker_before_it_registers() {
         "a worker that never ran is not in the registry"
     );
 }
+
+/// A Redis that accepts connections and never answers (a partition) holds a connection attempt
+/// for seconds; a shutdown request must not wait for it.
+#[tokio::test]
+async fn a_shutdown_request_does_not_wait_for_a_connection_attempt_that_hangs() {
+    let env = TestEnv::new().await;
+    // Connections complete in the listen backlog, and nothing ever reads them.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://{}", silent.local_addr().unwrap());
+    let port = free_port();
+    let config = env.config(&[("REDIS_URL", &url), ("HEALTH_CHECK_PORT", &port.to_string())]);
+    let shutdown = Shutdown::new();
+    let starting = tokio::spawn(step_worker::worker::start(config, Registry::new(), shutdown.clone()));
+    common::wait_for("/health to answer", WAIT, || async {
+        get_json(&format!("http://127.0.0.1:{port}/health")).await.is_some()
+    })
+    .await;
+    let asked = std::time::Instant::now();
+    shutdown.graceful.cancel();
+    let outcome = tokio::time::timeout(Duration::from_secs(2), starting).await;
+    let started = outcome.expect("startup ended promptly").unwrap().unwrap();
+    assert!(started.is_none(), "stopped before starting");
+    assert!(asked.elapsed() < Duration::from_secs(1), "took {:?}", asked.elapsed());
+}
