@@ -71,4 +71,13 @@ async fn jobs_after_idle_are_done(fault: &str, opts: Opts, seed: u64) {
     assert!(ready_after.iter().all(|s| *s == 200), "/health after: {ready_after:?}");
     assert_eq!(restarts, 0, "a replica crashed");
     assert_eq!(oracle::redis_state(&c).await.unwrap().workers, c.replicas.len() as i64);
+    // The startup line gives the address it serves on, not a debug print of an `Option`.
+    for line in c.log_lines("worker started") {
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let http = v["fields"]["http"].as_str().unwrap_or_default();
+        assert!(
+            http.parse::<std::net::SocketAddr>().is_ok(),
+            "http = {http:?} in {line}"
+        );
+    }
 }
