@@ -30,6 +30,8 @@ pub struct Opts {
     pub redis_acl: Option<String>,
     /// Replicas reach Redis through a [`Proxy`] the test can partition.
     pub via_proxy: bool,
+    /// Replicas reach PostgreSQL through a [`Proxy`] the test can partition.
+    pub pg_via_proxy: bool,
     pub env: Vec<(String, String)>,
 }
 
@@ -49,6 +51,7 @@ impl Default for Opts {
             redis_conf: Vec::new(),
             redis_acl: None,
             via_proxy: false,
+            pg_via_proxy: false,
             env: Vec::new(),
         }
     }
@@ -91,10 +94,12 @@ pub struct Cluster {
     pub database_url: String,
     pub replicas: Vec<Option<Replica>>,
     pub gone: Vec<Gone>,
-    /// The URL the replicas use.
+    /// The URLs the replicas use.
     worker_redis_url: String,
+    worker_database_url: String,
     // Declared last so they are dropped after the replicas are killed (see `Drop`).
     pub proxy: Option<Proxy>,
+    pub pg_proxy: Option<Proxy>,
     pub pg: PrivatePostgres,
     pub redis: PrivateRedis,
 }
@@ -126,6 +131,11 @@ impl Cluster {
             false => None,
         };
         let port = proxy.as_ref().map_or(redis.port, |p| p.port);
+        let pg_proxy = opts.pg_via_proxy.then(|| Proxy::start(pg.port));
+        let worker_database_url = match &pg_proxy {
+            Some(p) => database_url.replace(&format!(":{}/", pg.port), &format!(":{}/", p.port)),
+            None => database_url.clone(),
+        };
         let worker_redis_url = match &opts.redis_acl {
             Some(rules) => {
                 let mut cmd = redis::cmd("ACL");
@@ -151,7 +161,9 @@ impl Cluster {
             replicas: (0..n).map(|_| None).collect(),
             gone: Vec::new(),
             worker_redis_url,
+            worker_database_url,
             proxy,
+            pg_proxy,
             pg,
             redis,
         };
@@ -173,7 +185,7 @@ impl Cluster {
         let mut env: Vec<(String, String)> = [
             ("APP_ENV", "test".to_owned()),
             ("REDIS_URL", self.worker_redis_url.clone()),
-            ("DATABASE_URL", self.database_url.clone()),
+            ("DATABASE_URL", self.worker_database_url.clone()),
             ("QUEUE_KEY", self.queue_key.clone()),
             ("HEALTH_CHECK_PORT", port.to_string()),
             ("WORKER_CONCURRENCY", o.concurrency.to_string()),

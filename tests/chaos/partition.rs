@@ -1,6 +1,6 @@
-//! Shutdown during a Redis partition (packets dropped, no reset): whatever Redis does, a worker
-//! exits within `SHUTDOWN_TIMEOUT_MS` + the documented margin, and within two seconds of a second
-//! signal; what it could not hand back stays in its list for the reaper.
+//! Shutdown during a partition (packets dropped, no reset) from Redis or from PostgreSQL: whatever
+//! they do, a worker exits within `SHUTDOWN_TIMEOUT_MS` + the documented margin, and within two
+//! seconds of a second signal; what it could not hand back stays in its list for the reaper.
 
 use std::time::{Duration, Instant};
 
@@ -75,6 +75,49 @@ async fn redis_partition_at_shutdown_bounds_the_exit_and_loses_nothing() {
     );
     assert!(first.is_some_and(|s| s.success()), "first replica: {first:?}");
     assert!(second.is_some_and(|s| s.success()), "second replica: {second:?}");
+    v.assert_clean();
+    assert_eq!(restarts, 0, "a replica crashed");
+}
+
+/// Outcomes that cannot be committed (the statement is sent and never answered) must not hold
+/// the exit: the pipeline is stopped at its deadline and the jobs are handed back (Redis answers).
+#[tokio::test]
+async fn postgres_partition_at_shutdown_bounds_the_exit_and_loses_nothing() {
+    let _serial = serial().await;
+    let opts = Opts {
+        pg_via_proxy: true,
+        ..Opts::default()
+    };
+    let durations = Durations {
+        min_ms: 50,
+        max_ms: 400,
+    };
+    let w = Workload::mixed("pg-partition", scale(1_500, 20_000), durations, 22);
+    let mut c = Cluster::start(opts.clone()).await;
+    w.push(&c.redis_conn, &c.queue_key).await;
+    oracle::wait_results(&c, 100).await;
+
+    c.pg_proxy.as_ref().unwrap().partition();
+    let bound = Duration::from_millis(opts.shutdown_timeout_ms) + EXIT_MARGIN;
+    let (status, took) = c.terminate(0, bound * 3).await;
+    c.pg_proxy.as_ref().unwrap().heal();
+    c.spawn(0);
+    c.wait_up(0);
+    let (v, log, restarts) = settle(&mut c, &w).await;
+    let handed_back = c.log_lines("handed jobs back to the queue").len();
+    let row = Row {
+        fault: "16 Postgres partition at SIGTERM".into(),
+        jobs: w.len(),
+        lost: v.lost.len(),
+        duplicates: log.duplicates(),
+        overlaps: log.overlaps(&c.gone, None).len(),
+        recovery: format!("exit {:.1} s (bound {:.0} s)", took.as_secs_f64(), bound.as_secs_f64()),
+        notes: format!("exit {status:?}; {handed_back} hand-backs"),
+        pass: v.clean() && took <= bound && status.is_some_and(|s| s.success()) && restarts == 0,
+    };
+    row.emit();
+    assert!(took <= bound, "exit took {took:?} during a partition (bound {bound:?})");
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
     v.assert_clean();
     assert_eq!(restarts, 0, "a replica crashed");
 }
