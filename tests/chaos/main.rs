@@ -5,8 +5,8 @@
 //! duplicate and overlapping executions and recovery times.
 //!
 //! The fast subset (worker SIGKILL, Redis restart, Postgres outage, poison pill among replicas
-//! and on a lone one, rolling SIGTERM, bad input, a Redis that refuses `CLIENT`, a Redis
-//! partition at shutdown) runs in `cargo test` at small N. The rest are `#[ignore]`d and run, with
+//! and on a lone one, rolling SIGTERM, bad input, a Redis that refuses `CLIENT`, a Redis or
+//! Postgres partition at shutdown) runs in `cargo test` at small N. The rest are `#[ignore]`d and run, with
 //! large N, by `scripts/chaos` (`CHAOS_FULL=1`), which prints the table of results.
 //!
 //! Tests run one at a time (`serial`): each starts several processes on a small machine, and
