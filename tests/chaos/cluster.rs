@@ -94,9 +94,8 @@ pub struct Cluster {
     pub database_url: String,
     pub replicas: Vec<Option<Replica>>,
     pub gone: Vec<Gone>,
-    /// The URLs the replicas use.
+    /// The URL the replicas reach Redis by.
     worker_redis_url: String,
-    worker_database_url: String,
     // Declared last so they are dropped after the replicas are killed (see `Drop`).
     pub proxy: Option<Proxy>,
     pub pg_proxy: Option<Proxy>,
@@ -132,10 +131,6 @@ impl Cluster {
         };
         let port = proxy.as_ref().map_or(redis.port, |p| p.port);
         let pg_proxy = opts.pg_via_proxy.then(|| Proxy::start(pg.port));
-        let worker_database_url = match &pg_proxy {
-            Some(p) => database_url.replace(&format!(":{}/", pg.port), &format!(":{}/", p.port)),
-            None => database_url.clone(),
-        };
         let worker_redis_url = match &opts.redis_acl {
             Some(rules) => {
                 let mut cmd = redis::cmd("ACL");
@@ -161,7 +156,6 @@ impl Cluster {
             replicas: (0..n).map(|_| None).collect(),
             gone: Vec::new(),
             worker_redis_url,
-            worker_database_url,
             proxy,
             pg_proxy,
             pg,
@@ -176,6 +170,16 @@ impl Cluster {
         cluster
     }
 
+    /// The URL the replicas reach PostgreSQL by: through the proxy, if there is one.
+    fn worker_database_url(&self) -> String {
+        match &self.pg_proxy {
+            Some(p) => self
+                .database_url
+                .replace(&format!(":{}/", self.pg.port), &format!(":{}/", p.port)),
+            None => self.database_url.clone(),
+        }
+    }
+
     pub fn key(&self, suffix: &str) -> String {
         format!("{{{}}}:{suffix}", self.queue_key)
     }
@@ -185,7 +189,7 @@ impl Cluster {
         let mut env: Vec<(String, String)> = [
             ("APP_ENV", "test".to_owned()),
             ("REDIS_URL", self.worker_redis_url.clone()),
-            ("DATABASE_URL", self.worker_database_url.clone()),
+            ("DATABASE_URL", self.worker_database_url()),
             ("QUEUE_KEY", self.queue_key.clone()),
             ("HEALTH_CHECK_PORT", port.to_string()),
             ("WORKER_CONCURRENCY", o.concurrency.to_string()),
