@@ -6,7 +6,9 @@
 //! Under load, claims are non-blocking batches (`claim.lua`, up to `CLAIM_BATCH_SIZE` jobs per
 //! command, as many as there are free slots). When the queue is empty the loop parks in a
 //! `BLMOVE` with a long block on a connection of its own, which costs two commands a minute at
-//! idle. That call is never abandoned mid-flight: shutdown wakes it with `CLIENT UNBLOCK`.
+//! idle. Shutdown wakes it with `CLIENT UNBLOCK` where Redis allows `CLIENT`; where it does
+//! not, shutdown waits for it, and abandons it only at its deadline (see `worker.rs` for why
+//! that loses nothing).
 //!
 //! Suspects. When a worker dies, the reaper returns all of its jobs to the queue together, and a
 //! batch claim would put them on one worker together again: a poison pill among them would kill
@@ -92,15 +94,21 @@ impl Claimer {
                 audit = false;
             }
             let outcome = self.pass(&mut state, &stop).await;
-            self.health.claim_progress();
             match outcome {
                 ClaimOutcome::Failed => {
                     state.blocking = None;
+                    // Ask with a batch claim first next time: if only the blocking path fails
+                    // (a Redis that refuses `BLMOVE` to this user), jobs are still claimed, one
+                    // batch per pause, while `/health` names the failure.
+                    state.queue_was_empty = false;
                     audit = true;
                     tokio::select! { _ = tokio::time::sleep(ERROR_PAUSE) => {}, _ = stop.cancelled() => {} }
                 }
-                ClaimOutcome::Fenced => audit = true,
-                _ => {}
+                ClaimOutcome::Fenced => {
+                    self.health.claim_progress();
+                    audit = true;
+                }
+                _ => self.health.claim_progress(),
             }
         }
         self.blocking_id.store(0, Ordering::SeqCst);
@@ -253,6 +261,7 @@ impl Claimer {
 
     fn failed(&self, op: &str, e: redis::RedisError) -> ClaimOutcome {
         self.metrics.redis_errors.with_label_values(&[op]).inc();
+        self.health.claim_failed(&format_args!("{op}: {e}"));
         tracing::warn!(error = %e, op, "claiming failed; retrying");
         ClaimOutcome::Failed
     }

@@ -1,4 +1,5 @@
-//! What `/health` reports: Redis and Postgres reachability, claim-loop progress, draining.
+//! What `/health` reports: Redis and Postgres reachability, claim-loop progress, draining, and
+//! during startup what the worker is still waiting for.
 //! Signals are passive where possible (the heartbeat already proves Redis every few seconds, the
 //! pipeline proves Postgres on every flush), so a probe costs no Redis command; Postgres is
 //! pinged only when nothing has proven it recently.
@@ -8,6 +9,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+
+/// How long claims may keep failing, with no success in between, before `/health` turns 503.
+/// Long enough that a lost connection (reconnected within a second or two) does not flip
+/// readiness; short enough that a Redis that refuses a command the claim needs is seen at once.
+pub const CLAIM_FAILING_LIMIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Check {
@@ -28,7 +34,18 @@ pub struct Health {
     draining: AtomicBool,
     redis: Mutex<Dep>,
     postgres: Mutex<Dep>,
-    claim: Mutex<(Instant, bool)>,
+    claim: Mutex<ClaimState>,
+    /// During startup: what the worker is waiting for, and the last error.
+    waiting_for: Mutex<Option<(String, String)>>,
+}
+
+struct ClaimState {
+    /// The last sign of life of the claim loop.
+    at: Instant,
+    /// Waiting for a free slot (not a stall).
+    waiting: bool,
+    /// Since when every pass has failed, and the last failure.
+    failing: Option<(Instant, String)>,
 }
 
 impl Default for Health {
@@ -45,14 +62,30 @@ impl Default for Health {
             draining: AtomicBool::new(false),
             redis: dep(),
             postgres: dep(),
-            claim: Mutex::new((Instant::now(), true)),
+            claim: Mutex::new(ClaimState {
+                at: Instant::now(),
+                waiting: true,
+                failing: None,
+            }),
+            waiting_for: Mutex::new(None),
         }
     }
 }
 
 impl Health {
     pub fn set_started(&self) {
+        *self.waiting_for.lock().unwrap() = None;
         self.started.store(true, Ordering::Release);
+    }
+
+    /// Startup is waiting for `what` (`"redis"`, `"postgres"`), which last failed with `error`.
+    pub fn set_waiting_for(&self, what: &str, error: &dyn std::fmt::Display) {
+        *self.waiting_for.lock().unwrap() = Some((what.to_owned(), error.to_string()));
+    }
+
+    /// What startup is waiting for and its last error; `None` once started or before any wait.
+    pub fn waiting_for(&self) -> Option<(String, String)> {
+        self.waiting_for.lock().unwrap().clone()
     }
 
     pub fn is_started(&self) -> bool {
@@ -83,14 +116,28 @@ impl Health {
         failed(&self.postgres, e);
     }
 
-    /// The claim loop finished a pass (or is about to wait for a free slot).
+    /// The claim loop finished a pass without an error.
     pub fn claim_progress(&self) {
-        self.claim.lock().unwrap().0 = Instant::now();
+        let mut c = self.claim.lock().unwrap();
+        c.at = Instant::now();
+        c.failing = None;
+    }
+
+    /// A pass of the claim loop failed with `e` (`op: error`). The loop is alive, but a run of
+    /// these longer than [`CLAIM_FAILING_LIMIT`] makes the worker unready.
+    pub fn claim_failed(&self, e: &dyn std::fmt::Display) {
+        let mut c = self.claim.lock().unwrap();
+        let now = Instant::now();
+        c.at = now;
+        let since = c.failing.as_ref().map_or(now, |(t, _)| *t);
+        c.failing = Some((since, e.to_string()));
     }
 
     /// Waiting for a slot is not a stall: the running jobs have their own timeouts.
     pub fn claim_waiting(&self, waiting: bool) {
-        *self.claim.lock().unwrap() = (Instant::now(), waiting);
+        let mut c = self.claim.lock().unwrap();
+        c.at = Instant::now();
+        c.waiting = waiting;
     }
 
     /// How long Redis has been failing, with the last error (`None` while it answers).
@@ -121,16 +168,25 @@ impl Health {
             .map(|_| Check { ok: true, error: None })
     }
 
-    /// The claim loop is healthy when it is waiting for a slot or has completed a pass within
+    /// The claim loop is healthy when its claims have not kept failing for
+    /// [`CLAIM_FAILING_LIMIT`], and it is waiting for a slot or has completed a pass within
     /// `max_quiet` (a blocking claim's block time plus slack).
     pub fn claim_check(&self, max_quiet: Duration) -> Check {
-        let (at, waiting) = *self.claim.lock().unwrap();
-        if waiting || at.elapsed() <= max_quiet {
+        let c = self.claim.lock().unwrap();
+        if let Some((since, e)) = &c.failing
+            && since.elapsed() >= CLAIM_FAILING_LIMIT
+        {
+            return Check {
+                ok: false,
+                error: Some(format!("claims have failed for {} s: {e}", since.elapsed().as_secs())),
+            };
+        }
+        if c.waiting || c.at.elapsed() <= max_quiet {
             Check { ok: true, error: None }
         } else {
             Check {
                 ok: false,
-                error: Some(format!("no claim-loop progress for {} s", at.elapsed().as_secs())),
+                error: Some(format!("no claim-loop progress for {} s", c.at.elapsed().as_secs())),
             }
         }
     }

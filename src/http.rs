@@ -1,21 +1,27 @@
 //! The embedded HTTP server: `/health` (readiness, probed by the platform), `/health/live`
-//! (liveness), `/metrics` (Prometheus). It shuts down with the worker's shutdown token.
+//! (liveness), `/metrics` (Prometheus). It is bound before anything else at startup, so a port
+//! that cannot be bound stops the worker before it registers, and the liveness probe is answered
+//! while the worker waits for Redis or Postgres (a platform would otherwise restart a worker that
+//! is correctly waiting out an outage). Until the worker has started, `/health` answers 503 naming
+//! what it waits for. It shuts down with the worker's shutdown token.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
-use crate::capacity::Capacity;
 use crate::config::Config;
 use crate::health::{Check, Health};
+use crate::inflight::InFlight;
 use crate::lease::Lease;
 use crate::metrics::Metrics;
 use crate::queue::Queue;
@@ -34,8 +40,60 @@ pub struct AppState {
     pub queue: Queue,
     pub store: Store,
     pub lease: Arc<Lease>,
-    pub capacity: Arc<Capacity>,
+    /// The jobs this worker holds (not the slot its waiting claim reserves).
+    pub inflight: Arc<InFlight>,
     pub pause: Arc<crate::pause::Pause>,
+}
+
+/// The running server: the bound address, and the routes it serves (the starting routes until
+/// [`Server::ready`]).
+pub struct Server {
+    addr: std::net::SocketAddr,
+    routes: watch::Sender<Router>,
+}
+
+impl Server {
+    /// Binds `port` (see [`bind`]) and serves the starting routes until `stop` is cancelled.
+    /// Errors: the port cannot be bound.
+    pub async fn start(port: u16, health: Arc<Health>, stop: CancellationToken) -> std::io::Result<Server> {
+        let listener = bind(port).await?;
+        let addr = listener.local_addr()?;
+        let (routes, current) = watch::channel(starting_router(health));
+        tokio::spawn(async move {
+            if let Err(e) = serve(listener, current, stop).await {
+                tracing::error!(error = %e, "the HTTP server stopped");
+            }
+        });
+        Ok(Server { addr, routes })
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// Switches to the full routes, once the worker has everything they need.
+    pub fn ready(&self, state: AppState) {
+        let _starting = self.routes.send_replace(router(state));
+    }
+}
+
+/// What is served while the worker waits for its dependencies: liveness, and a `/health` that
+/// names what it waits for.
+fn starting_router(health: Arc<Health>) -> Router {
+    Router::new()
+        .route("/health/live", get(|| async { Json(json!({ "status": "alive" })) }))
+        .route(
+            "/health",
+            get(move || {
+                let waiting = health.waiting_for();
+                async move {
+                    let (what, error) = waiting.unzip();
+                    let body = json!({ "status": "starting", "waiting_for": what, "error": error });
+                    (StatusCode::SERVICE_UNAVAILABLE, Json(body))
+                }
+            }),
+        )
+        .fallback(|| async { (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "starting" }))) })
 }
 
 pub fn router(state: AppState) -> Router {
@@ -57,9 +115,17 @@ pub async fn bind(port: u16) -> std::io::Result<TcpListener> {
     }
 }
 
-/// Serves until `stop` is cancelled; returns the bound address through `bound` first.
-pub async fn serve(listener: TcpListener, state: AppState, stop: CancellationToken) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
+/// Serves until `stop` is cancelled, each request with the routes `current` holds then.
+async fn serve(
+    listener: TcpListener,
+    current: watch::Receiver<Router>,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    let service = tower::service_fn(move |req: Request| {
+        let routes = current.borrow().clone();
+        routes.oneshot(req)
+    });
+    axum::serve(listener, tower::make::Shared::new(service))
         .with_graceful_shutdown(stop.cancelled_owned())
         .await
 }
@@ -102,21 +168,29 @@ async fn health(State(s): State<AppState>) -> Response {
         (_, _, true) => "draining",
         _ => "unavailable",
     };
+    // Name what is really in use: a memory queue is not Redis, a SQLite file is not Postgres.
+    let queue_driver = if s.queue.is_memory() { "memory" } else { "redis" };
+    let store_driver = if s.store.postgres().is_some() {
+        "postgres"
+    } else {
+        "sqlite"
+    };
+    let mut checks = serde_json::Map::new();
+    checks.insert(queue_driver.to_owned(), json!(redis));
+    checks.insert(store_driver.to_owned(), json!(postgres));
+    checks.insert("claim_loop".to_owned(), json!(claim));
+    checks.insert("lease".to_owned(), json!({ "ok": lease }));
+    checks.insert("draining".to_owned(), json!(draining));
     let body = json!({
         "status": status,
         "worker_id": s.lease.identity().wid,
         "version": env!("CARGO_PKG_VERSION"),
-        "checks": {
-            "redis": redis,
-            "postgres": postgres,
-            "claim_loop": claim,
-            "lease": { "ok": lease },
-            "draining": draining,
-        },
-        "queue_driver": if s.queue.is_memory() { "memory" } else { "redis" },
+        "checks": checks,
+        "queue_driver": queue_driver,
+        "store_driver": store_driver,
         "paused": paused,
         "paused_steps": s.pause.paused_steps(),
-        "in_flight": s.capacity.held(),
+        "in_flight": s.inflight.len(),
         "concurrency": s.config.concurrency,
     });
     let code = if ok {
@@ -156,7 +230,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
         Ok(Ok(n)) => m.queue_depth.with_label_values(&["dead"]).set(n),
         Ok(Err(_)) | Err(_) => m.postgres_errors.with_label_values(&["depths"]).inc(),
     }
-    m.in_flight.set(s.capacity.held() as i64);
+    m.in_flight.set(s.inflight.len() as i64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         m.render(),

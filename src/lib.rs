@@ -4,8 +4,9 @@
 //! [`runner`] (run the step under its timeout) → [`pipeline`] (persist to Postgres, then settle
 //! in Redis). [`queue`] is the Redis protocol, [`store`] the Postgres schema, [`lease`] and
 //! [`maintenance`] keep workers honest (heartbeat, fencing, reaping, retries). [`worker`] wires
-//! it together; [`http`] serves health and metrics. [`http_step`] runs steps that have no
-//! native handler by calling their HTTP endpoint (docs/http-steps.md).
+//! it together and [`drain`] takes it apart at shutdown; [`http`] serves health and metrics.
+//! [`http_step`] runs steps that have no native handler by calling their HTTP endpoint
+//! (docs/http-steps.md).
 //!
 //! Embedding native steps:
 //! ```no_run
@@ -27,6 +28,7 @@ pub mod claimer;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod drain;
 pub mod failpoint;
 pub mod handler;
 pub mod health;

@@ -7,6 +7,9 @@ use clap::Parser;
 use step_worker::cli::{Cli, Command, ConfigCommand};
 use step_worker::{Config, Registry, Shutdown, commands, telemetry};
 
+/// How long the runtime waits for its remaining tasks once the worker has finished.
+const RUNTIME_SHUTDOWN: std::time::Duration = std::time::Duration::from_millis(300);
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = match Config::from_env() {
@@ -46,6 +49,10 @@ fn main() -> ExitCode {
             other => commands::admin(config, other).await,
         }
     });
+    // Dropping the runtime would wait for every blocking task (a DNS lookup of an unreachable
+    // resolver, a step that never yields): the drain has already bounded the exit, so this does
+    // not wait longer.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is::<step_worker::admin::NotConfirmed>() => {

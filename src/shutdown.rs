@@ -1,5 +1,7 @@
-//! Shutdown signals. SIGTERM (Railway, Docker, Kubernetes) and SIGINT (Fly's default, Ctrl-C)
-//! both start a graceful drain; a second signal skips the wait for running steps.
+//! Shutdown signals. SIGTERM (Railway, Docker, Kubernetes), SIGINT (Fly's default, Ctrl-C) and
+//! SIGHUP (a closing terminal, some supervisors; its default action would kill the process with
+//! no drain) all start a graceful drain; a second signal skips the wait for running steps and
+//! bounds the rest of the exit to two seconds (see `worker.rs`).
 
 use tokio_util::sync::CancellationToken;
 
@@ -21,12 +23,14 @@ impl Shutdown {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
         let this = self.clone();
         tokio::spawn(async move {
             for token in [&this.graceful, &this.hard] {
                 let name = tokio::select! {
                     _ = term.recv() => "SIGTERM",
                     _ = int.recv() => "SIGINT",
+                    _ = hup.recv() => "SIGHUP",
                 };
                 if token.is_cancelled() {
                     continue;

@@ -1,19 +1,15 @@
-//! Assembly: connects, migrates, registers, starts the claim loop, pipeline, heartbeat, promoter
-//! and HTTP server, and runs the shutdown drain. Each part lives in its own module; this one only
-//! wires them together and orders startup and shutdown.
+//! Assembly: binds the HTTP port, connects, migrates, registers, starts the claim loop,
+//! pipeline, heartbeat and promoter, and hands shutdown to [`crate::drain`]. Each part lives in
+//! its own module; this one only wires them together and orders startup.
 //!
-//! Startup order matters: the worker registers (heartbeat) before its first claim, so its
-//! in-flight list is never visible without a registry entry. Shutdown order matters too:
-//! 1. stop claiming at once (and wake the blocked `BLMOVE` with `CLIENT UNBLOCK`);
-//! 2. let running steps finish until `SHUTDOWN_TIMEOUT_MS` (a second signal skips this);
-//! 3. interrupt what still runs: interrupted jobs go back to ready, not counted as an attempt;
-//! 4. let the pipeline persist and settle what finished;
-//! 5. hand back anything left in our list and deregister, unless Redis is unreachable, in which
-//!    case the jobs stay in our list and the other workers' reapers return them.
+//! Startup order matters: the HTTP port is bound first (a port that cannot be bound stops the
+//! worker before it registers, and probes are answered while it waits for Redis or Postgres);
+//! the worker registers (heartbeat) before its first claim, so its in-flight list is never
+//! visible without a registry entry.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::AtomicI64;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -25,6 +21,7 @@ use crate::capacity::Capacity;
 use crate::claimer::Claimer;
 use crate::config::Config;
 use crate::config::QueueDriver;
+use crate::drain::{self, Drain};
 use crate::handler::Registry;
 use crate::health::Health;
 use crate::http::{self, AppState};
@@ -33,13 +30,11 @@ use crate::lease::Lease;
 use crate::maintenance::{Maintenance, Promoter};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
-use crate::queue::{MemoryQueue, Queue, RedisQueue, SettleOp};
+use crate::queue::{MemoryQueue, Queue, RedisQueue};
 use crate::runner::Runner;
 use crate::shutdown::Shutdown;
 use crate::store::Store;
 
-/// After interrupting running steps, how long the pipeline gets to persist and settle.
-const SETTLE_GRACE: Duration = Duration::from_secs(5);
 /// Startup retry pause while Redis or Postgres is unreachable.
 const STARTUP_RETRY: Duration = Duration::from_secs(2);
 
@@ -73,6 +68,19 @@ impl Running {
 pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> anyhow::Result<Option<Running>> {
     let config = Arc::new(config);
     let stop = &shutdown.graceful;
+    let health = Arc::new(Health::default());
+    let http_stop = CancellationToken::new();
+    // Stops the server if startup ends early (a shutdown request while waiting, an error).
+    let http_guard = http_stop.clone().drop_guard();
+    let server = if config.health_check_enabled {
+        let server = http::Server::start(config.health_check_port, health.clone(), http_stop.clone())
+            .await
+            .with_context(|| format!("cannot listen on HEALTH_CHECK_PORT {}", config.health_check_port))?;
+        Some(server)
+    } else {
+        None
+    };
+    let http_addr = server.as_ref().map(http::Server::addr);
     let queue = match config.queue_driver {
         QueueDriver::Memory => {
             tracing::warn!(
@@ -81,9 +89,17 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
             Queue::Memory(MemoryQueue::named(&config.queue_key))
         }
         QueueDriver::Redis => {
-            let ca = config.redis_ca_pem();
-            let Some(queue) = retry_until("connect to Redis", stop, || {
-                RedisQueue::connect_with_ca(config.redis_url.expose(), &config.queue_key, ca)
+            // The attempt owns what it reads: a future borrowing from here would make the
+            // whole start future lose `Send` (the cluster client's connect is not `Send` for
+            // every lifetime the borrow could have).
+            let ca = config.redis_ca_pem().map(<[u8]>::to_vec);
+            let Some(queue) = retry_until(&health, "redis", "connect to Redis", stop, || {
+                let (url, key, ca) = (
+                    config.redis_url.expose().to_owned(),
+                    config.queue_key.clone(),
+                    ca.clone(),
+                );
+                async move { RedisQueue::connect_with_ca(&url, &key, ca.as_deref()).await }
             })
             .await
             .context("REDIS_URL")?
@@ -107,7 +123,7 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
         );
     }
     if config.database_migrate
-        && retry_until("run database migrations", stop, || store.migrate())
+        && retry_until(&health, "postgres", "run database migrations", stop, || store.migrate())
             .await
             .context("DATABASE_URL")?
             .is_none()
@@ -127,7 +143,6 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
             .with_label_values(&[policy.as_deref().unwrap_or("unknown")])
             .set(1);
     }
-    let health = Arc::new(Health::default());
     let background = CancellationToken::new();
     let notifier = Arc::new(crate::notify::Notifier::start(
         &config.notify,
@@ -155,39 +170,25 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
         pause: pause.clone(),
         blocking_id: blocking_id.clone(),
     });
-    if retry_until("register the worker", stop, || maintenance.register())
+    if retry_until(&health, "redis", "register the worker", stop, || maintenance.register())
         .await?
         .is_none()
     {
         return Ok(None);
     }
 
-    let http_stop = CancellationToken::new();
-    let http_addr = if config.health_check_enabled {
-        let listener = http::bind(config.health_check_port)
-            .await
-            .with_context(|| format!("cannot listen on HEALTH_CHECK_PORT {}", config.health_check_port))?;
-        let addr = listener.local_addr()?;
-        let state = AppState {
+    if let Some(server) = &server {
+        server.ready(AppState {
             config: config.clone(),
             health: health.clone(),
             metrics: metrics.clone(),
             queue: queue.clone(),
             store: store.clone(),
             lease: lease.clone(),
-            capacity: capacity.clone(),
+            inflight: inflight.clone(),
             pause: pause.clone(),
-        };
-        let stop = http_stop.clone();
-        tokio::spawn(async move {
-            if let Err(e) = http::serve(listener, state, stop).await {
-                tracing::error!(error = %e, "the HTTP server stopped");
-            }
         });
-        Some(addr)
-    } else {
-        None
-    };
+    }
 
     let heartbeat = {
         let (m, stop) = (maintenance.clone(), background.clone());
@@ -233,8 +234,10 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
     let claim_stop = CancellationToken::new();
     let claimer_task = tokio::spawn(claimer.run(claim_stop.clone()));
     health.set_started();
-    tracing::info!(worker_id = %worker_id, queue = %config.queue_key, concurrency = config.concurrency, http = ?http_addr, "worker started");
+    let http = http_addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
+    tracing::info!(worker_id = %worker_id, queue = %config.queue_key, concurrency = config.concurrency, http = %http, "worker started");
 
+    http_guard.disarm();
     let drain = Drain {
         config: config.clone(),
         queue: queue.clone(),
@@ -252,9 +255,13 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
     let sd = shutdown.clone();
     let done = tokio::spawn(async move {
         sd.graceful.cancelled().await;
-        drain
-            .run(&sd, claimer_task, pipeline_task, vec![heartbeat, promoter_task])
-            .await;
+        let tasks = drain::Tasks {
+            claimer: claimer_task,
+            pipeline: pipeline_task,
+            heartbeat,
+            promoter: promoter_task,
+        };
+        drain.run(&sd, tasks).await;
     });
     Ok(Some(Running {
         worker_id,
@@ -273,134 +280,36 @@ pub async fn run(config: Config, registry: Registry, shutdown: Shutdown) -> anyh
     }
 }
 
-struct Drain {
-    config: Arc<Config>,
-    queue: Queue,
-    store: Store,
-    lease: Arc<Lease>,
-    health: Arc<Health>,
-    capacity: Arc<Capacity>,
-    tasks: TaskTracker,
-    blocking_id: Arc<AtomicI64>,
-    claim_stop: CancellationToken,
-    give_up: CancellationToken,
-    background: CancellationToken,
-    http_stop: CancellationToken,
-}
-
-impl Drain {
-    async fn run(
-        self,
-        shutdown: &Shutdown,
-        claimer: JoinHandle<()>,
-        pipeline: JoinHandle<()>,
-        background: Vec<JoinHandle<()>>,
-    ) {
-        self.health.set_draining();
-        self.claim_stop.cancel();
-        self.stop_claimer(claimer).await;
-
-        let all_settled = || self.capacity.all_settled();
-        let finished = tokio::select! {
-            r = all_settled() => r.is_ok(),
-            _ = tokio::time::sleep(self.config.shutdown_timeout) => false,
-            _ = shutdown.hard.cancelled() => false,
-        };
-        if !finished {
-            tracing::warn!(
-                running = self.tasks.len(),
-                "steps still running at the end of the drain: handing them back"
-            );
-            self.lease.interrupt_all();
-            let _ = tokio::time::timeout(SETTLE_GRACE, all_settled()).await;
-        }
-        self.give_up.cancel();
-        self.tasks.close();
-        let _ = tokio::time::timeout(SETTLE_GRACE, self.tasks.wait()).await;
-        let _ = tokio::time::timeout(SETTLE_GRACE, pipeline).await;
-        self.hand_back_and_deregister().await;
-        self.background.cancel();
-        for task in background {
-            let _ = task.await;
-        }
-        self.http_stop.cancel();
-        if tokio::time::timeout(SETTLE_GRACE, self.store.close()).await.is_err() {
-            tracing::warn!("closing the database connections timed out");
-        }
-        tracing::info!("worker stopped");
-    }
-
-    /// Wakes the blocked `BLMOVE` until the claim loop has exited (a wake-up sent just before the
-    /// call starts would be missed, so it is repeated).
-    async fn stop_claimer(&self, mut claimer: JoinHandle<()>) {
-        loop {
-            let id = self.blocking_id.load(Ordering::SeqCst);
-            if id != 0 {
-                let _ = tokio::time::timeout(Duration::from_secs(1), self.queue.unblock(id)).await;
-            }
-            tokio::select! {
-                _ = &mut claimer => return,
-                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-            }
-        }
-    }
-
-    /// Whatever is still in our list (a settle that failed, a stray) goes back to ready; then we
-    /// leave the registry. With jobs left and Redis unreachable we stay registered, so the reaper
-    /// will find and return them.
-    async fn hand_back_and_deregister(&self) {
-        let id = self.lease.identity();
-        let Ok(left) = self.queue.list(&id.proc_key).await else {
-            return tracing::warn!("Redis unreachable at exit: this worker's jobs will be recovered by the others");
-        };
-        let ops: Vec<SettleOp> = left.into_iter().map(|p| SettleOp::Requeue(p.into())).collect();
-        if !ops.is_empty() {
-            if self.queue.settle(&id.proc_key, &ops).await.is_err() {
-                return tracing::warn!("handing back jobs failed: they will be recovered by the other workers");
-            }
-            tracing::info!(count = ops.len(), "handed jobs back to the queue");
-        }
-        if let Err(e) = self.queue.deregister(&id.wid).await {
-            tracing::warn!(error = %e, "deregistration failed; the registry entry expires by itself");
-        }
-        self.report_memory_leftovers().await;
-    }
-
-    /// A memory queue ends with the process: say what it takes with it rather than drop it
-    /// silently.
-    async fn report_memory_leftovers(&self) {
-        if !self.queue.is_memory() {
-            return;
-        }
-        if let Ok(d) = self.queue.depths().await {
-            let left = d.ready + d.delayed + d.in_flight;
-            if left > 0 {
-                tracing::warn!(
-                    ready = d.ready,
-                    delayed = d.delayed,
-                    in_flight = d.in_flight,
-                    "QUEUE_DRIVER=memory: {left} jobs still queued are discarded when this process exits"
-                );
-            }
-        }
-    }
-}
-
 /// Retries `op` until it succeeds (`Some`) or `stop` is cancelled (`None`). Used at startup,
 /// where an unreachable dependency is waited for rather than fatal: platforms restart crashed
 /// containers in a tight loop, which helps nobody. A certificate the worker does not trust is
 /// the exception: waiting cannot fix it, so it is returned as an error at once.
-async fn retry_until<T, E, F, Fut>(what: &str, stop: &CancellationToken, mut op: F) -> Result<Option<T>, E>
+async fn retry_until<T, E, F, Fut>(
+    health: &Health,
+    dependency: &str,
+    what: &str,
+    stop: &CancellationToken,
+    mut op: F,
+) -> Result<Option<T>, E>
 where
     E: std::fmt::Display,
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
     loop {
-        match op().await {
+        // A shutdown request does not wait for an attempt that hangs (a partition): dropping a
+        // connect, a migration (its transaction rolls back) or a registration moves no job.
+        let attempt = tokio::select! {
+            r = op() => r,
+            _ = stop.cancelled() => return Ok(None),
+        };
+        match attempt {
             Ok(v) => return Ok(Some(v)),
             Err(e) if is_certificate_error(&e) => return Err(e),
-            Err(e) => tracing::warn!(error = %e, "cannot {what} yet; retrying"),
+            Err(e) => {
+                health.set_waiting_for(dependency, &format_args!("cannot {what} yet: {e}"));
+                tracing::warn!(error = %e, "cannot {what} yet; retrying")
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(STARTUP_RETRY) => {}

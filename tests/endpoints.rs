@@ -98,6 +98,8 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 on_each_driver!(
     metrics_count_what_happened,
     post_jobs_validates_and_enqueues_all_or_nothing_behind_the_admin_token,
+    an_idle_worker_reports_no_job_in_flight,
+    health_names_the_queue_and_store_really_in_use,
 );
 
 async fn metrics_count_what_happened(env: TestEnv) {
@@ -241,5 +243,91 @@ async fn post_jobs_is_disabled_in_production_without_a_token() {
     assert_eq!(code, 403);
     assert!(body["error"].as_str().unwrap().contains("ADMIN_TOKEN"));
     assert_eq!(env.ready_len().await, 0);
+    worker.stop().await.unwrap();
+}
+
+/// A Redis that refuses a command the claim loop needs (here `BLMOVE`, to an ACL user): the
+/// worker must not look ready while every idle claim fails, and `/health` says why.
+#[tokio::test]
+async fn health_turns_unavailable_naming_the_reason_when_claims_keep_failing() {
+    let redis = PrivateRedis::start(&[]);
+    let mut admin = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut acl = redis::cmd("ACL");
+    for arg in ["SETUSER", "worker", "on", ">pw", "~*", "&*", "+@all", "-blmove"] {
+        acl.arg(arg);
+    }
+    let () = acl.query_async(&mut admin).await.unwrap();
+    let url = format!("redis://worker:pw@127.0.0.1:{}", redis.port);
+    let env = TestEnv::with_servers(&url, &common::admin_database_url()).await;
+    let worker = env.start(&[]).await;
+    let body = wait_health(worker.http_addr.unwrap(), 503).await;
+    let claim = &body["checks"]["claim_loop"];
+    assert_eq!(claim["ok"], false, "{body}");
+    let error = claim["error"].as_str().unwrap();
+    assert!(
+        error.contains("blmove") && error.contains("claims have failed"),
+        "{body}"
+    );
+    // The batch claim still works: a job pushed meanwhile is done.
+    env.push_job("despite-blmove", "builtin.noop", json!(1)).await;
+    assert_eq!(env.wait_result("despite-blmove", WAIT).await.status, "succeeded");
+    worker.stop().await.unwrap();
+}
+
+/// The claim waiting for a job reserves a slot; that is not a job.
+async fn an_idle_worker_reports_no_job_in_flight(env: TestEnv) {
+    let worker = env.start(&[("CLAIM_BLOCK_MS", "60000")]).await;
+    let addr = worker.http_addr.unwrap();
+    let in_flight = || async move {
+        let (_, metrics) = common::get(&format!("http://{addr}/metrics")).await;
+        let gauge = sample(&metrics, "step_worker_in_flight", &[]).unwrap();
+        (health(addr).await.1["in_flight"].as_i64().unwrap(), gauge)
+    };
+    // Idle: the claim loop has found the queue empty and waits in its blocking claim.
+    wait_health(addr, 200).await;
+    common::wait_for("the claim to block", WAIT, || async {
+        env.is_memory() || blocked_in_blmove(&env, &worker.worker_id).await
+    })
+    .await;
+    assert_eq!(in_flight().await, (0, 0.0), "idle");
+    env.push_job("held", "builtin.sleep", json!({"ms": 60000})).await;
+    common::wait_for("the job to be claimed", WAIT, || async {
+        env.in_flight_len().await == 1
+    })
+    .await;
+    assert_eq!(in_flight().await, (1, 1.0), "one job running");
+    worker.stop().await.unwrap();
+}
+
+async fn blocked_in_blmove(env: &TestEnv, worker_id: &str) -> bool {
+    let clients: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut env.redis.clone())
+        .await
+        .unwrap();
+    let name = format!("name=step-worker:{worker_id}");
+    clients.lines().any(|l| l.contains(&name) && l.contains("cmd=blmove"))
+}
+
+/// A memory queue is not Redis and a SQLite file is not Postgres: `/health` says which is used.
+async fn health_names_the_queue_and_store_really_in_use(env: TestEnv) {
+    let worker = env.start(&[]).await;
+    let body = wait_health(worker.http_addr.unwrap(), 200).await;
+    let (queue, store, absent) = if env.is_memory() {
+        ("memory", "sqlite", ["redis", "postgres"])
+    } else {
+        ("redis", "postgres", ["memory", "sqlite"])
+    };
+    assert_eq!(body["queue_driver"], queue, "{body}");
+    assert_eq!(body["store_driver"], store, "{body}");
+    assert_eq!(body["checks"][queue]["ok"], true, "{body}");
+    assert_eq!(body["checks"][store]["ok"], true, "{body}");
+    for name in absent {
+        assert!(body["checks"].get(name).is_none(), "{body}");
+    }
     worker.stop().await.unwrap();
 }

@@ -81,6 +81,17 @@ async fn idle_worker_stops_promptly_despite_a_long_blocking_claim(env: TestEnv) 
 
 #[tokio::test]
 async fn the_binary_exits_zero_on_sigterm_and_hands_back_its_running_job() {
+    exits_zero_on_and_hands_back_its_running_job("TERM").await;
+}
+
+/// SIGHUP's default action kills the process with no drain (a closing terminal, some
+/// supervisors send it): it must drain like SIGTERM.
+#[tokio::test]
+async fn the_binary_drains_on_sighup_like_on_sigterm() {
+    exits_zero_on_and_hands_back_its_running_job("HUP").await;
+}
+
+async fn exits_zero_on_and_hands_back_its_running_job(signal: &str) {
     let env = TestEnv::new().await;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_step-worker"))
         .env_clear()
@@ -88,7 +99,8 @@ async fn the_binary_exits_zero_on_sigterm_and_hands_back_its_running_job() {
         .envs([("SHUTDOWN_TIMEOUT_MS", "500"), ("LOG_LEVEL", "warn")])
         .spawn()
         .unwrap();
-    env.push_job("sigterm-1", "builtin.sleep", json!({"ms": 60000})).await;
+    let id = format!("sig{signal}-1");
+    env.push_job(&id, "builtin.sleep", json!({"ms": 60000})).await;
     common::wait_for("the job to be claimed", WAIT, || async {
         env.in_flight_len().await == 1
     })
@@ -96,7 +108,7 @@ async fn the_binary_exits_zero_on_sigterm_and_hands_back_its_running_job() {
     let pid = child.id().to_string();
     assert!(
         std::process::Command::new("kill")
-            .args(["-TERM", &pid])
+            .args([&format!("-{signal}"), &pid])
             .status()
             .unwrap()
             .success()
@@ -106,11 +118,12 @@ async fn the_binary_exits_zero_on_sigterm_and_hands_back_its_running_job() {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        assert!(started.elapsed() < WAIT, "the worker did not exit after SIGTERM");
+        assert!(started.elapsed() < WAIT, "the worker did not exit after SIG{signal}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(status.code(), Some(0), "SIG{signal}: {status}");
     assert_eq!(env.ready_len().await, 1, "the unfinished job is back in ready");
+    assert_eq!(env.live_workers().await, 0, "deregistered");
     assert_eq!(env.in_flight_len().await, 0);
-    assert!(env.result("sigterm-1").await.is_none());
+    assert!(env.result(&id).await.is_none());
 }

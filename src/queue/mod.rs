@@ -175,6 +175,11 @@ impl RedisQueue {
 
     /// A connection reserved for blocking claims, named after the worker so `CLIENT LIST` shows
     /// who is waiting. On a cluster it goes to the master that owns the queue's slot now.
+    ///
+    /// `CLIENT` is optional: Memorystore and other managed services refuse the whole command, and
+    /// ACL users are often created without `+client`. Without it the connection is unnamed and
+    /// has no id (0), so shutdown cannot wake its `BLMOVE` early (see `drain`); claims work
+    /// the same. Only a connection error is an error here.
     pub async fn blocking_conn(&self, block: Duration, wid: &str) -> RedisResult<BlockingConn> {
         let config = AsyncConnectionConfig::new()
             .set_response_timeout(Some(block + BLOCKING_SLACK))
@@ -192,14 +197,17 @@ impl RedisQueue {
             .chars()
             .map(|c| if c.is_ascii_graphic() { c } else { '_' })
             .collect();
-        // Naming is a convenience and the id only speeds up shutdown: a provider that forbids
-        // CLIENT costs neither (0 is "no id", and a blocked claim then ends within its block time).
-        let _ = redis::cmd("CLIENT")
-            .arg("SETNAME")
-            .arg(name)
-            .query_async::<()>(&mut conn)
-            .await;
-        let client_id: i64 = redis::cmd("CLIENT").arg("ID").query_async(&mut conn).await.unwrap_or(0);
+        let client_id = match name_and_id(&mut conn, name).await {
+            Ok(id) => id,
+            Err(e) if is_connection_error(&e) => return Err(e),
+            Err(e) => {
+                static SAID: std::sync::Once = std::sync::Once::new();
+                SAID.call_once(|| {
+                    tracing::warn!(error = %e, "Redis refuses CLIENT: claims work, but shutdown cannot wake an idle worker's blocked claim and waits for it (bounded by SHUTDOWN_TIMEOUT_MS)")
+                });
+                0
+            }
+        };
         Ok(BlockingConn {
             conn,
             client_id,
@@ -523,6 +531,16 @@ impl BlockingConn {
             .await?;
         Ok(p.map(Payload::from))
     }
+}
+
+/// Names the connection and returns its server-side id.
+async fn name_and_id(conn: &mut MultiplexedConnection, name: String) -> RedisResult<i64> {
+    redis::cmd("CLIENT")
+        .arg("SETNAME")
+        .arg(name)
+        .query_async::<()>(conn)
+        .await?;
+    redis::cmd("CLIENT").arg("ID").query_async(conn).await
 }
 
 /// `redis.sha1hex` of a payload: the key of its counters.

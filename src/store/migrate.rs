@@ -36,9 +36,9 @@ const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS _sqlx_migrations (
 /// Applies every pending migration of `migrator`.
 pub(super) async fn run(pg: &Pg, migrator: &Migrator) -> Result<(), MigrateError> {
     if !pg.pooled() {
-        let mut conn = pg.direct_connection(MIGRATE_STATEMENT_TIMEOUT).await?;
-        let result = migrator.run(&mut conn).await;
-        conn.close().await?;
+        let pool = pg.session_pool(MIGRATE_STATEMENT_TIMEOUT);
+        let result = migrator.run(&pool).await;
+        pool.close().await;
         return result;
     }
     let mut tx = locked_transaction(pg).await?;

@@ -130,6 +130,24 @@ impl Pg {
         })
     }
 
+    /// A pool of one connection of its own, whose statements may each run for `timeout` (direct
+    /// mode only: sqlx's migrator, which needs a session of its own). Close it when done. A pool
+    /// rather than a bare connection because sqlx's migrator run on `&mut PgConnection` is a
+    /// future that is not `Send` for every lifetime, which would make the worker's startup
+    /// future lose `Send`; run on `&PgPool` it is.
+    pub(super) fn session_pool(&self, timeout: Duration) -> PgPool {
+        let options = (*self.pool.connect_options()).clone();
+        let set = format!("SET statement_timeout = {}", timeout.as_millis());
+        PgPoolOptions::new()
+            .max_connections(1)
+            .min_connections(0)
+            .after_connect(move |conn, _| {
+                let set = set.clone();
+                Box::pin(async move { conn.execute(sqlx::AssertSqlSafe(set)).await.map(|_| ()) })
+            })
+            .connect_lazy_with(options)
+    }
+
     /// A connection of its own, taken out of the pool, whose statements may each run for
     /// `timeout` (direct mode only: sqlx's migrator, which needs a session of its own). Close it
     /// when done; it never returns to the pool with the longer timeout.

@@ -15,6 +15,7 @@ use step_worker::queue::RedisConn;
 use crate::common::redis_cluster::PrivateRedisCluster;
 use crate::common::servers::{PrivatePostgres, PrivateRedis, free_port};
 use crate::common::unique;
+use crate::proxy::Proxy;
 
 /// How the replicas run. In the fast subset, timings are shortened from the defaults
 /// (5 s / 30 s) so a fault test takes seconds; the pass criteria scale with them.
@@ -26,12 +27,23 @@ pub struct Opts {
     pub deadline_ms: u64,
     pub shutdown_timeout_ms: u64,
     pub redis_args: Vec<String>,
+    /// Lines of a `redis.conf` the server starts from (`rename-command`, as a managed service).
+    pub redis_conf: Vec<String>,
+    /// ACL rules for a user `worker` (password [`WORKER_PASSWORD`]) the replicas connect as.
+    pub redis_acl: Option<String>,
+    /// Replicas reach Redis through a [`Proxy`] the test can partition.
+    pub via_proxy: bool,
+    /// Replicas reach PostgreSQL through a [`Proxy`] the test can partition.
+    pub pg_via_proxy: bool,
     pub env: Vec<(String, String)>,
     /// A Redis Cluster (3 masters, 1 replica each) instead of one redis-server. Replica 0 is
     /// given the master that owns the queue's slot as its only `REDIS_URL`, the others every
     /// node as seeds.
     pub redis_cluster: bool,
 }
+
+/// The password of the ACL user of [`Opts::redis_acl`].
+pub const WORKER_PASSWORD: &str = "worker-password";
 
 impl Default for Opts {
     fn default() -> Self {
@@ -43,6 +55,10 @@ impl Default for Opts {
             deadline_ms: crate::scale(3_000, 30_000),
             shutdown_timeout_ms: 5_000,
             redis_args: Vec::new(),
+            redis_conf: Vec::new(),
+            redis_acl: None,
+            via_proxy: false,
+            pg_via_proxy: false,
             env: Vec::new(),
             redis_cluster: false,
         }
@@ -90,6 +106,8 @@ pub struct Cluster {
     pub replicas: Vec<Option<Replica>>,
     pub gone: Vec<Gone>,
     // Declared last so they are dropped after the replicas are killed (see `Drop`).
+    pub proxy: Option<Proxy>,
+    pub pg_proxy: Option<Proxy>,
     pub pg: PrivatePostgres,
     redis: Option<PrivateRedis>,
     redis_cluster: Option<PrivateRedisCluster>,
@@ -104,28 +122,43 @@ impl Cluster {
     pub async fn start(opts: Opts) -> Self {
         step_worker::telemetry::init_for_tests();
         let queue_key = unique("chaos.") + ".ready";
-        let (redis, redis_cluster, redis_conn, redis_urls) = if opts.redis_cluster {
+        let pg = PrivatePostgres::start();
+        let database_url = pg.url();
+        let store = step_worker::store::Store::connect_lazy(&database_url, 2).unwrap();
+        store.migrate().await.expect("migrations run");
+        let pg_pool = PgPool::connect(&database_url).await.unwrap();
+        let pg_proxy = opts.pg_via_proxy.then(|| Proxy::start(pg.port));
+        let (redis, redis_cluster, redis_conn, redis_urls, proxy) = if opts.redis_cluster {
             let rc = PrivateRedisCluster::start();
             let urls = vec![rc.url(rc.owner(&queue_key).master), rc.seeds()];
             let (conn, _) = RedisConn::connect(&rc.seeds(), None, &queue_key).await.unwrap();
-            (None, Some(rc), conn, urls)
+            (None, Some(rc), conn, urls, None)
         } else {
             let args: Vec<&str> = opts.redis_args.iter().map(String::as_str).collect();
-            let redis = PrivateRedis::start(&args);
+            let conf: Vec<&str> = opts.redis_conf.iter().map(String::as_str).collect();
+            let redis = PrivateRedis::start_with_conf(&conf, &args);
             let config = ConnectionManagerConfig::new()
                 .set_response_timeout(Some(Duration::from_secs(2)))
                 .set_connection_timeout(Some(Duration::from_secs(2)))
                 .set_number_of_retries(1);
             let client = redis::Client::open(redis.url()).unwrap();
             let conn = client.get_connection_manager_with_config(config).await.unwrap();
-            let urls = vec![redis.url()];
-            (Some(redis), None, RedisConn::Single(conn), urls)
+            let proxy = opts.via_proxy.then(|| Proxy::start(redis.port));
+            let port = proxy.as_ref().map_or(redis.port, |p| p.port);
+            let url = match &opts.redis_acl {
+                Some(rules) => {
+                    let mut cmd = redis::cmd("ACL");
+                    cmd.arg("SETUSER").arg("worker");
+                    for rule in rules.split_whitespace() {
+                        cmd.arg(rule);
+                    }
+                    let () = cmd.query_async(&mut conn.clone()).await.unwrap();
+                    format!("redis://worker:{WORKER_PASSWORD}@127.0.0.1:{port}")
+                }
+                None => format!("redis://127.0.0.1:{port}"),
+            };
+            (Some(redis), None, RedisConn::Single(conn), vec![url], proxy)
         };
-        let pg = PrivatePostgres::start();
-        let database_url = pg.url();
-        let store = step_worker::store::Store::connect_lazy(&database_url, 2).unwrap();
-        store.migrate().await.expect("migrations run");
-        let pg_pool = PgPool::connect(&database_url).await.unwrap();
         let dir = std::env::temp_dir().join(unique("sw-chaos-"));
         std::fs::create_dir_all(&dir).unwrap();
         let n = opts.replicas;
@@ -139,6 +172,8 @@ impl Cluster {
             database_url,
             replicas: (0..n).map(|_| None).collect(),
             gone: Vec::new(),
+            proxy,
+            pg_proxy,
             pg,
             redis,
             redis_cluster,
@@ -150,6 +185,16 @@ impl Cluster {
             cluster.wait_up(slot);
         }
         cluster
+    }
+
+    /// The URL the replicas reach PostgreSQL by: through the proxy, if there is one.
+    fn worker_database_url(&self) -> String {
+        match &self.pg_proxy {
+            Some(p) => self
+                .database_url
+                .replace(&format!(":{}/", self.pg.port), &format!(":{}/", p.port)),
+            None => self.database_url.clone(),
+        }
     }
 
     pub fn key(&self, suffix: &str) -> String {
@@ -171,7 +216,7 @@ impl Cluster {
         let mut env: Vec<(String, String)> = [
             ("APP_ENV", "test".to_owned()),
             ("REDIS_URL", self.redis_urls[slot % self.redis_urls.len()].clone()),
-            ("DATABASE_URL", self.database_url.clone()),
+            ("DATABASE_URL", self.worker_database_url()),
             ("QUEUE_KEY", self.queue_key.clone()),
             ("HEALTH_CHECK_PORT", port.to_string()),
             ("WORKER_CONCURRENCY", o.concurrency.to_string()),
@@ -220,11 +265,12 @@ impl Cluster {
         });
     }
 
-    /// Waits until the replica in `slot` serves HTTP, which it does only after registering.
+    /// Waits until the replica in `slot` has started: registered and claiming (its HTTP port
+    /// answers from the first moment, `/health` says `starting` until then).
     pub fn wait_up(&mut self, slot: usize) {
         let port = self.replica(slot).port;
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while !started(port) {
             if let Some(status) = self.replica_mut(slot).child.try_wait().unwrap() {
                 let log = std::fs::read_to_string(&self.replica(slot).log).unwrap_or_default();
                 panic!("replica {slot} exited during startup ({status}):\n{log}");
@@ -266,6 +312,12 @@ impl Cluster {
     /// SIGTERM and wait for the exit, up to `within`. Returns the status and how long it took.
     pub async fn terminate(&mut self, slot: usize, within: Duration) -> (Option<ExitStatus>, Duration) {
         self.signal(slot, libc::SIGTERM);
+        self.wait_exit(slot, within).await
+    }
+
+    /// Waits for the replica in `slot` to exit, up to `within` (then SIGKILLs it). Returns the
+    /// status (`None`: killed) and how long it took from this call.
+    pub async fn wait_exit(&mut self, slot: usize, within: Duration) -> (Option<ExitStatus>, Duration) {
         let started = Instant::now();
         let mut r = self.replicas[slot].take().expect("a replica in this slot");
         let status = loop {
@@ -336,6 +388,22 @@ impl Cluster {
     pub fn exec_dir(&self) -> &Path {
         &self.dir
     }
+}
+
+/// Whether a worker on `port` has started: `/health` answers with any status but `starting`.
+fn started(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut reply = String::new();
+    stream
+        .write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .is_ok()
+        && stream.read_to_string(&mut reply).is_ok()
+        && reply.contains("\"status\"")
+        && !reply.contains("\"status\":\"starting\"")
 }
 
 fn read_lines(p: &Path) -> Vec<String> {

@@ -5,8 +5,9 @@
 //! duplicate and overlapping executions and recovery times.
 //!
 //! The fast subset (worker SIGKILL, Redis restart, Redis Cluster failover, Postgres outage,
-//! poison pill among replicas and on a lone one, rolling SIGTERM, bad input) runs in `cargo test`
-//! at small N. The rest are `#[ignore]`d and run, with
+//! poison pill among replicas and on a lone one, rolling SIGTERM, bad input, a Redis that refuses
+//! `CLIENT`, a Redis or Postgres partition at shutdown) runs in `cargo test` at small N. The rest
+//! are `#[ignore]`d and run, with
 //! large N, by `scripts/chaos` (`CHAOS_FULL=1`), which prints the table of results.
 //!
 //! Tests run one at a time (`serial`): each starts several processes on a small machine, and
@@ -19,9 +20,12 @@ mod bad_input;
 mod cluster;
 mod execlog;
 mod oracle;
+mod partition;
 mod postgres_faults;
+mod proxy;
 mod redis_cluster;
 mod redis_faults;
+mod refused_commands;
 mod report;
 mod soak;
 mod worker_faults;

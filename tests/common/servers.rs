@@ -39,11 +39,26 @@ pub struct PrivateRedis {
 
 impl PrivateRedis {
     pub fn start(extra: &[&str]) -> Self {
+        Self::start_with_conf(&[], extra)
+    }
+
+    /// Starts from a `redis.conf` holding `conf` (one directive a line), then `extra` arguments.
+    /// Some directives (`rename-command`) are only honoured from a file, as a managed service
+    /// sets them.
+    pub fn start_with_conf(conf: &[&str], extra: &[&str]) -> Self {
+        let dir = temp_dir("sw-redis-");
+        let mut args = Vec::new();
+        if !conf.is_empty() {
+            let file = dir.join("redis.conf");
+            std::fs::write(&file, conf.join("\n") + "\n").unwrap();
+            args.push(file.display().to_string());
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
         let mut r = PrivateRedis {
             port: free_port(),
-            dir: temp_dir("sw-redis-"),
+            dir,
             child: None,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
+            extra: args,
         };
         r.spawn();
         r
@@ -54,7 +69,13 @@ impl PrivateRedis {
     }
 
     fn spawn(&mut self) {
+        // A configuration file, if any, must be the first argument.
+        let (file, extra) = match self.extra.first() {
+            Some(f) if f.ends_with(".conf") => (vec![f.clone()], &self.extra[1..]),
+            _ => (Vec::new(), &self.extra[..]),
+        };
         let child = Command::new("redis-server")
+            .args(file)
             .args([
                 "--port",
                 &self.port.to_string(),
@@ -68,7 +89,7 @@ impl PrivateRedis {
             .args(["--appendfsync", "everysec", "--maxmemory-policy", "noeviction"])
             .arg("--dir")
             .arg(&self.dir)
-            .args(&self.extra)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
