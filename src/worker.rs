@@ -142,6 +142,7 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
         notifier: notifier.clone(),
         pause: pause.clone(),
         blocking_id: blocking_id.clone(),
+        duties: Default::default(),
     });
     if retry_until("register the worker", stop, || maintenance.register())
         .await?
@@ -181,6 +182,21 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
         let (m, stop) = (maintenance.clone(), background.clone());
         tokio::spawn(async move { m.run_heartbeat(stop).await })
     };
+    let duties = {
+        let (m, stop) = (maintenance.clone(), background.clone());
+        tokio::spawn(async move { m.run_duties(stop).await })
+    };
+    {
+        let m = metrics.clone();
+        crate::lease::watchdog(&lease, background.clone(), move |since| {
+            m.fenced.inc();
+            tracing::error!(
+                since_last_beat_ms = since.as_millis() as u64,
+                "no heartbeat for too long: stopped running jobs until a beat succeeds again"
+            );
+        })
+        .context("cannot start the lease watchdog thread")?;
+    }
     let promoter_task = {
         let (p, q, m, stop) = (promoter.clone(), queue.clone(), metrics.clone(), background.clone());
         tokio::spawn(async move { p.run(q, m, stop).await })
@@ -240,7 +256,7 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
     let done = tokio::spawn(async move {
         sd.graceful.cancelled().await;
         drain
-            .run(&sd, claimer_task, pipeline_task, vec![heartbeat, promoter_task])
+            .run(&sd, claimer_task, pipeline_task, vec![heartbeat, duties, promoter_task])
             .await;
     });
     Ok(Some(Running {

@@ -65,7 +65,8 @@ pub enum BeatStatus {
     Ok,
     /// This worker was declared dead and its jobs handed to others: fence.
     Reaped,
-    /// Redis had forgotten this worker without reaping it (data loss on the Redis side).
+    /// Redis lost its data, this worker's registration with it (proven by the queue's epoch, see
+    /// `heartbeat.lua`): re-registered under the same id.
     Reregistered,
 }
 
@@ -140,6 +141,8 @@ pub struct RedisQueue {
     conn: ConnectionManager,
     keys: Arc<Keys>,
     scripts: Arc<Scripts>,
+    /// The queue's epoch as the last heartbeat saw it ('' before the first): see `heartbeat.lua`.
+    epoch: Arc<std::sync::Mutex<String>>,
 }
 
 impl RedisQueue {
@@ -169,6 +172,7 @@ impl RedisQueue {
             conn,
             keys: Arc::new(Keys::new(queue_key)),
             scripts: Arc::new(Scripts::new()),
+            epoch: Arc::default(),
         })
     }
 
@@ -213,13 +217,27 @@ impl RedisQueue {
             .map(|_| ())
     }
 
+    /// Registers or beats for `wid`. The queue remembers the epoch each answer carries, so a later
+    /// beat can tell a registration removed on purpose (reaped: [`BeatStatus::Reaped`], however
+    /// long ago) from one lost with Redis's data ([`BeatStatus::Reregistered`]).
     pub async fn heartbeat(&self, wid: &str, deadline: Duration, mode: BeatMode, grace: Duration) -> RedisResult<Beat> {
         let k = &self.keys;
         let mode = match mode {
             BeatMode::Register => "register",
             BeatMode::Beat => "beat",
         };
-        let (status, next_due, reap, poison, paused, paused_steps): (i64, i64, i64, u64, i64, Vec<String>) = self
+        let known = self.epoch.lock().unwrap().clone();
+        let candidate = format!("{:016x}", rand::random::<u64>());
+        #[allow(clippy::type_complexity)]
+        let (status, next_due, reap, poison, paused, paused_steps, epoch): (
+            i64,
+            i64,
+            i64,
+            u64,
+            i64,
+            Vec<String>,
+            String,
+        ) = self
             .scripts
             .heartbeat
             .key(&k.workers)
@@ -229,13 +247,19 @@ impl RedisQueue {
             .key(&k.poison)
             .key(&k.paused)
             .key(&k.paused_steps)
+            .key(&k.epoch)
             .arg(wid)
             .arg(deadline.as_millis() as u64)
             .arg(mode)
             .arg(grace.as_millis() as u64)
             .arg(scripts::PROMOTE_LIMIT)
+            .arg(known)
+            .arg(candidate)
             .invoke_async(&mut self.conn.clone())
             .await?;
+        if !epoch.is_empty() {
+            *self.epoch.lock().unwrap() = epoch;
+        }
         let status = match status {
             0 => BeatStatus::Reaped,
             2 => BeatStatus::Reregistered,
