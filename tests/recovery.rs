@@ -344,7 +344,10 @@ async fn a_reaped_worker_is_told_so_after_its_tombstone_is_gone_and_only_data_lo
         .del(&[env.key("workers"), env.key("reaped"), env.key("epoch")])
         .await
         .unwrap();
-    assert_eq!(live_beat(BeatMode::Beat).await.unwrap().status, BeatStatus::Reregistered);
+    assert_eq!(
+        live_beat(BeatMode::Beat).await.unwrap().status,
+        BeatStatus::Reregistered
+    );
     assert_eq!(live_beat(BeatMode::Beat).await.unwrap().status, BeatStatus::Ok);
     // Another process that first beats after the loss finds an epoch it never saw: also data loss.
     let other = RedisQueue::connect(&env.redis_url, &env.queue_key).await.unwrap();
@@ -360,7 +363,11 @@ async fn a_reaped_worker_is_told_so_after_its_tombstone_is_gone_and_only_data_lo
         .await
         .unwrap()
         .status;
-    assert_eq!(status, BeatStatus::Reregistered, "the epoch was written anew by another worker");
+    assert_eq!(
+        status,
+        BeatStatus::Reregistered,
+        "the epoch was written anew by another worker"
+    );
 }
 
 /// A reaped worker's late claim puts a job in its tombstoned list; the re-drain returns it, and
@@ -401,6 +408,46 @@ async fn a_re_drain_of_a_reaped_workers_list_is_not_counted_as_an_interruption()
     }
     assert_eq!(env.ready_payloads().await, [late], "the late job is back in ready");
     let counts: std::collections::HashMap<String, i64> = redis.hgetall(env.key("interrupts")).await.unwrap();
-    assert_eq!(counts.get(&sha1_hex(running.as_bytes())), Some(&1), "the job that was running");
-    assert_eq!(counts.get(&sha1_hex(late.as_bytes())), None, "the job that never ran there");
+    assert_eq!(
+        counts.get(&sha1_hex(running.as_bytes())),
+        Some(&1),
+        "the job that was running"
+    );
+    assert_eq!(
+        counts.get(&sha1_hex(late.as_bytes())),
+        None,
+        "the job that never ran there"
+    );
+}
+
+/// A native step that blocks its thread stops the async runtime (here the test's own, a single
+/// thread), heartbeat included. The beat never *fails*, so the heartbeat alone never fenced: the
+/// watchdog, a plain thread, fences by the clock. The step's outcome is persisted only once a
+/// beat proves the job is still this worker's.
+#[tokio::test]
+async fn a_step_that_blocks_the_runtime_is_fenced_by_the_watchdog() {
+    let env = TestEnv::new().await;
+    let registry = step_worker::Registry::new().register(
+        "native.block",
+        |_ctx: step_worker::StepContext, _input: serde_json::Value| async move {
+            // Longer than the fence (2/3 of the 1 s deadline), shorter than deadline + grace.
+            std::thread::sleep(Duration::from_millis(900));
+            Ok(json!("done"))
+        },
+    );
+    let worker = env
+        .start_with(
+            &[("WORKER_DEADLINE_MS", "1000"), ("HEARTBEAT_INTERVAL_MS", "100")],
+            registry,
+        )
+        .await;
+    env.push_job("blocker-1", "native.block", json!(null)).await;
+    let row = env.wait_result("blocker-1", WAIT).await;
+    assert_eq!((row.status.as_str(), row.attempts), ("succeeded", 1));
+    let (_, metrics) = common::get(&format!("http://{}/metrics", worker.http_addr.unwrap())).await;
+    assert!(
+        common::metric(&metrics, "step_worker_fenced_total").unwrap() >= 1.0,
+        "the watchdog fenced the blocked worker"
+    );
+    worker.stop().await.unwrap();
 }
