@@ -344,13 +344,25 @@ impl RedisQueue {
             .key(&k.interrupts)
             .key(&k.ready)
             .key(&k.paused_steps);
+        // Held lists are declared as keys like every other key the script touches (KEYS[7..]);
+        // a hold op names its list by its KEYS index.
+        let mut held: Vec<&str> = Vec::new();
         for op in ops {
             match op {
                 SettleOp::Done(p) => inv.arg("done").arg(&p[..]).arg(0),
                 SettleOp::Retry(p, delay) => inv.arg("retry").arg(&p[..]).arg(delay.as_millis() as u64),
                 SettleOp::Requeue(p) => inv.arg("requeue").arg(&p[..]).arg(0),
-                SettleOp::Hold(p, step) => inv.arg("hold").arg(&p[..]).arg(k.held(step)),
+                SettleOp::Hold(p, step) => {
+                    let at = held.iter().position(|s| s == step).unwrap_or_else(|| {
+                        held.push(step);
+                        held.len() - 1
+                    });
+                    inv.arg("hold").arg(&p[..]).arg(7 + at)
+                }
             };
+        }
+        for step in held {
+            inv.key(k.held(step));
         }
         let res: Vec<i64> = inv.invoke_async(&mut self.conn.clone()).await?;
         Ok(res.into_iter().map(|r| r == 1).collect())
@@ -460,29 +472,44 @@ impl RedisQueue {
             .map(|_| ())
     }
 
+    /// Queue depths in two round trips: the fixed keys with the lists of workers and paused
+    /// steps, then the lengths of their lists. Not one script, because a script must declare
+    /// every key it touches and these are known only from the first answer. Two reads a moment
+    /// apart may disagree by a job in flight; depths are a gauge, not a ledger.
     pub async fn depths(&self) -> RedisResult<Depths> {
         let k = &self.keys;
-        let (ready, delayed, in_flight, workers, poison, held, paused): (u64, u64, u64, u64, u64, u64, i64) = self
-            .scripts
-            .depths
-            .key(&k.ready)
-            .key(&k.delayed)
-            .key(&k.workers)
-            .key(&k.poison)
-            .key(&k.paused_steps)
-            .key(&k.paused)
-            .arg(k.proc_prefix())
-            .arg(k.held_prefix())
-            .invoke_async(&mut self.conn.clone())
-            .await?;
+        let mut conn = self.conn.clone();
+        let (ready, delayed, workers, poison, steps, paused): (u64, u64, Vec<String>, u64, Vec<String>, bool) =
+            redis::pipe()
+                .llen(&k.ready)
+                .zcard(&k.delayed)
+                .zrange(&k.workers, 0, -1)
+                .llen(&k.poison)
+                .smembers(&k.paused_steps)
+                .exists(&k.paused)
+                .query_async(&mut conn)
+                .await?;
+        let mut pipe = redis::pipe();
+        for w in &workers {
+            pipe.llen(k.proc(w));
+        }
+        for s in &steps {
+            pipe.llen(k.held(s));
+        }
+        let lens: Vec<u64> = if workers.is_empty() && steps.is_empty() {
+            Vec::new()
+        } else {
+            pipe.query_async(&mut conn).await?
+        };
+        let (in_flight, held) = lens.split_at(workers.len().min(lens.len()));
         Ok(Depths {
             ready,
             delayed,
-            in_flight,
-            workers,
+            in_flight: in_flight.iter().sum(),
+            workers: workers.len() as u64,
             poison,
-            held,
-            paused: paused == 1,
+            held: held.iter().sum(),
+            paused,
         })
     }
 

@@ -8,6 +8,9 @@
 -- Only the reap itself counts a recovery: the victim was running those jobs when it stopped.
 -- A re-drain of a tombstoned list (the victim already reaped) finds jobs that reached the list
 -- afterwards and never ran there, so it just returns them.
+local err = guard({KEYS[1], 'zset', KEYS[2], 'zset', KEYS[3], 'list', KEYS[4], 'list',
+                   KEYS[5], 'hash', KEYS[6], 'list', KEYS[7], 'hash'})
+if err then return err end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local deadline = redis.call('ZSCORE', KEYS[1], ARGV[1])
