@@ -190,7 +190,7 @@ async fn a_table_lock_with_poison_pending_never_holds_up_a_heartbeat() {
     let (v, log, restarts) = settle(&mut c, &w).await;
     let reaps = c.log_lines("returned a dead worker's jobs").len();
     let row = Row {
-        fault: "11 table lock, poison pending".into(),
+        fault: "14 table lock, poison pending".into(),
         jobs: w.len(),
         lost: v.lost.len(),
         duplicates: log.duplicates(),
@@ -247,7 +247,7 @@ async fn a_step_that_blocks_the_only_runtime_thread_is_fenced_and_never_overlaps
     let reaps = c.log_lines("returned a dead worker's jobs").len();
     let overlaps = log.overlaps(&c.gone, None);
     let row = Row {
-        fault: "12 step blocks the runtime".into(),
+        fault: "15 step blocks the runtime".into(),
         jobs: w.len(),
         lost: v.lost.len(),
         duplicates: log.duplicates(),
