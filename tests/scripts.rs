@@ -61,6 +61,11 @@ async fn promotion_into_a_ready_list_of_the_wrong_type_keeps_the_retry_scheduled
         .unwrap();
     let _: () = redis.set(&env.queue_key, "not a list").await.unwrap();
     assert!(queue.promote().await.is_err());
+    assert_eq!(
+        env.zcard(&env.key("delayed")).await,
+        1,
+        "the due retry is still scheduled"
+    );
     let beat = queue.heartbeat(
         "typed-host:1:0000bbbb",
         Duration::from_secs(30),

@@ -70,8 +70,10 @@ async fn frozen_replica_back_after_its_tombstone_is_trimmed_is_fenced_and_left_n
         .await
         .unwrap();
     c.signal(slot, libc::SIGCONT);
+    // It notices one way or the other: reaped (right), or "Redis lost my data" (the old fault).
     until("the resumed replica to notice", Duration::from_secs(30), || async {
-        (!c.log_lines("this worker was declared dead").is_empty()).then_some(())
+        let noticed = c.log_lines("this worker was declared dead").len() + c.log_lines("restored its claims").len();
+        (noticed > 0).then_some(())
     })
     .await;
     let (v, log, restarts) = settle(&mut c, &w).await;
