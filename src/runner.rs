@@ -100,6 +100,7 @@ impl Runner {
     }
 
     async fn run_job(&self, claimed: &Claimed, mut job: Job, attempt: u32, cancel: CancellationToken) -> Decided {
+        crate::failpoint::before_step();
         let Some(handler) = self.registry.resolve(&job.step) else {
             tracing::warn!("no handler for step; dead-lettered");
             let error = format!("unknown step `{}`: no handler is registered for it", job.step);

@@ -1,6 +1,7 @@
 //! Faults of the lease itself: a worker reaped while frozen that comes back long after, a
 //! heartbeat that other work could hold up (a Postgres table lock with a poison entry pending),
-//! and a native step that blocks the runtime's only thread.
+//! and a native step that blocks the runtime's only thread; and a panic on a job's path outside
+//! its step.
 
 use std::time::Duration;
 
@@ -266,4 +267,32 @@ async fn a_step_that_blocks_the_only_runtime_thread_is_fenced_and_never_overlaps
     assert!(overlaps.is_empty(), "overlapping executions: {overlaps:?}");
     assert_eq!(restarts, 0, "a replica crashed");
     v.assert_clean();
+}
+
+/// A panic on a job's path outside its step (here a failpoint, 5 % of jobs, after the decode and
+/// before the step) used to kill the job's task with no outcome: the payload stayed in the
+/// worker's list, tracked by nothing, until a restart. It is caught and the job handed back.
+#[tokio::test]
+async fn a_panic_outside_a_step_hands_the_job_back() {
+    let _serial = serial().await;
+    let opts = Opts::default().with_env("STEP_WORKER_FAILPOINTS", "before_step=0.05");
+    let w = Workload::mixed("panics", 400, Durations { min_ms: 10, max_ms: 50 }, 14);
+    let mut c = Cluster::start(opts).await;
+    w.push(&c.redis_conn, &c.queue_key).await;
+    let (v, log, restarts) = settle(&mut c, &w).await;
+    let caught = c.log_lines("panicked outside its step").len();
+    let row = Row {
+        fault: "16 panic outside a step".into(),
+        jobs: w.len(),
+        lost: v.lost.len(),
+        duplicates: log.duplicates(),
+        overlaps: log.overlaps(&c.gone, None).len(),
+        recovery: String::new(),
+        notes: format!("{caught} panics caught and handed back"),
+        pass: v.clean() && caught > 0 && restarts == 0,
+    };
+    row.emit();
+    v.assert_clean();
+    assert!(caught > 0, "the failpoint never fired");
+    assert_eq!(restarts, 0, "a replica crashed");
 }
