@@ -6,8 +6,8 @@
 //!
 //! The fast subset (worker SIGKILL, Redis restart, Postgres outage, poison pill among replicas
 //! and on a lone one, rolling SIGTERM, bad input, the lease faults: a replica back after its
-//! tombstone was trimmed, a table lock with poison pending, a step that blocks the runtime) runs
-//! in `cargo test` at small N. The rest are `#[ignore]`d and run, with
+//! tombstone was trimmed, a table lock with poison pending, a step that blocks the runtime, a
+//! panic outside a step) runs in `cargo test` at small N. The rest are `#[ignore]`d and run, with
 //! large N, by `scripts/chaos` (`CHAOS_FULL=1`), which prints the table of results.
 //!
 //! Tests run one at a time (`serial`): each starts several processes on a small machine, and
