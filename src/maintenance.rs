@@ -22,13 +22,13 @@ use crate::health::Health;
 use crate::inflight::InFlight;
 use crate::lease::{Identity, Lease};
 use crate::metrics::Metrics;
+use crate::queue::{Beat, BeatMode, BeatStatus, Queue};
+use crate::store::Store;
+
 mod poison;
 mod promoter;
 
 pub use promoter::Promoter;
-
-use crate::queue::{Beat, BeatMode, BeatStatus, Queue};
-use crate::store::Store;
 
 pub struct Maintenance {
     pub config: Arc<Config>,

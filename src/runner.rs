@@ -168,7 +168,11 @@ impl Runner {
         // returns when it returns. Past its timeout, whatever it returned, the attempt timed out,
         // as it would have had it yielded.
         let result = match result {
-            Attempt::Succeeded(_) | Attempt::Failed { .. } if elapsed > timeout => Attempt::Failed {
+            Attempt::Succeeded(_)
+            | Attempt::Failed {
+                outcome: "failed" | "panicked",
+                ..
+            } if elapsed > timeout => Attempt::Failed {
                 outcome: "timed_out",
                 error: format!(
                     "step timed out after {} ms (it blocked its thread and returned after {} ms)",
