@@ -24,7 +24,8 @@
 -- (ZADD, LPUSH, LMOVE...), and lets a script that has already written run to its end. Heartbeats
 -- must go on when Redis is full, or every worker fences and nothing drains the queue: so the
 -- deadline is written as ZREM then ZADD, and ZREM cannot grow memory.
-local err = guard({KEYS[1], 'zset', KEYS[2], 'zset', KEYS[3], 'zset', KEYS[4], 'list', KEYS[8], 'string'})
+local err = guard({KEYS[1], 'zset', KEYS[2], 'zset', KEYS[3], 'zset', KEYS[4], 'list', KEYS[5], 'list',
+                   KEYS[7], 'set', KEYS[8], 'string'})
 if err then return err end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
