@@ -40,6 +40,11 @@ use crate::runner::Runner;
 
 /// Pause after a failed claim before trying again.
 const ERROR_PAUSE: Duration = Duration::from_secs(1);
+/// Taken off the lease's time left when bounding a blocking claim: the server starts its timer
+/// when the command arrives, and ends a block only on its next timeout check (`hz`, 10 a second).
+const BLOCK_MARGIN: Duration = Duration::from_millis(250);
+/// A blocking claim shorter than this is not worth a round trip: the lease is about to lapse.
+const MIN_BLOCK: Duration = Duration::from_millis(50);
 
 pub struct Claimer {
     pub config: Arc<Config>,
@@ -174,8 +179,24 @@ impl Claimer {
         if stop.is_cancelled() {
             return ClaimOutcome::Stopped;
         }
+        // A blocking claim never outlives the lease. If it did, a worker fenced (or frozen) while
+        // blocked would still be waiting at the server when a reaper returned its jobs to the end
+        // it takes from: it would take one back into a list that is no longer anyone's.
+        let block = self
+            .config
+            .claim_block
+            .min(self.lease.time_left().saturating_sub(BLOCK_MARGIN));
+        if block < MIN_BLOCK {
+            // Let the lease be renewed or lapse (the next pass waits for a valid one) rather
+            // than spin on claims too short to be worth sending.
+            tokio::select! {
+                _ = tokio::time::sleep(self.lease.time_left() + MIN_BLOCK) => {}
+                _ = stop.cancelled() => {}
+            }
+            return ClaimOutcome::Empty;
+        }
         let conn = state.blocking.as_mut().expect("connected above");
-        let payload = match conn.claim(&identity.proc_key, self.config.claim_block).await {
+        let payload = match conn.claim(&identity.proc_key, block).await {
             Ok(Some(p)) => p,
             Ok(None) => return ClaimOutcome::Empty,
             Err(e) => return self.failed("blmove", e),

@@ -6,6 +6,12 @@
 //! after the last successful beat was *sent* (monotonic clock), which is always earlier. So unless
 //! the whole process is frozen (SIGSTOP, VM pause), a worker stops executing before anyone can
 //! take its jobs, and the jobs of a fenced worker are never run twice at the same time.
+//!
+//! The fence is kept by the clock, not by the heartbeat: a [`watchdog`] on a plain OS thread
+//! cancels running steps once the last good beat is older than the fence time, so a heartbeat
+//! that cannot run (a runtime whose threads a step blocks, a beat stuck behind other work) still
+//! fences. A step that blocks its thread cannot observe the cancellation; its outcome is then
+//! held back by the same clock ([`Lease::is_valid`]) until a beat proves the job is still ours.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,6 +32,8 @@ pub struct Identity {
     pub wid: String,
     pub proc_key: String,
     reaped: AtomicBool,
+    /// The registry has accepted this id at least once.
+    registered: AtomicBool,
 }
 
 impl Identity {
@@ -36,11 +44,21 @@ impl Identity {
             proc_key: queue_keys.proc(&wid),
             wid,
             reaped: AtomicBool::new(false),
+            registered: AtomicBool::new(false),
         })
     }
 
     pub fn is_reaped(&self) -> bool {
         self.reaped.load(Ordering::Acquire)
+    }
+
+    /// Whether the registry has accepted this id (a beat for an id it never saw means "reaped").
+    pub fn is_registered(&self) -> bool {
+        self.registered.load(Ordering::Acquire)
+    }
+
+    pub fn set_registered(&self) {
+        self.registered.store(true, Ordering::Release);
     }
 }
 
@@ -99,6 +117,31 @@ impl Lease {
         !s.identity.is_reaped() && s.last_ok_sent.is_some_and(|t| t.elapsed() < self.fence_after())
     }
 
+    /// How long this worker may still hold a claim: the time until the fence, zero once fenced.
+    /// A blocking claim never waits longer, so a worker whose lease lapses has none outstanding
+    /// (a reaper returns jobs to the end a still-waiting claim would take them from).
+    pub fn time_left(&self) -> Duration {
+        let s = self.state.lock().unwrap();
+        if s.identity.is_reaped() {
+            return Duration::ZERO;
+        }
+        s.last_ok_sent
+            .map_or(Duration::ZERO, |t| self.fence_after().saturating_sub(t.elapsed()))
+    }
+
+    /// Fences (cancels running steps) if the last good beat is older than the fence time.
+    /// Returns true if this call fenced. The watchdog calls it; so does a failed beat.
+    pub fn check_expired(&self) -> bool {
+        let s = self.state.lock().unwrap();
+        // Before a first beat (and after a reap) nothing runs under the token: nothing to fence.
+        let expired = s.last_ok_sent.is_some_and(|t| t.elapsed() >= self.fence_after());
+        if expired && !s.exec.is_cancelled() {
+            s.exec.cancel();
+            return true;
+        }
+        false
+    }
+
     /// Time since the last successful beat was sent (`None` before the first).
     pub fn since_last_ok(&self) -> Option<Duration> {
         self.state.lock().unwrap().last_ok_sent.map(|t| t.elapsed())
@@ -147,14 +190,8 @@ impl Lease {
     /// Records a failed beat. Returns true if the lease has just expired and running steps were
     /// cancelled.
     pub fn beat_failed(&self) -> bool {
-        let mut s = self.state.lock().unwrap();
-        s.streak_since = None;
-        let expired = s.last_ok_sent.is_none_or(|t| t.elapsed() >= self.fence_after());
-        if expired && !s.exec.is_cancelled() {
-            s.exec.cancel();
-            return true;
-        }
-        false
+        self.state.lock().unwrap().streak_since = None;
+        self.check_expired()
     }
 
     /// We were reaped: our jobs belong to others now. Cancel what runs, and take a new identity
@@ -194,4 +231,35 @@ impl Lease {
             }
         }
     }
+}
+
+/// How often the watchdog looks at the clock: a small share of the fence time, so a fence comes
+/// at most this late, and never so often that it costs anything.
+fn watchdog_period(fence_after: Duration) -> Duration {
+    (fence_after / 20).clamp(Duration::from_millis(10), Duration::from_millis(500))
+}
+
+/// Starts the lease's watchdog: a plain OS thread, so it runs however busy or blocked the async
+/// runtime is. It fences the worker once the last good beat is older than the fence time
+/// (calling `on_fence` once per fence, for the log and the metric), and ends when `stop` is
+/// cancelled or the lease is dropped.
+pub fn watchdog(
+    lease: &Arc<Lease>,
+    stop: CancellationToken,
+    on_fence: impl Fn(Duration) + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let period = watchdog_period(lease.fence_after());
+    let lease = Arc::downgrade(lease);
+    std::thread::Builder::new()
+        .name("lease-watchdog".to_owned())
+        .spawn(move || {
+            while !stop.is_cancelled() {
+                let Some(lease) = lease.upgrade() else { return };
+                if lease.check_expired() {
+                    on_fence(lease.since_last_ok().unwrap_or_default());
+                }
+                drop(lease);
+                std::thread::sleep(period);
+            }
+        })
 }

@@ -1,10 +1,15 @@
-//! Background duties that keep the protocol moving: the heartbeat (which also fences this worker
-//! and learns what else needs doing), the reaper that rescues dead workers' jobs, the promoter
-//! that returns due retries to the ready list, and the drain of the poison outbox into Postgres.
+//! Background duties that keep the protocol moving: the heartbeat (which keeps the lease and
+//! learns what else needs doing), the reaper that rescues dead workers' jobs, the promoter that
+//! returns due retries to the ready list, and the drain of the poison outbox into Postgres.
 //!
 //! Idle cost matters (managed Redis bills per command): the heartbeat script also promotes due
 //! retries and reports whether reaping or a poison drain is needed, so an idle worker sends one
 //! command per heartbeat and nothing else on a timer.
+//!
+//! The beat does nothing but beat. What it reports is done by a task of its own ([`Duties`]):
+//! reaping waits on Redis and the poison drain on Postgres (a table lock, a slow statement), and
+//! liveness must never wait on either. The lease's watchdog (see [`crate::lease`]) fences this
+//! worker by the clock alone when beats stop, whatever the reason.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,13 +20,15 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::health::Health;
 use crate::inflight::InFlight;
-use crate::lease::Lease;
+use crate::lease::{Identity, Lease};
 use crate::metrics::Metrics;
 use crate::queue::{Beat, BeatMode, BeatStatus, Queue};
-use crate::store::{Batch, DeadLetterRecord, ResultRecord, Status, Store};
+use crate::store::Store;
 
-/// Poison entries moved into Postgres per drain.
-const POISON_DRAIN: usize = 100;
+mod poison;
+mod promoter;
+
+pub use promoter::Promoter;
 
 pub struct Maintenance {
     pub config: Arc<Config>,
@@ -36,6 +43,27 @@ pub struct Maintenance {
     pub pause: Arc<crate::pause::Pause>,
     /// The claim loop's blocking connection id, to wake it when a pause begins.
     pub blocking_id: Arc<std::sync::atomic::AtomicI64>,
+    /// What the last beat said needs doing, handed from the heartbeat to the duties task.
+    pub duties: Duties,
+}
+
+/// The latest beat's report, waiting for the duties task. Only the latest matters: each beat
+/// reports the whole state, so a report not yet acted on is simply replaced.
+#[derive(Default)]
+pub struct Duties {
+    latest: Mutex<Option<Beat>>,
+    wake: Notify,
+}
+
+impl Duties {
+    fn post(&self, beat: Beat) {
+        *self.latest.lock().unwrap() = Some(beat);
+        self.wake.notify_one();
+    }
+
+    fn take(&self) -> Option<Beat> {
+        self.latest.lock().unwrap().take()
+    }
 }
 
 impl Maintenance {
@@ -52,6 +80,7 @@ impl Maintenance {
         self.queue
             .heartbeat(&id.wid, self.config.worker_deadline, BeatMode::Register, self.grace())
             .await?;
+        id.set_registered();
         self.lease.beat_ok(sent);
         self.health.redis_ok();
         Ok(())
@@ -71,7 +100,23 @@ impl Maintenance {
         }
     }
 
-    /// One heartbeat and whatever it says needs doing. Public so tests can drive it.
+    /// Acts on what the heartbeats report (pause changes, due retries, dead workers, poison
+    /// entries) until `stop` is cancelled. Separate from the heartbeat so that none of it can
+    /// delay a beat.
+    pub async fn run_duties(&self, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = self.duties.wake.notified() => {}
+                _ = stop.cancelled() => return,
+            }
+            if let Some(beat) = self.duties.take() {
+                self.duties_once(&beat).await;
+            }
+        }
+    }
+
+    /// One heartbeat, and nothing else: the lease and the identity. What the beat reports is
+    /// left for [`Maintenance::run_duties`]. Public so tests can drive it.
     ///
     /// A beat that has no answer within one heartbeat interval counts as failed. Without that
     /// bound, a beat waiting on a reconnect (Redis down) neither failed nor succeeded, so the
@@ -80,11 +125,23 @@ impl Maintenance {
     pub async fn beat_once(&self) {
         let id = self.lease.identity();
         let sent = Instant::now();
+        // A new identity whose registration failed registers with its next beat: a plain beat
+        // for an id the registry has never seen would be answered "reaped".
+        let mode = if id.is_registered() {
+            BeatMode::Beat
+        } else {
+            BeatMode::Register
+        };
         let beat = self
             .queue
-            .heartbeat(&id.wid, self.config.worker_deadline, BeatMode::Beat, self.grace());
+            .heartbeat(&id.wid, self.config.worker_deadline, mode, self.grace());
         match tokio::time::timeout(self.config.heartbeat_interval, beat).await {
-            Ok(Ok(beat)) => self.on_beat(beat, sent).await,
+            Ok(Ok(beat)) => {
+                self.health.redis_ok();
+                if self.on_beat(&id, beat.status, sent).await {
+                    self.duties.post(beat);
+                }
+            }
             Ok(Err(e)) => self.beat_failed(&e),
             Err(_) => self.beat_failed(&"no reply within the heartbeat interval"),
         }
@@ -101,39 +158,74 @@ impl Maintenance {
         }
     }
 
-    async fn on_beat(&self, beat: Beat, sent: Instant) {
-        self.health.redis_ok();
-        match beat.status {
+    /// Applies a beat's status to the lease; false when the beat's report is void (this worker
+    /// was reaped and has just re-registered).
+    async fn on_beat(&self, id: &Identity, status: BeatStatus, sent: Instant) -> bool {
+        match status {
             BeatStatus::Ok => {
+                id.set_registered();
                 if self.lease.beat_ok(sent) {
                     tracing::info!("heartbeat restored; the lease is valid again");
                 }
             }
             BeatStatus::Reaped => {
-                self.metrics.fenced.inc();
-                let new = self.lease.reaped(self.queue.keys());
-                tracing::error!(new_worker_id = %new.wid, "this worker was declared dead and its jobs given to others; stopped them and re-registered");
-                if let Err(e) = self.register().await {
-                    tracing::warn!(error = %e, "re-registration failed; retrying on the next beat");
-                }
-                return;
+                let new = self.take_new_identity().await;
+                tracing::error!(new_worker_id = %new, "this worker was declared dead and its jobs given to others; stopped them and re-registered");
+                return false;
+            }
+            // Redis lost its data, our registration with it. If our lease was still good, nobody
+            // can have reaped us before the loss (reaping needs deadline + grace without a beat),
+            // so what we still run is ours and goes back in our list. If it had lapsed, a reap
+            // before the loss cannot be ruled out: those jobs may be running elsewhere, so they
+            // are dropped like a reaped worker's, under a new identity.
+            BeatStatus::Reregistered if !self.lease_was_fresh() => {
+                let new = self.take_new_identity().await;
+                tracing::error!(new_worker_id = %new, "Redis lost its data while this worker had no valid lease: stopped its jobs and re-registered under a new id");
+                return false;
             }
             BeatStatus::Reregistered => {
+                id.set_registered();
                 self.lease.beat_ok(sent);
-                let id = self.lease.identity();
-                let payloads = self.inflight.payloads_of(&id);
-                match self.queue.adopt(&id.proc_key, &payloads).await {
-                    Ok(n) => tracing::warn!(
+                let payloads = self.inflight.payloads_of(id);
+                let adopt = self.queue.adopt(&id.proc_key, &payloads);
+                match tokio::time::timeout(self.config.heartbeat_interval, adopt).await {
+                    Ok(Ok(n)) => tracing::warn!(
                         restored = n,
-                        "Redis had lost this worker's registration; re-registered and restored its claims"
+                        "Redis had lost its data, this worker's registration with it; re-registered and restored its claims"
                     ),
-                    Err(e) => {
+                    Ok(Err(e)) => {
                         tracing::warn!(error = %e, "restoring claims after a registry loss failed")
                     }
+                    Err(_) => tracing::warn!("restoring claims after a registry loss timed out"),
                 }
             }
         }
-        if self.pause.update(beat.paused, beat.paused_steps) {
+        true
+    }
+
+    /// Whether the last good beat is recent enough that no reaper can have acted on us: the
+    /// registry deadline counts from a beat's arrival, later than our clock's `sent`.
+    fn lease_was_fresh(&self) -> bool {
+        self.lease
+            .since_last_ok()
+            .is_some_and(|d| d < self.config.worker_deadline)
+    }
+
+    /// Fences, takes a new worker id and registers it (or leaves that to the next beat).
+    async fn take_new_identity(&self) -> String {
+        self.metrics.fenced.inc();
+        let new = self.lease.reaped(self.queue.keys());
+        match tokio::time::timeout(self.config.heartbeat_interval, self.register()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "re-registration failed; retrying on the next beat"),
+            Err(_) => tracing::warn!("re-registration timed out; retrying on the next beat"),
+        }
+        new.wid.clone()
+    }
+
+    /// Does what one beat reported. Public so tests can drive it.
+    pub async fn duties_once(&self, beat: &Beat) {
+        if self.pause.update(beat.paused, beat.paused_steps.clone()) {
             // Wake our blocked claim so it does not take one more job after the pause.
             let id = self.blocking_id.load(std::sync::atomic::Ordering::SeqCst);
             if id != 0 {
@@ -176,134 +268,6 @@ impl Maintenance {
                 Err(e) => {
                     self.metrics.redis_errors.with_label_values(&["reap"]).inc();
                     tracing::warn!(worker = %victim, error = %e, "reaping failed");
-                }
-            }
-        }
-    }
-
-    /// Moves poison payloads from the Redis outbox into dead letters. Idempotent enough: a crash
-    /// between the commit and the removal files the dead letter again under a new id, but the
-    /// job's result row stays single (keyed by job id).
-    pub async fn drain_poison(&self) {
-        let entries = match self.queue.poison_peek(POISON_DRAIN).await {
-            Ok(e) if !e.is_empty() => e,
-            Ok(_) => return,
-            Err(e) => {
-                self.metrics.redis_errors.with_label_values(&["poison"]).inc();
-                return tracing::warn!(error = %e, "reading the poison outbox failed");
-            }
-        };
-        let mut batch = Batch::default();
-        for entry in &entries {
-            poison_rows(entry, self.config.max_recoveries, &mut batch);
-        }
-        if let Err(e) = self.store.persist(&batch).await {
-            self.metrics.postgres_errors.with_label_values(&["poison"]).inc();
-            return tracing::warn!(error = %e, "writing poison dead letters failed; retrying on a later beat");
-        }
-        self.metrics.poisoned.inc_by(entries.len() as u64);
-        for letter in &batch.dead_letters {
-            self.notifier.dead_lettered(letter);
-        }
-        tracing::error!(
-            count = entries.len(),
-            "jobs that kept killing their workers were dead-lettered"
-        );
-        if let Err(e) = self.queue.poison_remove(&entries).await {
-            tracing::warn!(error = %e, "clearing the poison outbox failed; entries will be filed again");
-        }
-    }
-}
-
-/// Parses an outbox entry `recoveries|at_ms|wid|payload` into dead-letter rows.
-fn poison_rows(entry: &[u8], max_recoveries: u32, batch: &mut Batch) {
-    let mut parts = entry.splitn(4, |b| *b == b'|');
-    let (Some(count), Some(at), Some(wid), Some(payload)) = (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return tracing::error!("malformed poison outbox entry ignored");
-    };
-    let count = String::from_utf8_lossy(count).into_owned();
-    let at = std::str::from_utf8(at)
-        .ok()
-        .and_then(|s| s.parse::<f64>().ok())
-        .and_then(|ms| chrono::DateTime::from_timestamp_millis(ms as i64));
-    let dead_at = at.unwrap_or_else(chrono::Utc::now);
-    let worker_id = String::from_utf8_lossy(wid).into_owned();
-    let error = format!("the job was running on a worker that died {count} times (MAX_RECOVERIES = {max_recoveries})");
-    let job = crate::job::decode(payload).ok();
-    let letter = DeadLetterRecord {
-        id: uuid::Uuid::now_v7(),
-        job_id: job.as_ref().map(|j| j.id.clone()),
-        run_id: job.as_ref().and_then(|j| j.run_id.clone()),
-        step: job.as_ref().map(|j| j.step.clone()),
-        reason: "interrupted".to_owned(),
-        error: Some(error.clone()),
-        attempts: 0,
-        payload: payload.into(),
-        worker_id: worker_id.clone(),
-        dead_at,
-        with_result: job.is_some(),
-    };
-    if let Some(job) = job.filter(|j| !batch.results.iter().any(|r| r.job_id == j.id)) {
-        batch.results.push(ResultRecord {
-            job_id: job.id,
-            run_id: job.run_id,
-            step: job.step,
-            status: Status::Dead,
-            attempts: 0,
-            output: None,
-            error: Some(format!("interrupted: {error}")),
-            enqueued_at: job.enqueued_at,
-            started_at: None,
-            finished_at: dead_at,
-            duration_ms: None,
-            worker_id,
-        });
-    }
-    batch.dead_letters.push(letter);
-}
-
-/// Wakes up when the earliest known retry is due and moves due retries back to ready. It learns
-/// due times from this worker's own retries and from heartbeats (other workers' retries), so
-/// promotion is prompt without polling.
-#[derive(Default)]
-pub struct Promoter {
-    next: Mutex<Option<Instant>>,
-    wake: Notify,
-}
-
-impl Promoter {
-    pub fn schedule(&self, after: Duration) {
-        let at = Instant::now() + after;
-        let mut next = self.next.lock().unwrap();
-        if next.is_none_or(|n| at < n) {
-            *next = Some(at);
-            drop(next);
-            self.wake.notify_one();
-        }
-    }
-
-    pub async fn run(&self, queue: Queue, metrics: Arc<Metrics>, stop: CancellationToken) {
-        loop {
-            let next = *self.next.lock().unwrap();
-            let sleep = async {
-                match next {
-                    Some(at) => tokio::time::sleep_until(at.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = self.wake.notified() => continue,
-                _ = sleep => {}
-            }
-            *self.next.lock().unwrap() = None;
-            match queue.promote().await {
-                Ok((_, Some(due))) => self.schedule(due),
-                Ok((_, None)) => {}
-                Err(e) => {
-                    metrics.redis_errors.with_label_values(&["promote"]).inc();
-                    tracing::warn!(error = %e, "promoting due retries failed; the next heartbeat retries it");
                 }
             }
         }

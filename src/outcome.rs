@@ -52,10 +52,22 @@ pub struct Finished {
     pub ran_for: Duration,
 }
 
-impl Finished {
-    pub fn requeue(claimed: Claimed, step_label: Arc<str>) -> Self {
-        Finished {
-            claimed,
+/// What the runner decided for a job, before it is joined to the claim it came from (kept apart
+/// so that a panic while deciding cannot lose the claim).
+#[derive(Debug)]
+pub struct Decided {
+    pub settle: Settle,
+    pub result: Option<ResultRecord>,
+    pub dead_letter: Option<DeadLetterRecord>,
+    pub attempt: Option<AttemptRecord>,
+    pub step_label: Arc<str>,
+    pub ran_for: Duration,
+}
+
+impl Decided {
+    /// Hand back unfinished: no rows, back to ready.
+    pub fn requeue(step_label: Arc<str>) -> Self {
+        Decided {
             settle: Settle::Requeue,
             result: None,
             dead_letter: None,
@@ -63,6 +75,24 @@ impl Finished {
             step_label,
             ran_for: Duration::ZERO,
         }
+    }
+
+    pub fn finish(self, claimed: Claimed) -> Finished {
+        Finished {
+            claimed,
+            settle: self.settle,
+            result: self.result,
+            dead_letter: self.dead_letter,
+            attempt: self.attempt,
+            step_label: self.step_label,
+            ran_for: self.ran_for,
+        }
+    }
+}
+
+impl Finished {
+    pub fn requeue(claimed: Claimed, step_label: Arc<str>) -> Self {
+        Decided::requeue(step_label).finish(claimed)
     }
 
     /// Whether any row must be committed before the settle.

@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::handler::{Registry, Retry, StepContext, StepError};
 use crate::job::{self, Job};
 use crate::metrics::Metrics;
-use crate::outcome::{Claimed, Finished, Settle};
+use crate::outcome::{Claimed, Decided, Finished, Settle};
 use crate::store::{AttemptRecord, DeadLetterRecord, ResultRecord, Status, stored_json};
 
 /// Metric label for payloads that could not be decoded.
@@ -47,7 +47,24 @@ pub struct Runner {
 
 impl Runner {
     /// Runs `claimed` to a [`Finished`]. `cancel` interrupts the attempt.
+    ///
+    /// A panic anywhere on the job's path outside its step (the step's own panics are failed
+    /// attempts) is caught here, logged once, and the job handed back: a panic must never leave
+    /// the payload in this worker's list with nothing tracking it.
     pub async fn run(&self, claimed: Claimed, cancel: CancellationToken) -> Finished {
+        match AssertUnwindSafe(self.decide(&claimed, cancel)).catch_unwind().await {
+            Ok(decided) => decided.finish(claimed),
+            Err(panic) => {
+                tracing::error!(
+                    error = %panic_message(&panic),
+                    "handling a job panicked outside its step; the job goes back to the queue"
+                );
+                Decided::requeue(INVALID.into()).finish(claimed)
+            }
+        }
+    }
+
+    async fn decide(&self, claimed: &Claimed, cancel: CancellationToken) -> Decided {
         let job = match job::decode(&claimed.payload) {
             Ok(job) => job,
             Err((err, salvage)) => {
@@ -65,8 +82,7 @@ impl Runner {
                     dead_at: Utc::now(),
                     with_result: false,
                 };
-                return Finished {
-                    claimed,
+                return Decided {
                     settle: Settle::Done,
                     result: None,
                     dead_letter: Some(letter),
@@ -76,13 +92,15 @@ impl Runner {
                 };
             }
         };
-        let attempt = claimed.failures + 1;
+        // Counts come from Redis and payloads: never let arithmetic on them panic or wrap.
+        let attempt = claimed.failures.saturating_add(1);
         let span = info_span!("job", job.id = %job.id, job.step = %job.step, run.id = job.run_id.as_deref(),
             correlation_id = %job.correlation_id, attempt);
         self.run_job(claimed, job, attempt, cancel).instrument(span).await
     }
 
-    async fn run_job(&self, claimed: Claimed, mut job: Job, attempt: u32, cancel: CancellationToken) -> Finished {
+    async fn run_job(&self, claimed: &Claimed, mut job: Job, attempt: u32, cancel: CancellationToken) -> Decided {
+        crate::failpoint::before_step();
         let Some(handler) = self.registry.resolve(&job.step) else {
             tracing::warn!("no handler for step; dead-lettered");
             let error = format!("unknown step `{}`: no handler is registered for it", job.step);
@@ -96,9 +114,9 @@ impl Runner {
         };
         if self.pause.is_step_paused(&job.step) {
             tracing::info!("step paused by an operator; the job waits until it is resumed");
-            return Finished {
+            return Decided {
                 settle: Settle::Hold(job.step.clone()),
-                ..Finished::requeue(claimed, label)
+                ..Decided::requeue(label)
             };
         }
         // Queue wait is the first claim's: a retry's wait since enqueue includes its backoff.
@@ -109,7 +127,7 @@ impl Runner {
                 .with_label_values(&[&label])
                 .observe(wait.as_secs_f64());
         }
-        let max_attempts = 1 + job.max_retries.unwrap_or(self.config.max_retries);
+        let max_attempts = job.max_retries.unwrap_or(self.config.max_retries).saturating_add(1);
         let timeout = job
             .timeout
             .map_or(self.config.step_timeout, |t| t.min(self.config.step_timeout_max));
@@ -128,7 +146,11 @@ impl Runner {
         // The input is handed over, not copied: nothing below reads it.
         let input = std::mem::take(&mut job.input);
         let run = AssertUnwindSafe(handler.run(ctx, input)).catch_unwind();
+        // Biased: a step that has returned ran to its end, so its outcome stands even when the
+        // lease was fenced meanwhile (a step that blocked its thread could not yield earlier);
+        // the pipeline holds that outcome back until a beat proves the job is still ours.
         let result = tokio::select! {
+            biased;
             r = tokio::time::timeout(timeout, run) => match r {
                 Ok(Ok(Ok(output))) => Attempt::Succeeded(output),
                 Ok(Ok(Err(e))) => failed("failed", &e),
@@ -142,6 +164,25 @@ impl Runner {
             _ = cancel.cancelled() => Attempt::Interrupted,
         };
         let elapsed = clock.elapsed();
+        // A step that blocks its thread cannot be stopped by the timeout (nor by the fence): it
+        // returns when it returns. Past its timeout, whatever it returned, the attempt timed out,
+        // as it would have had it yielded.
+        let result = match result {
+            Attempt::Succeeded(_)
+            | Attempt::Failed {
+                outcome: "failed" | "panicked",
+                ..
+            } if elapsed > timeout => Attempt::Failed {
+                outcome: "timed_out",
+                error: format!(
+                    "step timed out after {} ms (it blocked its thread and returned after {} ms)",
+                    timeout.as_millis(),
+                    elapsed.as_millis()
+                ),
+                retry: Retry::Retryable { retry_after: None },
+            },
+            other => other,
+        };
         let finished_at = Utc::now();
         let outcome_label = match &result {
             Attempt::Succeeded(_) => "succeeded",
@@ -170,8 +211,7 @@ impl Runner {
                     duration_ms: Some(elapsed.as_millis() as i64),
                     worker_id: claimed.identity.wid.clone(),
                 };
-                Finished {
-                    claimed,
+                Decided {
                     settle: Settle::Done,
                     result: Some(result),
                     dead_letter: None,
@@ -182,7 +222,7 @@ impl Runner {
             }
             Attempt::Interrupted => {
                 tracing::info!("step interrupted; the job goes back to the queue");
-                Finished::requeue(claimed, label)
+                Decided::requeue(label)
             }
             Attempt::Failed { outcome, error, retry } => {
                 let record = AttemptRecord {
@@ -212,8 +252,7 @@ impl Runner {
                             retry_after,
                         );
                         tracing::info!(error = %error, outcome, retry_in_ms = delay.as_millis() as u64, "step failed; will retry");
-                        Finished {
-                            claimed,
+                        Decided {
                             settle: Settle::Retry(delay),
                             result: None,
                             dead_letter: None,
@@ -232,14 +271,14 @@ impl Runner {
     #[allow(clippy::too_many_arguments)]
     fn dead(
         &self,
-        claimed: Claimed,
+        claimed: &Claimed,
         job: &Job,
         label: Arc<str>,
         reason: &str,
         error: String,
         attempts: u32,
         attempt: Option<AttemptRecord>,
-    ) -> Finished {
+    ) -> Decided {
         let now = Utc::now();
         let result = ResultRecord {
             job_id: job.id.clone(),
@@ -270,8 +309,7 @@ impl Runner {
             dead_at: now,
             with_result: true,
         };
-        Finished {
-            claimed,
+        Decided {
             settle: Settle::Done,
             result: Some(result),
             dead_letter: Some(letter),

@@ -169,6 +169,7 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
         notifier: notifier.clone(),
         pause: pause.clone(),
         blocking_id: blocking_id.clone(),
+        duties: Default::default(),
     });
     if retry_until(&health, "redis", "register the worker", stop, || maintenance.register())
         .await?
@@ -194,6 +195,21 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
         let (m, stop) = (maintenance.clone(), background.clone());
         tokio::spawn(async move { m.run_heartbeat(stop).await })
     };
+    let duties = {
+        let (m, stop) = (maintenance.clone(), background.clone());
+        tokio::spawn(async move { m.run_duties(stop).await })
+    };
+    {
+        let m = metrics.clone();
+        crate::lease::watchdog(&lease, background.clone(), move |since| {
+            m.fenced.inc();
+            tracing::error!(
+                since_last_beat_ms = since.as_millis() as u64,
+                "no heartbeat for too long: stopped running jobs until a beat succeeds again"
+            );
+        })
+        .context("cannot start the lease watchdog thread")?;
+    }
     let promoter_task = {
         let (p, q, m, stop) = (promoter.clone(), queue.clone(), metrics.clone(), background.clone());
         tokio::spawn(async move { p.run(q, m, stop).await })
@@ -259,6 +275,7 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
             claimer: claimer_task,
             pipeline: pipeline_task,
             heartbeat,
+            duties,
             promoter: promoter_task,
         };
         drain.run(&sd, tasks).await;

@@ -24,6 +24,9 @@ on_each_driver!(
     bad_payloads_are_dead_lettered_with_the_reason,
     output_with_nul_characters_is_stored,
     native_handler_registered_by_the_embedding_application_runs,
+    a_step_that_blocks_past_its_timeout_is_timed_out_whatever_it_returned,
+    a_late_success_never_overwrites_a_dead_result,
+    the_largest_max_retries_is_a_job_like_any_other,
 );
 
 async fn assert_queue_drained(env: &TestEnv) {
@@ -216,5 +219,69 @@ async fn native_handler_registered_by_the_embedding_application_runs(env: TestEn
     env.push_job("native-1", "math.double", json!({"n": 21})).await;
     let row = env.wait_result("native-1", WAIT).await;
     assert_eq!(row.output, Some(json!({"double": 42, "attempt": 1})));
+    worker.stop().await.unwrap();
+}
+
+async fn a_step_that_blocks_past_its_timeout_is_timed_out_whatever_it_returned(env: TestEnv) {
+    let runs = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counter = runs.clone();
+    // Blocks its thread (no await point) on its first run, so the timeout cannot cut it short.
+    let registry = step_worker::Registry::new().register(
+        "native.block",
+        move |_ctx: step_worker::StepContext, _input: serde_json::Value| {
+            let first = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+            async move {
+                if first {
+                    std::thread::sleep(Duration::from_millis(600));
+                }
+                Ok(json!("returned"))
+            }
+        },
+    );
+    let worker = env.start_with(&[], registry).await;
+    env.push(r#"{"id":"block-1","step":"native.block","timeout_ms":200,"max_retries":1}"#)
+        .await;
+    let row = env.wait_result("block-1", WAIT).await;
+    assert_eq!((row.status.as_str(), row.attempts), ("succeeded", 2));
+    let attempts = env.attempts("block-1").await;
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(
+        attempts[0].outcome, "timed_out",
+        "it returned Ok, but after its timeout"
+    );
+    worker.stop().await.unwrap();
+}
+
+/// Outside a replay (which deletes the dead row first), a success arriving after a committed
+/// `dead` outcome must not turn the row into a success and leave its dead letter live.
+async fn a_late_success_never_overwrites_a_dead_result(env: TestEnv) {
+    let worker = env.start(&[]).await;
+    env.push(r#"{"id":"twice-1","step":"builtin.fail","max_retries":0}"#)
+        .await;
+    assert_eq!(env.wait_result("twice-1", WAIT).await.status, "dead");
+    // The same job id again, as a duplicate delivery or a rescued first run would bring it.
+    env.push(r#"{"id":"twice-1","step":"builtin.noop"}"#).await;
+    env.push_job("after-twice", "builtin.noop", json!(null)).await;
+    env.wait_result("after-twice", WAIT).await;
+    common::wait_for("the queue to drain", WAIT, || async { env.in_flight_len().await == 0 }).await;
+    let row = env.result("twice-1").await.unwrap();
+    assert_eq!(
+        (row.status.as_str(), row.attempts),
+        ("dead", 1),
+        "the first outcome stands"
+    );
+    assert_eq!(env.dead_letters().await.len(), 1);
+    worker.stop().await.unwrap();
+}
+
+/// `1 + max_retries` overflowed for the largest value: in a debug build a panic outside the
+/// step's guard, which left the job in the worker's list with nothing tracking it.
+async fn the_largest_max_retries_is_a_job_like_any_other(env: TestEnv) {
+    let worker = env.start(&[]).await;
+    env.push(r#"{"id":"huge-1","step":"builtin.noop","max_retries":4294967295}"#)
+        .await;
+    let row = env.wait_result("huge-1", WAIT).await;
+    assert_eq!((row.status.as_str(), row.attempts), ("succeeded", 1));
+    assert_queue_drained(&env).await;
     worker.stop().await.unwrap();
 }

@@ -7,6 +7,8 @@
 //!   count executions apart from the one result row per job: duplicates (the same attempt run
 //!   twice) and overlaps (two executions of one job at the same time).
 //! - `chaos.abort`: a poison pill. It logs its start and aborts the whole process.
+//! - `chaos.block` `{"ms": n}`: blocks its thread for n ms (`std::thread::sleep`, no await
+//!   point), as a native step with blocking code does; logged like `chaos.exec`.
 //!
 //! The execution log is a file per process, `$CHAOS_EXEC_LOG_DIR/exec-<pid>.log`, appended with
 //! one `write` per line (no user-space buffer, so a SIGKILL loses nothing already logged). It is
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
 
 fn registry(log: Arc<ExecLog>) -> Registry {
     let abort_log = log.clone();
+    let block_log = log.clone();
     Registry::new()
         .register("chaos.exec", move |ctx: StepContext, input: Value| {
             let log = log.clone();
@@ -69,6 +72,26 @@ fn registry(log: Arc<ExecLog>) -> Registry {
             let log = abort_log.clone();
             async move { poison(&log, ctx).await }
         })
+        .register("chaos.block", move |ctx: StepContext, input: Value| {
+            let log = block_log.clone();
+            async move { block(&log, ctx, input) }
+        })
+}
+
+/// Blocks the thread that polls it: the runtime can run nothing else on that thread meanwhile.
+fn block(log: &Arc<ExecLog>, ctx: StepContext, input: Value) -> StepResult {
+    let ms = input.get("ms").and_then(Value::as_u64).unwrap_or(0);
+    let pid = std::process::id();
+    log.line(&format!("S {} {} {pid} {}", ctx.job_id, ctx.attempt, now_us()));
+    let mut end = EndGuard {
+        log: log.clone(),
+        job: ctx.job_id.clone(),
+        attempt: ctx.attempt,
+        outcome: "dropped",
+    };
+    std::thread::sleep(Duration::from_millis(ms));
+    end.outcome = "ok";
+    Ok(json!({ "job": ctx.job_id, "attempt": ctx.attempt, "pid": pid }))
 }
 
 /// Logs the start, then takes the whole process down, as a step with a fatal bug would.

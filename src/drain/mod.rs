@@ -68,6 +68,8 @@ pub struct Tasks {
     pub claimer: JoinHandle<()>,
     pub pipeline: JoinHandle<()>,
     pub heartbeat: JoinHandle<()>,
+    /// Reaping, the poison drain and what else a beat asks for (see `maintenance`).
+    pub duties: JoinHandle<()>,
     pub promoter: JoinHandle<()>,
 }
 
@@ -93,6 +95,7 @@ impl Drain {
     pub async fn run(self, shutdown: &Shutdown, t: Tasks) {
         let (mut claimer, mut pipeline) = (Some(t.claimer), Some(t.pipeline));
         let (mut heartbeat, mut promoter) = (Some(t.heartbeat), Some(t.promoter));
+        let mut duties = Some(t.duties);
         let clock = Clock::new(self.config.shutdown_timeout + EXIT_MARGIN, shutdown.hard.clone());
         self.health.set_draining();
         self.claim_stop.cancel();
@@ -154,6 +157,7 @@ impl Drain {
         self.background.cancel();
         let background = async {
             ended(&mut heartbeat).await;
+            ended(&mut duties).await;
             ended(&mut promoter).await;
         };
         if clock
@@ -162,11 +166,13 @@ impl Drain {
             .is_none()
         {
             abort(&heartbeat);
+            abort(&duties);
             abort(&promoter);
         }
         let aborted = async {
             ended(&mut pipeline).await;
             ended(&mut heartbeat).await;
+            ended(&mut duties).await;
             ended(&mut promoter).await;
         };
         let _ = clock.within(BACKGROUND_GRACE, HAND_BACK_RESERVE, aborted).await;

@@ -70,6 +70,7 @@ async fn the_pipeline_is_stopped_before_the_hand_back_and_the_heartbeat_before_d
         claimer: tokio::spawn(async {}),
         pipeline,
         heartbeat,
+        duties: tokio::spawn(async {}),
         promoter: tokio::spawn(async {}),
     };
     let shutdown = Shutdown::new();
@@ -96,6 +97,7 @@ async fn a_second_signal_ends_the_drain_within_the_hard_exit_bound() {
         claimer: never(),
         pipeline: never(),
         heartbeat: never(),
+        duties: never(),
         promoter: never(),
     };
     let shutdown = Shutdown::new();

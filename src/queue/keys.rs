@@ -27,6 +27,9 @@ pub struct Keys {
     pub paused: String,
     /// SET of paused step names (`step-worker pause --step`); their jobs wait in `held` lists.
     pub paused_steps: String,
+    /// STRING, a random value written once and never removed: only Redis data loss removes or
+    /// replaces it, so a heartbeat can prove (not guess) that a registration was lost.
+    pub epoch: String,
     proc_prefix: String,
 }
 
@@ -44,6 +47,7 @@ impl Keys {
             reaper_lock: format!("{tag}:reaper_lock"),
             paused: format!("{tag}:paused"),
             paused_steps: format!("{tag}:paused_steps"),
+            epoch: format!("{tag}:epoch"),
             proc_prefix: format!("{tag}:proc:"),
         }
     }
@@ -93,6 +97,7 @@ mod tests {
             &k.interrupts,
             &k.poison,
             &k.reaper_lock,
+            &k.epoch,
             &k.proc("h:1:ab"),
         ] {
             assert_eq!(hashed_part(key), "step.ready", "{key}");

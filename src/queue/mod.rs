@@ -68,7 +68,8 @@ pub enum BeatStatus {
     Ok,
     /// This worker was declared dead and its jobs handed to others: fence.
     Reaped,
-    /// Redis had forgotten this worker without reaping it (data loss on the Redis side).
+    /// Redis lost its data, this worker's registration with it (proven by the queue's epoch, see
+    /// `heartbeat.lua`): re-registered under the same id.
     Reregistered,
 }
 
@@ -143,6 +144,8 @@ pub struct RedisQueue {
     conn: RedisConn,
     keys: Arc<Keys>,
     scripts: Arc<Scripts>,
+    /// The queue's epoch as the last heartbeat saw it ('' before the first): see `heartbeat.lua`.
+    epoch: Arc<std::sync::Mutex<String>>,
 }
 
 impl RedisQueue {
@@ -161,6 +164,7 @@ impl RedisQueue {
             conn,
             keys: Arc::new(keys),
             scripts: Arc::new(Scripts::new()),
+            epoch: Arc::default(),
         })
     }
 
@@ -223,13 +227,27 @@ impl RedisQueue {
         self.conn.query_at_owner(cmd, &self.keys.ready).await.map(|_| ())
     }
 
+    /// Registers or beats for `wid`. The queue remembers the epoch each answer carries, so a later
+    /// beat can tell a registration removed on purpose (reaped: [`BeatStatus::Reaped`], however
+    /// long ago) from one lost with Redis's data ([`BeatStatus::Reregistered`]).
     pub async fn heartbeat(&self, wid: &str, deadline: Duration, mode: BeatMode, grace: Duration) -> RedisResult<Beat> {
         let k = &self.keys;
         let mode = match mode {
             BeatMode::Register => "register",
             BeatMode::Beat => "beat",
         };
-        let (status, next_due, reap, poison, paused, paused_steps): (i64, i64, i64, u64, i64, Vec<String>) = self
+        let known = self.epoch.lock().unwrap().clone();
+        let candidate = format!("{:016x}", rand::random::<u64>());
+        #[allow(clippy::type_complexity)]
+        let (status, next_due, reap, poison, paused, paused_steps, epoch): (
+            i64,
+            i64,
+            i64,
+            u64,
+            i64,
+            Vec<String>,
+            String,
+        ) = self
             .scripts
             .heartbeat
             .key(&k.workers)
@@ -239,13 +257,19 @@ impl RedisQueue {
             .key(&k.poison)
             .key(&k.paused)
             .key(&k.paused_steps)
+            .key(&k.epoch)
             .arg(wid)
             .arg(deadline.as_millis() as u64)
             .arg(mode)
             .arg(grace.as_millis() as u64)
             .arg(scripts::PROMOTE_LIMIT)
+            .arg(known)
+            .arg(candidate)
             .invoke_async(&mut self.conn.clone())
             .await?;
+        if !epoch.is_empty() {
+            *self.epoch.lock().unwrap() = epoch;
+        }
         let status = match status {
             0 => BeatStatus::Reaped,
             2 => BeatStatus::Reregistered,
@@ -330,13 +354,25 @@ impl RedisQueue {
             .key(&k.interrupts)
             .key(&k.ready)
             .key(&k.paused_steps);
+        // Held lists are declared as keys like every other key the script touches (KEYS[7..]);
+        // a hold op names its list by its KEYS index.
+        let mut held: Vec<&str> = Vec::new();
         for op in ops {
             match op {
                 SettleOp::Done(p) => inv.arg("done").arg(&p[..]).arg(0),
                 SettleOp::Retry(p, delay) => inv.arg("retry").arg(&p[..]).arg(delay.as_millis() as u64),
                 SettleOp::Requeue(p) => inv.arg("requeue").arg(&p[..]).arg(0),
-                SettleOp::Hold(p, step) => inv.arg("hold").arg(&p[..]).arg(k.held(step)),
+                SettleOp::Hold(p, step) => {
+                    let at = held.iter().position(|s| s == step).unwrap_or_else(|| {
+                        held.push(step);
+                        held.len() - 1
+                    });
+                    inv.arg("hold").arg(&p[..]).arg(7 + at)
+                }
             };
+        }
+        for step in held {
+            inv.key(k.held(step));
         }
         let res: Vec<i64> = inv.invoke_async(&mut self.conn.clone()).await?;
         Ok(res.into_iter().map(|r| r == 1).collect())
@@ -446,29 +482,44 @@ impl RedisQueue {
             .map(|_| ())
     }
 
+    /// Queue depths in two round trips: the fixed keys with the lists of workers and paused
+    /// steps, then the lengths of their lists. Not one script, because a script must declare
+    /// every key it touches and these are known only from the first answer. Two reads a moment
+    /// apart may disagree by a job in flight; depths are a gauge, not a ledger.
     pub async fn depths(&self) -> RedisResult<Depths> {
         let k = &self.keys;
-        let (ready, delayed, in_flight, workers, poison, held, paused): (u64, u64, u64, u64, u64, u64, i64) = self
-            .scripts
-            .depths
-            .key(&k.ready)
-            .key(&k.delayed)
-            .key(&k.workers)
-            .key(&k.poison)
-            .key(&k.paused_steps)
-            .key(&k.paused)
-            .arg(k.proc_prefix())
-            .arg(k.held_prefix())
-            .invoke_async(&mut self.conn.clone())
-            .await?;
+        let mut conn = self.conn.clone();
+        let (ready, delayed, workers, poison, steps, paused): (u64, u64, Vec<String>, u64, Vec<String>, bool) =
+            redis::pipe()
+                .llen(&k.ready)
+                .zcard(&k.delayed)
+                .zrange(&k.workers, 0, -1)
+                .llen(&k.poison)
+                .smembers(&k.paused_steps)
+                .exists(&k.paused)
+                .query_async(&mut conn)
+                .await?;
+        let mut pipe = redis::pipe();
+        for w in &workers {
+            pipe.llen(k.proc(w));
+        }
+        for s in &steps {
+            pipe.llen(k.held(s));
+        }
+        let lens: Vec<u64> = if workers.is_empty() && steps.is_empty() {
+            Vec::new()
+        } else {
+            pipe.query_async(&mut conn).await?
+        };
+        let (in_flight, held) = lens.split_at(workers.len().min(lens.len()));
         Ok(Depths {
             ready,
             delayed,
-            in_flight,
-            workers,
+            in_flight: in_flight.iter().sum(),
+            workers: workers.len() as u64,
             poison,
-            held,
-            paused: paused == 1,
+            held: held.iter().sum(),
+            paused,
         })
     }
 

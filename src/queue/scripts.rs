@@ -16,22 +16,28 @@ pub struct Scripts {
     pub reap: Script,
     pub promote: Script,
     pub adopt: Script,
-    pub depths: Script,
     pub resume_step: Script,
     pub schedule: Script,
+}
+
+/// The type check every payload-moving script runs before its first write (see the file).
+const GUARD: &str = include_str!("lua/guard.lua");
+
+/// A script that moves payloads, with [`GUARD`] in front of it.
+fn guarded(body: &str) -> Script {
+    Script::new(&format!("{GUARD}{body}"))
 }
 
 impl Scripts {
     pub fn new() -> Self {
         Scripts {
-            heartbeat: Script::new(include_str!("lua/heartbeat.lua")),
-            claim: Script::new(include_str!("lua/claim.lua")),
-            settle: Script::new(include_str!("lua/settle.lua")),
+            heartbeat: guarded(include_str!("lua/heartbeat.lua")),
+            claim: guarded(include_str!("lua/claim.lua")),
+            settle: guarded(include_str!("lua/settle.lua")),
             reap_candidates: Script::new(include_str!("lua/reap_candidates.lua")),
-            reap: Script::new(include_str!("lua/reap.lua")),
-            promote: Script::new(include_str!("lua/promote.lua")),
-            adopt: Script::new(include_str!("lua/adopt.lua")),
-            depths: Script::new(include_str!("lua/depths.lua")),
+            reap: guarded(include_str!("lua/reap.lua")),
+            promote: guarded(include_str!("lua/promote.lua")),
+            adopt: guarded(include_str!("lua/adopt.lua")),
             resume_step: Script::new(include_str!("lua/resume_step.lua")),
             schedule: Script::new(include_str!("lua/schedule.lua")),
         }

@@ -92,14 +92,10 @@ WITH r AS (
     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::jsonb[],
                          $7::text[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[],
                          $11::int8[], $12::text[])
-    ON CONFLICT (job_id) DO UPDATE SET
-        run_id = EXCLUDED.run_id, step = EXCLUDED.step, status = EXCLUDED.status,
-        attempts = EXCLUDED.attempts, output = EXCLUDED.output, error = EXCLUDED.error,
-        enqueued_at = EXCLUDED.enqueued_at, started_at = EXCLUDED.started_at,
-        finished_at = EXCLUDED.finished_at, duration_ms = EXCLUDED.duration_ms,
-        worker_id = EXCLUDED.worker_id
-    -- First terminal outcome wins; only a replayed dead job may turn into a success.
-    WHERE s.status = 'dead' AND EXCLUDED.status = 'succeeded'
+    -- The first terminal outcome wins, always: a late success (a rescued job's first run, a
+    -- duplicate) never overwrites a dead row and its live dead letter. A replay deletes the
+    -- dead row before it pushes the job again, so the replayed run is a first outcome.
+    ON CONFLICT (job_id) DO NOTHING
     RETURNING job_id
 ), d AS (
     INSERT INTO step_dead_letters (id, job_id, run_id, step, reason, error, attempts, payload,

@@ -9,19 +9,13 @@ use sqlx::SqlitePool;
 
 use super::Batch;
 
-/// Same rule as the Postgres statement: the first terminal outcome wins, except that a replayed
-/// dead job may turn into a success. `RETURNING` yields the id only when this row was written.
+/// Same rule as the Postgres statement: the first terminal outcome wins (a replay deletes the dead
+/// row first). `RETURNING` yields the id only when this row was written.
 const UPSERT_RESULT: &str = "
 INSERT INTO step_results AS s (job_id, run_id, step, status, attempts, output, error,
                                enqueued_at, started_at, finished_at, duration_ms, worker_id)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-ON CONFLICT (job_id) DO UPDATE SET
-    run_id = excluded.run_id, step = excluded.step, status = excluded.status,
-    attempts = excluded.attempts, output = excluded.output, error = excluded.error,
-    enqueued_at = excluded.enqueued_at, started_at = excluded.started_at,
-    finished_at = excluded.finished_at, duration_ms = excluded.duration_ms,
-    worker_id = excluded.worker_id
-WHERE s.status = 'dead' AND excluded.status = 'succeeded'
+ON CONFLICT (job_id) DO NOTHING
 RETURNING job_id";
 
 const INSERT_DEAD_LETTER: &str = "

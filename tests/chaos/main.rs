@@ -6,8 +6,9 @@
 //!
 //! The fast subset (worker SIGKILL, Redis restart, Redis Cluster failover, Postgres outage,
 //! poison pill among replicas and on a lone one, rolling SIGTERM, bad input, a Redis that refuses
-//! `CLIENT`, a Redis or Postgres partition at shutdown) runs in `cargo test` at small N. The rest
-//! are `#[ignore]`d and run, with
+//! `CLIENT`, a Redis or Postgres partition at shutdown, the lease faults: a replica back after its
+//! tombstone was trimmed, a table lock with poison pending, a step that blocks the runtime, a
+//! panic outside a step) runs in `cargo test` at small N. The rest are `#[ignore]`d and run, with
 //! large N, by `scripts/chaos` (`CHAOS_FULL=1`), which prints the table of results.
 //!
 //! Tests run one at a time (`serial`): each starts several processes on a small machine, and
@@ -19,6 +20,7 @@ mod common;
 mod bad_input;
 mod cluster;
 mod execlog;
+mod lease_faults;
 mod oracle;
 mod partition;
 mod postgres_faults;

@@ -3,6 +3,8 @@
 -- so their settle finds them.
 -- KEYS[1] proc LIST   ARGV: payloads
 -- Returns the number re-added.
+local err = guard({KEYS[1], 'list'})
+if err then return err end
 local added = 0
 for _, p in ipairs(ARGV) do
   if not redis.call('LPOS', KEYS[1], p) then

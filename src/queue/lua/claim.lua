@@ -26,6 +26,8 @@
 -- only reads (one HMGET for the candidates and the BLMOVE'd payloads), so it comes before the
 -- trim. The script is atomic, so nothing can see the payloads between the trim and the push.
 -- The attempt counters are read with one HMGET for the whole batch.
+local err = guard({KEYS[1], 'list', KEYS[2], 'list', KEYS[3], 'zset', KEYS[4], 'hash', KEYS[5], 'hash'})
+if err then return err end
 if not redis.call('ZSCORE', KEYS[3], ARGV[1]) then return {1, {}, {}, 0} end
 local n = tonumber(ARGV[2])
 local threshold = tonumber(ARGV[3])

@@ -3,25 +3,48 @@
 -- KEYS[1] workers ZSET (wid -> deadline ms)   KEYS[2] reaped ZSET (tombstones)
 -- KEYS[3] delayed ZSET (payload -> due ms)    KEYS[4] ready LIST    KEYS[5] poison LIST
 -- KEYS[6] paused STRING (exists: the whole queue is paused)   KEYS[7] paused_steps SET
+-- KEYS[8] epoch STRING (a random value written once; see below)
 -- ARGV[1] wid   ARGV[2] deadline ms   ARGV[3] 'register' | 'beat'   ARGV[4] reap grace ms
--- ARGV[5] promote limit
+-- ARGV[5] promote limit   ARGV[6] the epoch the caller last saw ('' if none)
+-- ARGV[7] a fresh random value, written as the epoch if there is none
 -- Returns {status, next_due_in_ms (-1: none), reap_needed (0|1), poison_pending, paused (0|1),
---          {paused step names}}
+--          {paused step names}, epoch}
 --   status 1: beat recorded; 0: this wid was reaped (fence: stop and re-register);
---   2: the registry had lost this wid without reaping it (Redis lost data): re-registered.
+--   2: Redis lost data, this wid with it: re-registered.
+--
+-- Proof, not inference. A wid missing from the registry was either removed on purpose (reaped;
+-- its tombstone may since have been trimmed) or lost with Redis's data (a restart without
+-- persistence, a failover to an empty replica, FLUSHALL). The epoch tells them apart: it is
+-- written once and never removed, so only data loss removes or replaces it. Same epoch as the
+-- caller saw: nothing was lost, so the wid was removed on purpose, whatever the time away, and
+-- the caller is fenced. A wid reaped with no tombstone left gets one again, so any job that
+-- reaches its list late is re-drained by the reapers. A missing or different epoch: the data
+-- was lost, and the caller may restore what it still runs.
 -- A full Redis (maxmemory, noeviction) refuses a script whose *first* write may grow memory
 -- (ZADD, LPUSH, LMOVE...), and lets a script that has already written run to its end. Heartbeats
 -- must go on when Redis is full, or every worker fences and nothing drains the queue: so the
 -- deadline is written as ZREM then ZADD, and ZREM cannot grow memory.
+local err = guard({KEYS[1], 'zset', KEYS[2], 'zset', KEYS[3], 'zset', KEYS[4], 'list', KEYS[5], 'list',
+                   KEYS[7], 'set', KEYS[8], 'string'})
+if err then return err end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local epoch = redis.call('GET', KEYS[8])
 local status = 1
 if ARGV[3] ~= 'register' and not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
-  if redis.call('ZSCORE', KEYS[2], ARGV[1]) then return {0, -1, 0, 0, 0, {}} end
+  if redis.call('ZSCORE', KEYS[2], ARGV[1]) then return {0, -1, 0, 0, 0, {}, epoch or ''} end
+  if epoch and (ARGV[6] == '' or epoch == ARGV[6]) then
+    redis.call('ZADD', KEYS[2], now, ARGV[1])
+    return {0, -1, 0, 0, 0, {}, epoch}
+  end
   status = 2
 end
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+if not epoch then
+  epoch = ARGV[7]
+  redis.call('SET', KEYS[8], epoch)
+end
 -- Retries go to the producer end: they wait behind jobs already queued.
 local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, tonumber(ARGV[5]))
 for _, p in ipairs(due) do
@@ -37,4 +60,4 @@ if redis.call('ZCARD', KEYS[2]) > 0 or
   reap = 1
 end
 return {status, next_due, reap, redis.call('LLEN', KEYS[5]), redis.call('EXISTS', KEYS[6]),
-        redis.call('SMEMBERS', KEYS[7])}
+        redis.call('SMEMBERS', KEYS[7]), epoch}

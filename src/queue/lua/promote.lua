@@ -1,6 +1,8 @@
 -- Moves due retries from the delayed set back to ready (producer end).
 -- KEYS[1] delayed ZSET   KEYS[2] ready LIST   ARGV[1] limit
 -- Returns {moved, next_due_in_ms (-1: none)}
+local err = guard({KEYS[1], 'zset', KEYS[2], 'list'})
+if err then return err end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))

@@ -5,9 +5,16 @@
 -- Returns {moved, poisoned}, or {-1, 0} when the victim heartbeated meanwhile.
 -- A job recovered more than max recoveries times keeps killing its workers: it goes to the
 -- poison outbox (drained into the dead-letter table) instead of cycling forever.
+-- Only the reap itself counts a recovery: the victim was running those jobs when it stopped.
+-- A re-drain of a tombstoned list (the victim already reaped) finds jobs that reached the list
+-- afterwards and never ran there, so it just returns them.
+local err = guard({KEYS[1], 'zset', KEYS[2], 'zset', KEYS[3], 'list', KEYS[4], 'list',
+                   KEYS[5], 'hash', KEYS[6], 'list', KEYS[7], 'hash'})
+if err then return err end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local deadline = redis.call('ZSCORE', KEYS[1], ARGV[1])
+local counted = deadline ~= false
 if deadline then
   if tonumber(deadline) + tonumber(ARGV[2]) > now then return {-1, 0} end
   redis.call('ZREM', KEYS[1], ARGV[1])
@@ -17,7 +24,8 @@ local moved, poisoned = 0, 0
 while true do
   local p = redis.call('RPOP', KEYS[3])
   if not p then break end
-  local c = redis.call('HINCRBY', KEYS[5], redis.sha1hex(p), 1)
+  local c = 0
+  if counted then c = redis.call('HINCRBY', KEYS[5], redis.sha1hex(p), 1) end
   if c > tonumber(ARGV[3]) then
     -- 'recoveries|at_ms|wid|payload': a plain prefix, because payloads may not be valid UTF-8.
     redis.call('LPUSH', KEYS[6], c .. '|' .. now .. '|' .. ARGV[1] .. '|' .. p)

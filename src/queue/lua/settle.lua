@@ -1,21 +1,31 @@
 -- Settles a batch of finished jobs after their outcome is durable. Each op first removes the
 -- payload from this worker's own list: a 0 from LREM means the job is no longer ours (already
 -- settled by an earlier try whose reply was lost, or rescued by the reaper), and then nothing
--- else is touched. LREM first also frees memory, so settling works when Redis is full.
+-- else is touched. LREM first also frees memory, so settling works when Redis is full. Every key
+-- an op may write is type-checked before the first LREM (the guard): a write that would fail
+-- after its payload was removed would lose the payload.
 -- KEYS[1] proc LIST   KEYS[2] delayed ZSET   KEYS[3] attempts HASH   KEYS[4] interrupts HASH
--- KEYS[5] ready LIST   KEYS[6] paused_steps SET
+-- KEYS[5] ready LIST   KEYS[6] paused_steps SET   KEYS[7..] held LISTs of the ops' steps
 -- ARGV: triples (op, payload, arg):
 --   'done'    outcome committed to Postgres (succeeded or dead): forget its counters
 --   'retry'   count a failed attempt, schedule the payload arg ms from now
 --   'requeue' hand back unfinished (shutdown): consumer end, runs next, not an attempt
---   'hold'    its step is paused: park it in the held list named by arg (a `{queue}:held:<step>`
---             key, so it shares this script's hash slot), not an attempt. If the step was resumed
---             meanwhile, it goes back to ready instead: nothing would ever drain the held list.
+--   'hold'    its step is paused: park it in the held list KEYS[arg] (`{queue}:held:<step>`), not
+--             an attempt. If the step was resumed meanwhile, it goes back to ready instead:
+--             nothing would ever drain the held list.
 -- Returns one integer per op: 1 settled, 0 not ours.
 -- LREM counts from the right (-1): our list grows on the left, so the jobs that finish first,
 -- the oldest, sit at the right end and are found after a short scan. The counters of done jobs
 -- are deleted with one HDEL per hash for the whole batch (chunked: Lua's unpack has a limit).
 local CHUNK = 1000
+local wanted = {KEYS[1], 'list', KEYS[2], 'zset', KEYS[3], 'hash', KEYS[4], 'hash', KEYS[5], 'list',
+                KEYS[6], 'set'}
+for i = 7, #KEYS do
+  wanted[#wanted + 1] = KEYS[i]
+  wanted[#wanted + 1] = 'list'
+end
+local err = guard(wanted)
+if err then return err end
 local now
 local res, done = {}, {}
 for i = 1, #ARGV, 3 do
@@ -32,7 +42,7 @@ for i = 1, #ARGV, 3 do
       redis.call('HINCRBY', KEYS[3], redis.sha1hex(p), 1)
       redis.call('ZADD', KEYS[2], now + tonumber(ARGV[i + 2]), p)
     elseif op == 'hold' then
-      local held = ARGV[i + 2]
+      local held = KEYS[tonumber(ARGV[i + 2])]
       local step = string.sub(held, string.find(held, '}:held:', 1, true) + 7)
       if redis.call('SISMEMBER', KEYS[6], step) == 1 then
         redis.call('LPUSH', held, p)
