@@ -4,6 +4,8 @@
 //! `ADMIN_TOKEN` (bearer); without a token they are open outside production (the quickstart) and
 //! disabled in production.
 
+use std::collections::HashMap;
+
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -27,9 +29,17 @@ pub async fn enqueue(State(s): State<AppState>, headers: HeaderMap, body: axum::
     };
     let mut payloads = Vec::with_capacity(jobs.len());
     let mut ids = Vec::with_capacity(jobs.len());
+    // Index of each id's first job: a second job with the same id would run, but only the first
+    // outcome is kept (the id is the result's primary key), so its output would vanish.
+    let mut first = HashMap::with_capacity(jobs.len());
     for (i, job) in jobs.iter().enumerate() {
         match crate::admin::enqueue::prepare(&job.to_string()) {
             Ok(p) => {
+                let id = job["id"].as_str().unwrap_or_default();
+                if let Some(earlier) = first.insert(id, i) {
+                    let message = format!("job {i} repeats the id {id:?} of job {earlier}: ids must be unique");
+                    return error(StatusCode::BAD_REQUEST, message, Some(i));
+                }
                 ids.push(job["id"].clone());
                 payloads.push(p);
             }
@@ -55,6 +65,11 @@ pub async fn result(State(s): State<AppState>, headers: HeaderMap, Path(id): Pat
     if let Err(refusal) = authorize(&s, &headers) {
         return *refusal;
     }
+    // An id no job can have (NUL, too long) has no row; asking Postgres would only earn an
+    // encoding error, counted as the store failing.
+    if !crate::job::valid_id(&id) {
+        return not_found(&id);
+    }
     match s.store.result(&id).await {
         Ok(Some(r)) => {
             let output = r
@@ -72,11 +87,7 @@ pub async fn result(State(s): State<AppState>, headers: HeaderMap, Path(id): Pat
             });
             (StatusCode::OK, Json(body)).into_response()
         }
-        Ok(None) => error(
-            StatusCode::NOT_FOUND,
-            format!("no result for job {id:?} yet: it is queued, running, waiting for a retry, or unknown"),
-            None,
-        ),
+        Ok(None) => not_found(&id),
         Err(e) => {
             s.metrics.postgres_errors.with_label_values(&["result"]).inc();
             error(
@@ -103,7 +114,7 @@ fn authorize(s: &AppState, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(bearer);
     match given {
         Some(given) if same(given.as_bytes(), token.expose().as_bytes()) => Ok(()),
         _ => Err(Box::new(error(
@@ -112,6 +123,24 @@ fn authorize(s: &AppState, headers: &HeaderMap) -> Result<(), Box<Response>> {
             None,
         ))),
     }
+}
+
+/// The credentials of `Bearer <token>`. The scheme is case-insensitive (RFC 9110 §11.1), and one
+/// or more spaces may follow it.
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start_matches(' '))
+}
+
+fn not_found(id: &str) -> Response {
+    let shown: String = id.chars().take(crate::job::MAX_ID_LEN).collect();
+    error(
+        StatusCode::NOT_FOUND,
+        format!("no result for job {shown:?} yet: it is queued, running, waiting for a retry, or unknown"),
+        None,
+    )
 }
 
 /// Compares in time independent of where the first difference is, so the token cannot be

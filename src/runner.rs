@@ -26,6 +26,10 @@ const INVALID: &str = "invalid";
 /// Metric label for steps with no handler (step names from payloads are unbounded).
 const UNKNOWN: &str = "unknown";
 
+/// Longest queue wait the histogram observes: jobs wait minutes, hours in a backlog, days while
+/// their step is paused; a longer "wait" says the producer's `enqueued_at` is wrong.
+const MAX_PLAUSIBLE_WAIT: Duration = Duration::from_secs(30 * 86_400);
+
 /// How one attempt ended.
 enum Attempt {
     Succeeded(Value),
@@ -76,7 +80,7 @@ impl Runner {
                 };
             }
         };
-        let attempt = claimed.failures + 1;
+        let attempt = claimed.failures.saturating_add(1);
         let span = info_span!("job", job.id = %job.id, job.step = %job.step, run.id = job.run_id.as_deref(),
             correlation_id = %job.correlation_id, attempt);
         self.run_job(claimed, job, attempt, cancel).instrument(span).await
@@ -102,14 +106,20 @@ impl Runner {
             };
         }
         // Queue wait is the first claim's: a retry's wait since enqueue includes its backoff.
-        if let Some(enqueued) = job.enqueued_at.filter(|_| claimed.failures == 0) {
-            let wait = (claimed.claimed_at - enqueued).to_std().unwrap_or_default();
+        // A wait longer than any queue holds a job (a producer's wrong clock or unit: `0` would add
+        // 56 years to the sum) is not observed.
+        let wait = job
+            .enqueued_at
+            .filter(|_| claimed.failures == 0)
+            .map(|enqueued| (claimed.claimed_at - enqueued).to_std().unwrap_or_default())
+            .filter(|wait| *wait <= MAX_PLAUSIBLE_WAIT);
+        if let Some(wait) = wait {
             self.metrics
                 .queue_wait
                 .with_label_values(&[&label])
                 .observe(wait.as_secs_f64());
         }
-        let max_attempts = 1 + job.max_retries.unwrap_or(self.config.max_retries);
+        let max_attempts = job.max_retries.unwrap_or(self.config.max_retries).saturating_add(1);
         let timeout = job
             .timeout
             .map_or(self.config.step_timeout, |t| t.min(self.config.step_timeout_max));
@@ -161,7 +171,7 @@ impl Runner {
                     run_id: job.run_id,
                     step: job.step,
                     status: Status::Succeeded,
-                    attempts: attempt as i32,
+                    attempts: stored_count(attempt),
                     output: Some(stored_json(&output)),
                     error: None,
                     enqueued_at: job.enqueued_at,
@@ -188,7 +198,7 @@ impl Runner {
                 let record = AttemptRecord {
                     id: Uuid::now_v7(),
                     job_id: job.id.clone(),
-                    attempt: attempt as i32,
+                    attempt: stored_count(attempt),
                     outcome,
                     error: Some(error.clone()),
                     started_at,
@@ -246,7 +256,7 @@ impl Runner {
             run_id: job.run_id.clone(),
             step: job.step.clone(),
             status: Status::Dead,
-            attempts: attempts as i32,
+            attempts: stored_count(attempts),
             output: None,
             error: Some(format!("{reason}: {error}")),
             enqueued_at: job.enqueued_at,
@@ -264,7 +274,7 @@ impl Runner {
             step: Some(job.step.clone()),
             reason: reason.to_owned(),
             error: Some(error),
-            attempts: attempts as i32,
+            attempts: stored_count(attempts),
             payload: claimed.payload.clone(),
             worker_id: claimed.identity.wid.clone(),
             dead_at: now,
@@ -288,6 +298,12 @@ fn failed(outcome: &'static str, e: &StepError) -> Attempt {
         error: e.to_string(),
         retry: e.retry,
     }
+}
+
+/// An attempt count for an int4 column: counts are bounded by the contract, but a corrupted
+/// counter in Redis must not wrap into a negative number.
+fn stored_count(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {

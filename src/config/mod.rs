@@ -16,8 +16,8 @@ use serde::Deserialize;
 
 pub use http_steps::HttpSteps;
 pub use notify::Notify;
-pub use parse::ConfigError;
-use parse::{Var, parse_bool, parse_int, parse_one_of};
+pub use parse::{ConfigError, MIN_TOKEN_LEN};
+use parse::{Var, parse_bool, parse_int, parse_one_of, parse_token};
 pub use secret::{Secret, redact_url};
 
 /// The raw environment, as envy sees it: every variable optional, every value a string.
@@ -273,7 +273,7 @@ impl Config {
                 },
                 None => None,
             },
-            admin_token: raw.admin_token.map(Secret::new),
+            admin_token: parse_token("ADMIN_TOKEN", raw.admin_token)?,
             redis_allow_eviction: parse_bool("REDIS_ALLOW_EVICTION", raw.redis_allow_eviction.as_deref(), false)?,
             heartbeat_interval,
             worker_deadline,
@@ -392,7 +392,27 @@ fn url_var(
     if !schemes.iter().any(|s| value.starts_with(s)) {
         return Err(ConfigError::new(name, &expected, &redact_url(&value)));
     }
+    // A URL the client library cannot parse would only fail at the first connection, which is
+    // retried forever: refuse it here, where the operator sees which variable it is.
+    if !client_parses(&value) {
+        let expected = format!(
+            "{expected} that parses as one (percent-encode `/`, `?`, `#`, `@` and `:` in the user name and password)"
+        );
+        return Err(ConfigError::new(name, &expected, &redact_url(&value)));
+    }
     Ok(Secret::new(value))
+}
+
+/// Whether the client library for `url`'s scheme accepts it, without connecting.
+fn client_parses(url: &str) -> bool {
+    use std::str::FromStr;
+    if url.starts_with("redis") {
+        redis::IntoConnectionInfo::into_connection_info(url).is_ok()
+    } else if url.starts_with("postgres") {
+        sqlx::postgres::PgConnectOptions::from_str(url).is_ok()
+    } else {
+        sqlx::sqlite::SqliteConnectOptions::from_str(url).is_ok()
+    }
 }
 
 fn parse_log_level(raw: Option<String>) -> Result<String, ConfigError> {
