@@ -19,6 +19,7 @@ use crate::handler::{Registry, Retry, StepContext, StepError};
 use crate::job::{self, Job};
 use crate::metrics::Metrics;
 use crate::outcome::{Claimed, Finished, Settle};
+use crate::redact::Redactor;
 use crate::store::{AttemptRecord, DeadLetterRecord, ResultRecord, Status, stored_json};
 
 /// Metric label for payloads that could not be decoded.
@@ -153,6 +154,15 @@ impl Runner {
         };
         let elapsed = clock.elapsed();
         let finished_at = Utc::now();
+        // What a step says is stored, logged and reported: masked and bounded once, here.
+        let result = match result {
+            Attempt::Failed { outcome, error, retry } => Attempt::Failed {
+                outcome,
+                error: Redactor::new(&self.config.notify.pii_keys).job_error_text(&error, &claimed.payload),
+                retry,
+            },
+            other => other,
+        };
         let outcome_label = match &result {
             Attempt::Succeeded(_) => "succeeded",
             Attempt::Failed { outcome, .. } => outcome,

@@ -1,10 +1,12 @@
-//! Logging setup: JSON lines in production, human-readable elsewhere, filtered by `LOG_LEVEL`.
+//! Logging setup: JSON lines in production, human-readable elsewhere, filtered by `LOG_LEVEL`;
+//! panics are logged through it too.
 
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::{EnvFilter, fmt};
 
 use crate::config::{Config, LogFormat};
+use crate::redact::Redactor;
 
 /// Installs the global subscriber: the log format of `LOG_FORMAT`, filtered by `LOG_LEVEL`, plus
 /// a Sentry layer (errors become events, lower levels breadcrumbs) when `SENTRY_DSN` is set.
@@ -29,6 +31,33 @@ pub fn init(config: &Config) {
         .with(pretty)
         .with(sentry)
         .try_init();
+    install_panic_hook(Redactor::new(&config.notify.pii_keys));
+}
+
+/// Routes panic messages through the logger, masked and bounded like any error text. The default
+/// hook writes plain lines to stderr, which break a JSON log stream and print whatever the
+/// message holds. A panic inside a job's span is a step's (the runner records it as a failed
+/// attempt), so it is a warning; anywhere else it is the worker's own error.
+fn install_panic_hook(redactor: Redactor) {
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "non-string panic payload".to_owned());
+        let message = redactor.error_text(&message, &serde_json::Value::Null);
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let in_step = tracing::Span::current().metadata().is_some_and(|m| m.name() == "job");
+        if in_step {
+            tracing::warn!(panic = %message, location, "a step panicked");
+        } else {
+            tracing::error!(panic = %message, location, "panicked");
+        }
+    }));
 }
 
 /// For tests: logs at `warn` (or `TEST_LOG`), captured by the test harness.

@@ -17,7 +17,27 @@ on_each_driver!(
     post_jobs_refuses_a_batch_that_repeats_an_id,
     get_jobs_for_an_id_no_job_can_have_is_404_not_a_store_error,
     the_bearer_scheme_is_case_insensitive,
+    an_implausible_queue_wait_is_not_observed,
 );
+
+async fn an_implausible_queue_wait_is_not_observed(env: TestEnv) {
+    let worker = env.start(&[]).await;
+    // `enqueued_at: 0` claims a 56-year wait; the job itself is fine and runs.
+    env.push(r#"{"id":"w-epoch","step":"builtin.noop","enqueued_at":0}"#)
+        .await;
+    let now = chrono::Utc::now().timestamp_millis();
+    env.push(&json!({"id": "w-now", "step": "builtin.noop", "enqueued_at": now}).to_string())
+        .await;
+    env.wait_result("w-epoch", WAIT).await;
+    env.wait_result("w-now", WAIT).await;
+    let (_, metrics) = common::get(&format!("http://{}/metrics", worker.http_addr.unwrap())).await;
+    let series = r#"{step="builtin.noop"}"#;
+    let count = common::metric(&metrics, &format!("step_worker_queue_wait_seconds_count{series}"));
+    let sum = common::metric(&metrics, &format!("step_worker_queue_wait_seconds_sum{series}"));
+    assert_eq!(count, Some(1.0), "{metrics}");
+    assert!(sum.unwrap() < 3600.0, "{sum:?}");
+    worker.stop().await.unwrap();
+}
 
 async fn numbers_outside_the_contract_are_dead_lettered_under_the_job_id_before_the_step_runs(env: TestEnv) {
     let worker = env.start(&[]).await;

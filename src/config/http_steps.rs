@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use reqwest::Url;
 
 use super::parse::{ConfigError, parse_int};
-use super::{RawEnv, Secret, redact_url};
+use super::{RawEnv, Secret, redact_url, redact_url_path};
 use crate::http_step::route::{Routes, UrlTemplate, check_step_name, http_url};
 
 /// Default `STEP_RESPONSE_MAX_BYTES`: 1 MiB is far above a typical step output and far below
@@ -51,7 +51,7 @@ impl HttpSteps {
         let routes: Vec<String> = self
             .routes
             .iter()
-            .map(|(step, url)| format!("{step}={}", redact_url(url.as_str())))
+            .map(|(step, url)| format!("{step}={}", redact_url_path(url.as_str())))
             .collect();
         vec![
             (
@@ -160,7 +160,7 @@ fn parse_routes(raw: Option<&str>) -> Result<BTreeMap<String, Url>, ConfigError>
         // The URL part may carry credentials; the step name helps find the entry.
         let shown = match url {
             "" => entry.to_owned(),
-            url => format!("{step}={}", redact_url(url)),
+            url => format!("{step}={}", redact_url_path(url)),
         };
         let bad = || ConfigError::new("STEP_ROUTES", EXPECTED, &shown);
         let step = step.trim();

@@ -18,7 +18,7 @@ pub use http_steps::HttpSteps;
 pub use notify::Notify;
 pub use parse::{ConfigError, MIN_TOKEN_LEN};
 use parse::{Var, parse_bool, parse_int, parse_one_of, parse_token};
-pub use secret::{Secret, redact_url};
+pub use secret::{Secret, redact_url, redact_url_path};
 
 /// The raw environment, as envy sees it: every variable optional, every value a string.
 /// Keep it flat: `#[serde(flatten)]` breaks non-string fields in envy.

@@ -28,7 +28,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{HttpSteps, Secret, redact_url};
+use crate::config::{HttpSteps, Secret, redact_url, redact_url_path};
 use crate::handler::{Handler, Registry, StepContext, StepError, StepResult};
 use crate::metrics::Metrics;
 use response::Class;
@@ -170,7 +170,8 @@ impl Dispatcher {
         let (class, result) = match request.body(body).send().await {
             Ok(response) => response::judge(response, self.max_bytes).await,
             Err(e) => {
-                let what = format!("POST {}", redact_url(url.as_str()));
+                // A route may carry its token in the path or query: the host only.
+                let what = format!("POST {}", redact_url_path(url.as_str()));
                 (Class::of_error(&e), Err(response::transport_failure(e, what)))
             }
         };

@@ -147,7 +147,10 @@ impl Slack {
             .await;
         match result.map(|r| r.error_for_status()) {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) | Err(e) => tracing::warn!(error = %scrub_text(&e.to_string()), "posting to Slack failed"),
+            // reqwest's message names the URL, and a webhook's URL is its credential.
+            Ok(Err(e)) | Err(e) => {
+                tracing::warn!(error = %scrub_text(&e.without_url().to_string()), "posting to Slack failed")
+            }
         }
     }
 }

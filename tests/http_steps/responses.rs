@@ -191,7 +191,8 @@ async fn unreachable_endpoint_is_retried_then_dead_lettered() {
     for a in env.attempts("down-1").await {
         let error = a.error.unwrap();
         assert!(
-            error.contains(&format!("POST http://127.0.0.1:{port}/steps/down")),
+            // The host only: a route's path or query may carry its token.
+            error.contains(&format!("POST http://127.0.0.1:{port}/***")),
             "{error}"
         );
     }
