@@ -4,8 +4,10 @@
 
 use serde_json::Value;
 
+pub use printable::printable;
 pub use text::MAX_ERROR_CHARS;
 
+mod printable;
 mod text;
 
 /// The default `PII_REDACT_KEYS`: a key matches when its lower-cased name contains one of them

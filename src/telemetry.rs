@@ -1,12 +1,16 @@
 //! Logging setup: JSON lines in production, human-readable elsewhere, filtered by `LOG_LEVEL`;
 //! panics are logged through it too.
 
+use tracing::field::Field;
+use tracing_subscriber::field::MakeExt;
 use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::fmt::FormatFields;
+use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::{EnvFilter, fmt};
 
 use crate::config::{Config, LogFormat};
-use crate::redact::Redactor;
+use crate::redact::{Redactor, printable};
 
 /// Installs the global subscriber: the log format of `LOG_FORMAT`, filtered by `LOG_LEVEL`, plus
 /// a Sentry layer (errors become events, lower levels breadcrumbs) when `SENTRY_DSN` is set.
@@ -18,7 +22,7 @@ pub fn init(config: &Config) {
             Some(fmt::layer().json().with_current_span(true).with_span_list(false)),
             None,
         ),
-        LogFormat::Pretty => (None, Some(fmt::layer().with_target(false))),
+        LogFormat::Pretty => (None, Some(fmt::layer().with_target(false).fmt_fields(escaped_fields()))),
     };
     let sentry = config.notify.sentry_dsn.is_some().then(|| {
         sentry::integrations::tracing::ErrorLayer::new()
@@ -32,6 +36,21 @@ pub fn init(config: &Config) {
         .with(sentry)
         .try_init();
     install_panic_hook(Redactor::new(&config.notify.pii_keys));
+}
+
+/// Field formatting for the human format: the default's `name=value` layout with control
+/// characters escaped, since ids, step names and errors come from producers and steps, and a
+/// newline or an ANSI sequence in them would forge a line or drive the terminal. (JSON lines
+/// escape them already.)
+pub fn escaped_fields() -> impl for<'w> FormatFields<'w> + Send + Sync + 'static {
+    fmt::format::debug_fn(|w: &mut Writer<'_>, field: &Field, value: &dyn std::fmt::Debug| {
+        let text = format!("{value:?}");
+        match field.name() {
+            "message" => write!(w, "{}", printable(&text)),
+            name => write!(w, "{name}={}", printable(&text)),
+        }
+    })
+    .delimited(" ")
 }
 
 /// Routes panic messages through the logger, masked and bounded like any error text. The default
@@ -68,4 +87,49 @@ pub fn init_for_tests() {
         .with_env_filter(filter)
         .with_test_writer()
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().write(bytes)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn human_logs_escape_what_producers_control() {
+        let buffer = Buffer::default();
+        let sink = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .fmt_fields(escaped_fields())
+            .with_writer(move || sink.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let id = "j1\n2026-01-01T00:00:00Z  INFO forged line\x1b[2J";
+            let span = tracing::info_span!("job", job.id = %id);
+            let _entered = span.enter();
+            tracing::warn!(error = %"bad\r\ninput", step = "s\u{202e}", "failed: {}", "x\ny");
+        });
+        let out = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(out.lines().count(), 1, "{out}");
+        assert!(!out.contains('\x1b') && !out.contains('\u{202e}'), "{out}");
+        assert!(out.contains(r"job.id=j1\n2026") && out.contains(r"\u{1b}[2J"), "{out}");
+        assert!(
+            out.contains(r"failed: x\ny") && out.contains(r"error=bad\r\ninput"),
+            "{out}"
+        );
+    }
 }

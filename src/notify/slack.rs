@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Notify, Secret};
 use crate::health::Health;
-use crate::redact::scrub_text;
+use crate::redact::{printable, scrub_text};
 
 /// Events waiting for the Slack task; beyond this they are dropped.
 const CHANNEL: usize = 1024;
@@ -100,12 +100,15 @@ impl Slack {
             .collect();
         for step in due {
             let p = self.pending.remove(&step).expect("listed above");
-            let reasons: Vec<String> = p.reasons.iter().map(|(r, n)| format!("{r} ×{n}")).collect();
+            let reasons: Vec<String> = p.reasons.iter().map(|(r, n)| format!("{} ×{n}", escape(r))).collect();
             let text = format!(
-                ":skull: {} job(s) of step `{step}` dead-lettered ({}){}. See `step-worker dlq list --step {step}`.",
+                ":skull: {} job(s) of step `{shown}` dead-lettered ({}){}. See `step-worker dlq list --step {shown}`.",
                 p.count,
                 reasons.join(", "),
-                p.last_job.map(|j| format!("; latest job `{j}`")).unwrap_or_default(),
+                p.last_job
+                    .map(|j| format!("; latest job `{}`", escape(&j)))
+                    .unwrap_or_default(),
+                shown = escape(&step),
             );
             self.post(&text).await;
             self.last_sent.insert(step, Instant::now());
@@ -124,7 +127,7 @@ impl Slack {
                     let text = format!(
                         ":rotating_light: {name} unreachable for {} s: {}",
                         for_.as_secs(),
-                        scrub_text(&error)
+                        escape(&scrub_text(&error))
                     );
                     self.post(&text).await;
                 }
@@ -153,4 +156,14 @@ impl Slack {
             }
         }
     }
+}
+
+/// Text from producers (step names, job ids, errors) as Slack shows it literally: `&`, `<` and
+/// `>` escaped as Slack requires, so a job id cannot write `<!channel>` or a disguised link
+/// `<https://…|text>`; control characters escaped, so it stays on its line.
+fn escape(text: &str) -> String {
+    printable(text)
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
