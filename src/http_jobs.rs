@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use crate::config::AppEnv;
 use crate::http::AppState;
+use crate::queue::PushError;
 
 pub async fn enqueue(State(s): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
     if let Err(refusal) = authorize(&s, &headers) {
@@ -46,13 +47,18 @@ pub async fn enqueue(State(s): State<AppState>, headers: HeaderMap, body: axum::
             Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e:#}"), Some(i)),
         }
     }
-    if let Err(e) = s.queue.push_many(&payloads).await {
-        s.metrics.redis_errors.with_label_values(&["enqueue"]).inc();
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the queue refused the jobs: {e}"),
-            None,
-        );
+    match s.queue.push_many(&payloads).await {
+        Ok(()) => {}
+        // Full is the queue protecting the process, not a failure: it passes once jobs finish.
+        Err(PushError::Full(full)) => return error(StatusCode::SERVICE_UNAVAILABLE, full.to_string(), None),
+        Err(PushError::Redis(e)) => {
+            s.metrics.redis_errors.with_label_values(&["enqueue"]).inc();
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the queue refused the jobs: {e}"),
+                None,
+            );
+        }
     }
     (
         StatusCode::ACCEPTED,

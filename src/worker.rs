@@ -78,7 +78,11 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
             tracing::warn!(
                 "QUEUE_DRIVER=memory: jobs are kept in this process only and are lost when it exits; set REDIS_URL for a durable, shared queue"
             );
-            Queue::Memory(MemoryQueue::named(&config.queue_key))
+            Queue::Memory({
+                let queue = MemoryQueue::named(&config.queue_key);
+                queue.set_max_jobs(config.memory_queue_max_jobs);
+                queue
+            })
         }
         QueueDriver::Redis => {
             let ca = config.redis_ca_pem();

@@ -155,3 +155,28 @@ async fn an_outcome_postgres_refuses_still_ends_with_a_row_under_the_job_id() {
     assert_eq!(code, 200, "{body}");
     worker.stop().await.unwrap();
 }
+
+/// The memory queue used to take jobs until the process ran out of memory.
+#[tokio::test]
+async fn a_full_memory_queue_answers_503_with_the_reason() {
+    let env = TestEnv::memory().await;
+    let worker = env.start(&[("MEMORY_QUEUE_MAX_JOBS", "3")]).await;
+    let addr = worker.http_addr.unwrap();
+    let jobs = |n: usize, tag: &str| {
+        let jobs: Vec<Value> = (0..n)
+            .map(|i| json!({"id": format!("{tag}-{i}"), "step": "builtin.noop"}))
+            .collect();
+        Value::from(jobs).to_string()
+    };
+    let (code, body) = post(addr, None, &jobs(4, "m")).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("MEMORY_QUEUE_MAX_JOBS (3)"),
+        "{body}"
+    );
+    let (code, body) = post(addr, None, &jobs(3, "n")).await;
+    assert_eq!(code, 202, "{body}");
+    env.wait_result("n-2", WAIT).await;
+    assert!(env.result("m-0").await.is_none(), "a refused batch enqueues nothing");
+    worker.stop().await.unwrap();
+}

@@ -27,6 +27,7 @@ struct RawEnv {
     app_env: Option<String>,
     node_env: Option<String>,
     queue_driver: Option<String>,
+    memory_queue_max_jobs: Option<String>,
     redis_url: Option<String>,
     database_url: Option<String>,
     worker_concurrency: Option<String>,
@@ -95,6 +96,8 @@ pub enum QueueDriver {
 pub struct Config {
     pub app_env: AppEnv,
     pub queue_driver: QueueDriver,
+    /// `MEMORY_QUEUE_MAX_JOBS`: most jobs the memory queue holds (ready, delayed, in flight).
+    pub memory_queue_max_jobs: usize,
     pub redis_url: Secret,
     pub database_url: Secret,
     pub concurrency: usize,
@@ -244,6 +247,13 @@ impl Config {
         Ok(Config {
             app_env,
             queue_driver,
+            memory_queue_max_jobs: parse_int(
+                "MEMORY_QUEUE_MAX_JOBS",
+                raw.memory_queue_max_jobs.as_deref(),
+                crate::queue::MEMORY_DEFAULT_MAX_JOBS as u64,
+                1,
+                10_000_000,
+            )? as usize,
             redis_url,
             database_url,
             concurrency: parse_int("WORKER_CONCURRENCY", raw.worker_concurrency.as_deref(), 10, 1, 10_000)? as usize,
@@ -299,6 +309,7 @@ impl Config {
         let mut lines = vec![
             ("APP_ENV", format!("{:?}", self.app_env).to_lowercase()),
             ("QUEUE_DRIVER", format!("{:?}", self.queue_driver).to_lowercase()),
+            ("MEMORY_QUEUE_MAX_JOBS", self.memory_queue_max_jobs.to_string()),
             ("REDIS_URL", self.redis_url.redacted()),
             ("DATABASE_URL", self.database_url.redacted()),
             ("QUEUE_KEY", self.queue_key.clone()),

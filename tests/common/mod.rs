@@ -211,7 +211,7 @@ impl TestEnv {
     /// while the manager reconnects, so it is tried again once.
     pub async fn push(&self, payload: &str) {
         if let Some(q) = &self.memory {
-            return q.push(payload.as_bytes());
+            return q.push(payload.as_bytes()).expect("the memory queue has room");
         }
         let mut conn = self.redis.clone();
         if conn.lpush::<_, _, i64>(&self.queue_key, payload).await.is_err() {
