@@ -48,9 +48,12 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Listens on every address, IPv6 and IPv4 (platform private networks such as Fly's and Railway's
-/// are IPv6), falling back to IPv4 alone where the host has no IPv6.
-pub async fn bind(port: u16) -> std::io::Result<TcpListener> {
+/// Listens on `host`, or with `None` on every address, IPv6 and IPv4 (platform private networks
+/// such as Fly's and Railway's are IPv6), falling back to IPv4 alone where the host has no IPv6.
+pub async fn bind(host: Option<std::net::IpAddr>, port: u16) -> std::io::Result<TcpListener> {
+    if let Some(host) = host {
+        return TcpListener::bind((host, port)).await;
+    }
     match TcpListener::bind(("::", port)).await {
         Ok(l) => Ok(l),
         Err(_) => TcpListener::bind(("0.0.0.0", port)).await,

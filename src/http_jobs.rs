@@ -20,6 +20,9 @@ pub async fn enqueue(State(s): State<AppState>, headers: HeaderMap, body: axum::
     if let Err(refusal) = authorize(&s, &headers) {
         return *refusal;
     }
+    if let Err(refusal) = browser_safe(&headers) {
+        return *refusal;
+    }
     let value: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("body is not valid JSON: {e}"), None),
@@ -129,6 +132,34 @@ fn authorize(s: &AppState, headers: &HeaderMap) -> Result<(), Box<Response>> {
             None,
         ))),
     }
+}
+
+/// Refuses what a web page on another origin can make a browser send. A page can POST
+/// `text/plain` or a form anywhere without asking; `application/json` needs a CORS preflight,
+/// which this server never grants. The origin headers catch the rest.
+fn browser_safe(headers: &HeaderMap) -> Result<(), Box<Response>> {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let json = text("content-type").and_then(|v| v.split(';').next()).map(str::trim);
+    if !json.is_some_and(|v| v.eq_ignore_ascii_case("application/json")) {
+        return Err(Box::new(error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "POST /jobs takes a JSON body with `Content-Type: application/json`".into(),
+            None,
+        )));
+    }
+    let cross_site = matches!(text("sec-fetch-site"), Some("cross-site" | "same-site"));
+    let foreign_origin = text("origin").is_some_and(|origin| {
+        let origin_host = origin.split_once("://").map(|(_, host)| host.trim_end_matches('/'));
+        origin_host.is_none() || origin_host != text("host")
+    });
+    if cross_site || foreign_origin {
+        return Err(Box::new(error(
+            StatusCode::FORBIDDEN,
+            "POST /jobs refuses requests a web page on another origin made a browser send".into(),
+            None,
+        )));
+    }
+    Ok(())
 }
 
 /// The credentials of `Bearer <token>`. The scheme is case-insensitive (RFC 9110 §11.1), and one

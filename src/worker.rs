@@ -156,7 +156,7 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
 
     let http_stop = CancellationToken::new();
     let http_addr = if config.health_check_enabled {
-        let listener = http::bind(config.health_check_port)
+        let listener = http::bind(config.health_check_host, config.health_check_port)
             .await
             .with_context(|| format!("cannot listen on HEALTH_CHECK_PORT {}", config.health_check_port))?;
         let addr = listener.local_addr()?;

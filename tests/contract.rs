@@ -18,6 +18,7 @@ on_each_driver!(
     get_jobs_for_an_id_no_job_can_have_is_404_not_a_store_error,
     the_bearer_scheme_is_case_insensitive,
     an_implausible_queue_wait_is_not_observed,
+    post_jobs_refuses_what_a_page_on_another_origin_can_make_a_browser_send,
 );
 
 async fn an_implausible_queue_wait_is_not_observed(env: TestEnv) {
@@ -178,5 +179,57 @@ async fn a_full_memory_queue_answers_503_with_the_reason() {
     assert_eq!(code, 202, "{body}");
     env.wait_result("n-2", WAIT).await;
     assert!(env.result("m-0").await.is_none(), "a refused batch enqueues nothing");
+    worker.stop().await.unwrap();
+}
+
+async fn post_jobs_refuses_what_a_page_on_another_origin_can_make_a_browser_send(env: TestEnv) {
+    let worker = env.start(&[]).await;
+    let addr = worker.http_addr.unwrap();
+    // Without ADMIN_TOKEN outside production, the endpoint is open: only this machine reaches it.
+    assert!(addr.ip().is_loopback(), "{addr}");
+    let send = |headers: Vec<(&'static str, String)>, id: &'static str| async move {
+        let mut req = reqwest::Client::new()
+            .post(format!("http://{addr}/jobs"))
+            .body(json!({"id": id, "step": "builtin.noop"}).to_string());
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        req.send().await.unwrap().status().as_u16()
+    };
+    let json_type = || ("content-type", "application/json".to_owned());
+    // What any page may send without a preflight: a "simple" content type.
+    assert_eq!(send(vec![("content-type", "text/plain".into())], "o-1").await, 415);
+    assert_eq!(send(vec![], "o-2").await, 415);
+    assert_eq!(
+        send(vec![json_type(), ("origin", "http://evil.example".into())], "o-3").await,
+        403
+    );
+    assert_eq!(send(vec![json_type(), ("origin", "null".into())], "o-4").await, 403);
+    assert_eq!(
+        send(vec![json_type(), ("sec-fetch-site", "cross-site".into())], "o-5").await,
+        403
+    );
+    assert_eq!(env.ready_len().await, 0, "a refused request enqueues nothing");
+    let same = ("origin", format!("http://{addr}"));
+    assert_eq!(
+        send(
+            vec![("content-type", "application/json; charset=utf-8".into()), same],
+            "o-6"
+        )
+        .await,
+        202
+    );
+    env.wait_result("o-6", WAIT).await;
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn with_an_admin_token_the_server_listens_on_every_interface() {
+    let env = TestEnv::memory().await;
+    let worker = env.start(&[("ADMIN_TOKEN", TOKEN)]).await;
+    assert!(worker.http_addr.unwrap().ip().is_unspecified());
+    worker.stop().await.unwrap();
+    let worker = env.start(&[("HEALTH_CHECK_HOST", "0.0.0.0")]).await;
+    assert!(worker.http_addr.unwrap().ip().is_unspecified());
     worker.stop().await.unwrap();
 }

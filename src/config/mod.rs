@@ -43,6 +43,7 @@ struct RawEnv {
     log_format: Option<String>,
     health_check_enabled: Option<String>,
     health_check_port: Option<String>,
+    health_check_host: Option<String>,
     port: Option<String>,
     queue_key: Option<String>,
     redis_allow_eviction: Option<String>,
@@ -113,6 +114,10 @@ pub struct Config {
     pub log_format: LogFormat,
     pub health_check_enabled: bool,
     pub health_check_port: u16,
+    /// `HEALTH_CHECK_HOST`: the address the HTTP server listens on; `None` is every interface.
+    /// Unset, it is loopback outside production without `ADMIN_TOKEN`, since `POST /jobs` is
+    /// then open to anyone who can reach it.
+    pub health_check_host: Option<std::net::IpAddr>,
     pub queue_key: String,
     /// Start in production even when Redis may evict keys (an explicit, documented risk).
     pub redis_allow_eviction: bool,
@@ -236,6 +241,21 @@ impl Config {
             (None, Some(v)) => parse_int("PORT", Some(v), 3001, 0, 65_535)? as u16,
             (None, None) => 3001,
         };
+        let health_check_host = match &raw.health_check_host {
+            Some(v) => match v.trim().parse::<std::net::IpAddr>() {
+                Ok(ip) if ip.is_unspecified() => None,
+                Ok(ip) => Some(ip),
+                Err(_) => {
+                    return Err(ConfigError::new(
+                        "HEALTH_CHECK_HOST",
+                        "an IP address: 127.0.0.1 (this machine only) or 0.0.0.0 / :: (every interface)",
+                        v,
+                    ));
+                }
+            },
+            None if production || raw.admin_token.is_some() => None,
+            None => Some(std::net::Ipv4Addr::LOCALHOST.into()),
+        };
         let queue_key = raw.queue_key.unwrap_or_else(|| "step.ready".to_owned());
         if queue_key.contains(['{', '}']) || queue_key.len() > 200 {
             return Err(ConfigError::new(
@@ -269,6 +289,7 @@ impl Config {
             log_format,
             health_check_enabled: parse_bool("HEALTH_CHECK_ENABLED", raw.health_check_enabled.as_deref(), true)?,
             health_check_port,
+            health_check_host,
             queue_key,
             redis_ca: match raw.redis_ca_file {
                 Some(path) => match std::fs::read(&path) {
@@ -335,6 +356,10 @@ impl Config {
             ("LOG_FORMAT", format!("{:?}", self.log_format).to_lowercase()),
             ("HEALTH_CHECK_ENABLED", self.health_check_enabled.to_string()),
             ("HEALTH_CHECK_PORT", self.health_check_port.to_string()),
+            (
+                "HEALTH_CHECK_HOST",
+                self.health_check_host.map_or("::".to_owned(), |ip| ip.to_string()),
+            ),
             ("HEARTBEAT_INTERVAL_MS", ms(self.heartbeat_interval)),
             ("WORKER_DEADLINE_MS", ms(self.worker_deadline)),
             ("MAX_RECOVERIES", self.max_recoveries.to_string()),

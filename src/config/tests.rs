@@ -287,3 +287,20 @@ fn connection_urls_the_client_cannot_parse_are_refused_naming_the_variable() {
     }
     assert!(config(&[("REDIS_URL", "redis://:pa%2Fss@cache.example:6379/0")]).is_ok());
 }
+
+#[test]
+fn the_http_server_listens_on_loopback_while_post_jobs_is_open() {
+    let host = |vars: &[(&str, &str)]| config(vars).unwrap().health_check_host;
+    assert_eq!(host(&[]), Some(std::net::Ipv4Addr::LOCALHOST.into()));
+    assert_eq!(host(&[("ADMIN_TOKEN", "sixteen-chars-ok")]), None);
+    let production = [
+        ("APP_ENV", "production"),
+        ("REDIS_URL", "redis://cache:6379"),
+        ("DATABASE_URL", "postgres://u@db/app"),
+    ];
+    assert_eq!(host(&production), None);
+    assert_eq!(host(&[("HEALTH_CHECK_HOST", "::")]), None);
+    assert_eq!(host(&[("HEALTH_CHECK_HOST", "10.0.0.7")]), Some([10, 0, 0, 7].into()));
+    let err = config(&[("HEALTH_CHECK_HOST", "localhost")]).unwrap_err();
+    assert_eq!(err.variable, "HEALTH_CHECK_HOST");
+}
