@@ -26,6 +26,9 @@ use crate::store::{AttemptRecord, DeadLetterRecord, ResultRecord, Status, stored
 const INVALID: &str = "invalid";
 /// Metric label for steps with no handler (step names from payloads are unbounded).
 const UNKNOWN: &str = "unknown";
+/// Metric label shared by the steps a fallback runs that were not named in advance
+/// (`STEP_ROUTES`, `METRICS_STEPS`).
+pub const OTHER: &str = "other";
 
 /// Longest queue wait the histogram observes: jobs wait minutes, hours in a backlog, days while
 /// their step is paused; a longer "wait" says the producer's `enqueued_at` is wrong.
@@ -93,11 +96,14 @@ impl Runner {
             let error = format!("unknown step `{}`: no handler is registered for it", job.step);
             return self.dead(claimed, &job, UNKNOWN.into(), "unknown_step", error, 0, None);
         };
-        // Step names come from payloads: one that could not be a real step (the HTTP step-name rule)
-        // is labelled `invalid`, so a stream of garbage names cannot blow up metric cardinality.
-        let label: Arc<str> = match crate::http_step::route::check_step_name(&job.step) {
-            Ok(()) => job.step.as_str().into(),
-            Err(_) => INVALID.into(),
+        // Step names come from payloads, and a fallback (HTTP steps) runs any of them: only names
+        // known in advance are labels, so the series count is bounded whatever producers send.
+        let label: Arc<str> = if self.registry.is_native(&job.step) || self.config.http_steps.is_known_step(&job.step) {
+            job.step.as_str().into()
+        } else if crate::http_step::route::check_step_name(&job.step).is_err() {
+            INVALID.into()
+        } else {
+            OTHER.into()
         };
         if self.pause.is_step_paused(&job.step) {
             tracing::info!("step paused by an operator; the job waits until it is resumed");

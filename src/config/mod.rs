@@ -67,6 +67,7 @@ struct RawEnv {
     supabase_service_role_key: Option<String>,
     step_signing_secret: Option<String>,
     step_response_max_bytes: Option<String>,
+    metrics_steps: Option<String>,
 }
 
 /// Where the process runs; production turns on JSON logs and refuses local defaults.

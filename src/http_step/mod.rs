@@ -76,6 +76,8 @@ struct Dispatcher {
     signing_secret: Option<Secret>,
     max_bytes: usize,
     metrics: Arc<Metrics>,
+    /// The steps that keep a metric label of their own ([`HttpSteps::is_known_step`]).
+    config: HttpSteps,
 }
 
 /// The request body: the job as an endpoint needs it.
@@ -116,6 +118,7 @@ impl HttpDispatcher {
                 signing_secret: config.signing_secret.clone(),
                 max_bytes: config.response_max_bytes,
                 metrics,
+                config: config.clone(),
             }),
         }))
     }
@@ -161,9 +164,13 @@ impl Dispatcher {
                 .header(TIMESTAMP_HEADER, now)
                 .header(SIGNATURE_HEADER, sign(secret.expose().as_bytes(), now, &body));
         }
+        let label = match self.config.is_known_step(&ctx.step) {
+            true => ctx.step.as_str(),
+            false => crate::runner::OTHER,
+        };
         let mut tally = Tally {
             counter: &self.metrics.http_step_responses,
-            step: &ctx.step,
+            step: label,
             cancel: &ctx.cancel,
             class: None,
         };
