@@ -62,7 +62,7 @@ pub async fn bind(host: Option<std::net::IpAddr>, port: u16) -> std::io::Result<
 
 /// Serves until `stop` is cancelled; returns the bound address through `bound` first.
 pub async fn serve(listener: TcpListener, state: AppState, stop: CancellationToken) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
+    axum::serve(crate::http_conn::BoundedListener::new(listener), router(state))
         .with_graceful_shutdown(stop.cancelled_owned())
         .await
 }

@@ -134,6 +134,8 @@ async fn a_panic_and_a_failed_slack_post_are_json_log_lines_without_secrets() {
         .unwrap();
     let stdout = collect(child.stdout.take().unwrap());
     let stderr = collect(child.stderr.take().unwrap());
+    // Killed however the test ends: a failed assertion must not leave the worker running.
+    let child = common::KillOnDrop(child);
     let base = format!("http://127.0.0.1:{port}");
     common::wait_for("/health to answer 200", WAIT, || async {
         matches!(reqwest::get(format!("{base}/health")).await, Ok(r) if r.status() == 200)
@@ -162,8 +164,7 @@ async fn a_panic_and_a_failed_slack_post_are_json_log_lines_without_secrets() {
         logged("posting to Slack failed"),
     )
     .await;
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     let _ = std::fs::remove_dir_all(&dir);
     let out = stdout.lock().unwrap().clone();
     for line in out.iter().chain(stderr.lock().unwrap().iter()) {
