@@ -23,6 +23,9 @@ use crate::store::Store;
 
 /// Longest a probe or scrape waits on Redis or Postgres: probes have short timeouts of their own.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How stale the Redis and Postgres gauges may be: a scrape interval is 15 s or more, and depths
+/// move slowly next to it.
+const GAUGE_REFRESH: Duration = Duration::from_secs(5);
 /// Postgres counts as proven by any successful operation this recent; otherwise a probe pings it.
 const POSTGRES_PROVEN_FOR: Duration = Duration::from_secs(10);
 
@@ -138,7 +141,33 @@ async fn live(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn metrics(State(s): State<AppState>) -> Response {
+async fn metrics(State(s): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    if let Some(token) = &s.config.metrics_token {
+        let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        if !given
+            .and_then(crate::http_jobs::bearer)
+            .is_some_and(|g| crate::http_jobs::same(g.as_bytes(), token.expose().as_bytes()))
+        {
+            let message = "a valid `Authorization: Bearer <METRICS_TOKEN>` is required";
+            return (StatusCode::UNAUTHORIZED, Json(json!({ "error": message }))).into_response();
+        }
+    }
+    // Scrapes can come fast and from anyone who reaches the port: the gauges they would read
+    // from Redis and Postgres (on the job path's connections) are refreshed at most once per
+    // GAUGE_REFRESH, by the scrape that finds them stale; every other scrape is served from memory.
+    if s.metrics.gauges_due(GAUGE_REFRESH) {
+        refresh_gauges(&s).await;
+    }
+    s.metrics.in_flight.set(s.capacity.held() as i64);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Reads the queue depths, live workers and pending dead letters into their gauges.
+async fn refresh_gauges(s: &AppState) {
     let m = &s.metrics;
     match tokio::time::timeout(PROBE_TIMEOUT, s.queue.depths()).await {
         Ok(Ok(d)) => {
@@ -159,10 +188,4 @@ async fn metrics(State(s): State<AppState>) -> Response {
         Ok(Ok(n)) => m.queue_depth.with_label_values(&["dead"]).set(n),
         Ok(Err(_)) | Err(_) => m.postgres_errors.with_label_values(&["depths"]).inc(),
     }
-    m.in_flight.set(s.capacity.held() as i64);
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        m.render(),
-    )
-        .into_response()
 }

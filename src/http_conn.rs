@@ -1,8 +1,9 @@
 //! Connections to the HTTP server, bounded: at most [`MAX_CONNECTIONS`] open at once, and none
 //! idle for longer than [`IDLE_TIMEOUT`]. Anyone who can reach the port can open connections and
 //! send nothing; unbounded, they use up the process's file descriptors and the platform's
-//! `/health` probe is never accepted. When the limit is reached, a new connection closes the one
-//! that has been quiet longest, so a probe always gets in.
+//! `/health` probe is never accepted. When the limit is reached, a new connection closes the idle
+//! one (nothing sent yet, or its last request answered) that has been quiet longest, so a probe
+//! always gets in; a connection whose request is being answered is never closed for room.
 
 use std::io;
 use std::pin::Pin;
@@ -16,17 +17,22 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Sleep;
 
-/// Most connections open at once: far more than probes and scrapers need, far below the usual
-/// file-descriptor limits (256 and up), which the worker also needs for Redis, Postgres and steps.
+/// Connections open at once before idle ones are closed to make room (twice as many at most):
+/// far more than probes and scrapers need, far below the usual file-descriptor limits (256 and
+/// up), which the worker also needs for Redis, Postgres and steps.
 pub const MAX_CONNECTIONS: usize = 64;
 /// A connection without a byte read or written for this long is closed: a request arrives whole
 /// in well under a second, and keep-alive scrapers simply reconnect.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Quiet this long, an unanswered connection may be closed to make room.
+const EVICT_QUIET: Duration = Duration::from_millis(500);
 
 /// What the listener knows of a connection: when it last moved, and a way to close it.
 struct Conn {
     /// Milliseconds since the listener started.
     last_active: AtomicU64,
+    /// Read part of a request and not yet answered it: such a connection is never evicted.
+    busy: AtomicBool,
     evicted: AtomicBool,
     waker: AtomicWaker,
 }
@@ -50,14 +56,23 @@ impl BoundedListener {
     /// Makes room for one more connection by closing the one quiet longest.
     fn make_room(&self) {
         let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
-        conns.retain(|c| c.strong_count() > 0);
+        // An evicted connection no longer counts: it closes as soon as its task next runs.
+        conns.retain(|c| c.upgrade().is_some_and(|c| !c.evicted.load(Ordering::Relaxed)));
         if conns.len() < MAX_CONNECTIONS {
             return;
         }
+        // A client sends its request as soon as it connects: one quiet for EVICT_QUIET is idle,
+        // one accepted a moment ago may have its request on the way.
+        // Past twice the limit, the file descriptors matter more: the quietest idle one goes.
+        let quiet_since = match conns.len() >= 2 * MAX_CONNECTIONS {
+            true => u64::MAX,
+            false => (self.started.elapsed().saturating_sub(EVICT_QUIET)).as_millis() as u64,
+        };
         let quietest = conns
             .iter()
             .filter_map(Weak::upgrade)
-            .filter(|c| !c.evicted.load(Ordering::Relaxed))
+            .filter(|c| !c.evicted.load(Ordering::Relaxed) && !c.busy.load(Ordering::Relaxed))
+            .filter(|c| c.last_active.load(Ordering::Relaxed) <= quiet_since)
             .min_by_key(|c| c.last_active.load(Ordering::Relaxed));
         if let Some(c) = quietest {
             c.evicted.store(true, Ordering::Relaxed);
@@ -75,6 +90,7 @@ impl axum::serve::Listener for BoundedListener {
         self.make_room();
         let conn = Arc::new(Conn {
             last_active: AtomicU64::new(self.started.elapsed().as_millis() as u64),
+            busy: AtomicBool::new(false),
             evicted: AtomicBool::new(false),
             waker: AtomicWaker::new(),
         });
@@ -142,7 +158,11 @@ impl BoundedStream {
 
 impl AsyncRead for BoundedStream {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.conn.busy.store(true, Ordering::Relaxed);
+        }
         self.track(cx, polled)
     }
 }
@@ -150,6 +170,9 @@ impl AsyncRead for BoundedStream {
 impl AsyncWrite for BoundedStream {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.conn.busy.store(false, Ordering::Relaxed);
+        }
         self.track(cx, polled)
     }
 

@@ -164,7 +164,7 @@ fn browser_safe(headers: &HeaderMap) -> Result<(), Box<Response>> {
 
 /// The credentials of `Bearer <token>`. The scheme is case-insensitive (RFC 9110 §11.1), and one
 /// or more spaces may follow it.
-fn bearer(value: &str) -> Option<&str> {
+pub(crate) fn bearer(value: &str) -> Option<&str> {
     let (scheme, token) = value.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
@@ -182,7 +182,7 @@ fn not_found(id: &str) -> Response {
 
 /// Compares in time independent of where the first difference is, so the token cannot be
 /// guessed byte by byte from response times.
-fn same(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -49,6 +49,7 @@ struct RawEnv {
     redis_allow_eviction: Option<String>,
     redis_ca_file: Option<String>,
     admin_token: Option<String>,
+    metrics_token: Option<String>,
     sentry_dsn: Option<String>,
     slack_webhook: Option<String>,
     slack_dead_letter_window_ms: Option<String>,
@@ -128,6 +129,8 @@ pub struct Config {
     /// `ADMIN_TOKEN`: bearer token for `POST /jobs` (without it the endpoint is open outside
     /// production and disabled in production).
     pub admin_token: Option<Secret>,
+    /// `METRICS_TOKEN`: bearer token `/metrics` requires when set (open without it).
+    pub metrics_token: Option<Secret>,
     pub heartbeat_interval: Duration,
     pub worker_deadline: Duration,
     pub max_recoveries: u32,
@@ -306,6 +309,7 @@ impl Config {
                 None => None,
             },
             admin_token: parse_token("ADMIN_TOKEN", raw.admin_token)?,
+            metrics_token: parse_token("METRICS_TOKEN", raw.metrics_token)?,
             redis_allow_eviction: parse_bool("REDIS_ALLOW_EVICTION", raw.redis_allow_eviction.as_deref(), false)?,
             heartbeat_interval,
             worker_deadline,
@@ -339,6 +343,10 @@ impl Config {
             (
                 "ADMIN_TOKEN",
                 self.admin_token.as_ref().map(Secret::redacted).unwrap_or_default(),
+            ),
+            (
+                "METRICS_TOKEN",
+                self.metrics_token.as_ref().map(Secret::redacted).unwrap_or_default(),
             ),
             (
                 "REDIS_CA_FILE",
