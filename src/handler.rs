@@ -173,6 +173,12 @@ impl Registry {
         self.fallback.is_some()
     }
 
+    /// Whether `step` has a native handler (a name known in advance, unlike the names a fallback
+    /// accepts).
+    pub fn is_native(&self, step: &str) -> bool {
+        self.handlers.contains_key(step)
+    }
+
     pub fn resolve(&self, step: &str) -> Option<Arc<dyn Handler>> {
         self.handlers.get(step).or(self.fallback.as_ref()).cloned()
     }

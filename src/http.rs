@@ -29,6 +29,9 @@ use crate::store::Store;
 
 /// Longest a probe or scrape waits on Redis or Postgres: probes have short timeouts of their own.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How stale the Redis and Postgres gauges may be: a scrape interval is 15 s or more, and depths
+/// move slowly next to it.
+const GAUGE_REFRESH: Duration = Duration::from_secs(5);
 /// Postgres counts as proven by any successful operation this recent; otherwise a probe pings it.
 const POSTGRES_PROVEN_FOR: Duration = Duration::from_secs(10);
 
@@ -53,10 +56,15 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds `port` (see [`bind`]) and serves the starting routes until `stop` is cancelled.
-    /// Errors: the port cannot be bound.
-    pub async fn start(port: u16, health: Arc<Health>, stop: CancellationToken) -> std::io::Result<Server> {
-        let listener = bind(port).await?;
+    /// Binds `host` and `port` (see [`bind`]) and serves the starting routes until `stop` is
+    /// cancelled. Errors: the port cannot be bound.
+    pub async fn start(
+        host: Option<std::net::IpAddr>,
+        port: u16,
+        health: Arc<Health>,
+        stop: CancellationToken,
+    ) -> std::io::Result<Server> {
+        let listener = bind(host, port).await?;
         let addr = listener.local_addr()?;
         let (routes, current) = watch::channel(starting_router(health));
         tokio::spawn(async move {
@@ -106,16 +114,20 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Listens on every address, IPv6 and IPv4 (platform private networks such as Fly's and Railway's
-/// are IPv6), falling back to IPv4 alone where the host has no IPv6.
-pub async fn bind(port: u16) -> std::io::Result<TcpListener> {
+/// Listens on `host`, or with `None` on every address, IPv6 and IPv4 (platform private networks
+/// such as Fly's and Railway's are IPv6), falling back to IPv4 alone where the host has no IPv6.
+pub async fn bind(host: Option<std::net::IpAddr>, port: u16) -> std::io::Result<TcpListener> {
+    if let Some(host) = host {
+        return TcpListener::bind((host, port)).await;
+    }
     match TcpListener::bind(("::", port)).await {
         Ok(l) => Ok(l),
         Err(_) => TcpListener::bind(("0.0.0.0", port)).await,
     }
 }
 
-/// Serves until `stop` is cancelled, each request with the routes `current` holds then.
+/// Serves until `stop` is cancelled, each request with the routes `current` holds then, over
+/// a listener that bounds open connections and their idle time.
 async fn serve(
     listener: TcpListener,
     current: watch::Receiver<Router>,
@@ -125,9 +137,12 @@ async fn serve(
         let routes = current.borrow().clone();
         routes.oneshot(req)
     });
-    axum::serve(listener, tower::make::Shared::new(service))
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
+    axum::serve(
+        crate::http_conn::BoundedListener::new(listener),
+        tower::make::Shared::new(service),
+    )
+    .with_graceful_shutdown(stop.cancelled_owned())
+    .await
 }
 
 async fn health(State(s): State<AppState>) -> Response {
@@ -209,7 +224,33 @@ async fn live(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn metrics(State(s): State<AppState>) -> Response {
+async fn metrics(State(s): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    if let Some(token) = &s.config.metrics_token {
+        let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        if !given
+            .and_then(crate::http_jobs::bearer)
+            .is_some_and(|g| crate::http_jobs::same(g.as_bytes(), token.expose().as_bytes()))
+        {
+            let message = "a valid `Authorization: Bearer <METRICS_TOKEN>` is required";
+            return (StatusCode::UNAUTHORIZED, Json(json!({ "error": message }))).into_response();
+        }
+    }
+    // Scrapes can come fast and from anyone who reaches the port: the gauges they would read
+    // from Redis and Postgres (on the job path's connections) are refreshed at most once per
+    // GAUGE_REFRESH, by the scrape that finds them stale; every other scrape is served from memory.
+    if s.metrics.gauges_due(GAUGE_REFRESH) {
+        refresh_gauges(&s).await;
+    }
+    s.metrics.in_flight.set(s.inflight.len() as i64);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Reads the queue depths, live workers and pending dead letters into their gauges.
+async fn refresh_gauges(s: &AppState) {
     let m = &s.metrics;
     match tokio::time::timeout(PROBE_TIMEOUT, s.queue.depths()).await {
         Ok(Ok(d)) => {
@@ -230,10 +271,4 @@ async fn metrics(State(s): State<AppState>) -> Response {
         Ok(Ok(n)) => m.queue_depth.with_label_values(&["dead"]).set(n),
         Ok(Err(_)) | Err(_) => m.postgres_errors.with_label_values(&["depths"]).inc(),
     }
-    m.in_flight.set(s.inflight.len() as i64);
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        m.render(),
-    )
-        .into_response()
 }

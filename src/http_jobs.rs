@@ -4,6 +4,8 @@
 //! `ADMIN_TOKEN` (bearer); without a token they are open outside production (the quickstart) and
 //! disabled in production.
 
+use std::collections::HashMap;
+
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -12,9 +14,13 @@ use serde_json::{Value, json};
 
 use crate::config::AppEnv;
 use crate::http::AppState;
+use crate::queue::PushError;
 
 pub async fn enqueue(State(s): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
     if let Err(refusal) = authorize(&s, &headers) {
+        return *refusal;
+    }
+    if let Err(refusal) = browser_safe(&headers) {
         return *refusal;
     }
     let value: Value = match serde_json::from_slice(&body) {
@@ -27,22 +33,35 @@ pub async fn enqueue(State(s): State<AppState>, headers: HeaderMap, body: axum::
     };
     let mut payloads = Vec::with_capacity(jobs.len());
     let mut ids = Vec::with_capacity(jobs.len());
+    // Index of each id's first job: a second job with the same id would run, but only the first
+    // outcome is kept (the id is the result's primary key), so its output would vanish.
+    let mut first = HashMap::with_capacity(jobs.len());
     for (i, job) in jobs.iter().enumerate() {
         match crate::admin::enqueue::prepare(&job.to_string()) {
             Ok(p) => {
+                let id = job["id"].as_str().unwrap_or_default();
+                if let Some(earlier) = first.insert(id, i) {
+                    let message = format!("job {i} repeats the id {id:?} of job {earlier}: ids must be unique");
+                    return error(StatusCode::BAD_REQUEST, message, Some(i));
+                }
                 ids.push(job["id"].clone());
                 payloads.push(p);
             }
             Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e:#}"), Some(i)),
         }
     }
-    if let Err(e) = s.queue.push_many(&payloads).await {
-        s.metrics.redis_errors.with_label_values(&["enqueue"]).inc();
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the queue refused the jobs: {e}"),
-            None,
-        );
+    match s.queue.push_many(&payloads).await {
+        Ok(()) => {}
+        // Full is the queue protecting the process, not a failure: it passes once jobs finish.
+        Err(PushError::Full(full)) => return error(StatusCode::SERVICE_UNAVAILABLE, full.to_string(), None),
+        Err(PushError::Redis(e)) => {
+            s.metrics.redis_errors.with_label_values(&["enqueue"]).inc();
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the queue refused the jobs: {e}"),
+                None,
+            );
+        }
     }
     (
         StatusCode::ACCEPTED,
@@ -54,6 +73,11 @@ pub async fn enqueue(State(s): State<AppState>, headers: HeaderMap, body: axum::
 pub async fn result(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     if let Err(refusal) = authorize(&s, &headers) {
         return *refusal;
+    }
+    // An id no job can have (NUL, too long) has no row; asking Postgres would only earn an
+    // encoding error, counted as the store failing.
+    if !crate::job::valid_id(&id) {
+        return not_found(&id);
     }
     match s.store.result(&id).await {
         Ok(Some(r)) => {
@@ -72,11 +96,7 @@ pub async fn result(State(s): State<AppState>, headers: HeaderMap, Path(id): Pat
             });
             (StatusCode::OK, Json(body)).into_response()
         }
-        Ok(None) => error(
-            StatusCode::NOT_FOUND,
-            format!("no result for job {id:?} yet: it is queued, running, waiting for a retry, or unknown"),
-            None,
-        ),
+        Ok(None) => not_found(&id),
         Err(e) => {
             s.metrics.postgres_errors.with_label_values(&["result"]).inc();
             error(
@@ -103,7 +123,7 @@ fn authorize(s: &AppState, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(bearer);
     match given {
         Some(given) if same(given.as_bytes(), token.expose().as_bytes()) => Ok(()),
         _ => Err(Box::new(error(
@@ -114,9 +134,55 @@ fn authorize(s: &AppState, headers: &HeaderMap) -> Result<(), Box<Response>> {
     }
 }
 
+/// Refuses what a web page on another origin can make a browser send. A page can POST
+/// `text/plain` or a form anywhere without asking; `application/json` needs a CORS preflight,
+/// which this server never grants. The origin headers catch the rest.
+fn browser_safe(headers: &HeaderMap) -> Result<(), Box<Response>> {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let json = text("content-type").and_then(|v| v.split(';').next()).map(str::trim);
+    if !json.is_some_and(|v| v.eq_ignore_ascii_case("application/json")) {
+        return Err(Box::new(error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "POST /jobs takes a JSON body with `Content-Type: application/json`".into(),
+            None,
+        )));
+    }
+    let cross_site = matches!(text("sec-fetch-site"), Some("cross-site" | "same-site"));
+    let foreign_origin = text("origin").is_some_and(|origin| {
+        let origin_host = origin.split_once("://").map(|(_, host)| host.trim_end_matches('/'));
+        origin_host.is_none() || origin_host != text("host")
+    });
+    if cross_site || foreign_origin {
+        return Err(Box::new(error(
+            StatusCode::FORBIDDEN,
+            "POST /jobs refuses requests a web page on another origin made a browser send".into(),
+            None,
+        )));
+    }
+    Ok(())
+}
+
+/// The credentials of `Bearer <token>`. The scheme is case-insensitive (RFC 9110 §11.1), and one
+/// or more spaces may follow it.
+pub(crate) fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start_matches(' '))
+}
+
+fn not_found(id: &str) -> Response {
+    let shown: String = id.chars().take(crate::job::MAX_ID_LEN).collect();
+    error(
+        StatusCode::NOT_FOUND,
+        format!("no result for job {shown:?} yet: it is queued, running, waiting for a retry, or unknown"),
+        None,
+    )
+}
+
 /// Compares in time independent of where the first difference is, so the token cannot be
 /// guessed byte by byte from response times.
-fn same(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -4,8 +4,12 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
+
+pub use fields::{MAX_ENQUEUED_AT_MS, MAX_RETRIES, MAX_TIMEOUT_MS, MIN_ENQUEUED_AT_MS};
+
+mod fields;
 
 /// Longest accepted job id: ids are primary keys and log fields, so they stay short.
 pub const MAX_ID_LEN: usize = 200;
@@ -20,8 +24,11 @@ pub struct Job {
     pub input: Value,
     pub run_id: Option<String>,
     pub correlation_id: String,
+    /// Within [`MIN_ENQUEUED_AT_MS`]..=[`MAX_ENQUEUED_AT_MS`], at microsecond precision.
     pub enqueued_at: Option<DateTime<Utc>>,
+    /// 0 to [`MAX_RETRIES`].
     pub max_retries: Option<u32>,
+    /// 1 ms to [`MAX_TIMEOUT_MS`].
     pub timeout: Option<Duration>,
     /// Fields the contract does not define, kept as the producer sent them.
     pub extra: Map<String, Value>,
@@ -98,28 +105,15 @@ pub fn decode(payload: &[u8]) -> Result<Job, (DecodeError, Salvage)> {
         .unwrap_or_else(|| id.clone());
     let enqueued_at = match map.remove("enqueued_at") {
         None | Some(Value::Null) => None,
-        Some(v) => Some(parse_time(&v).ok_or_else(|| {
-            envelope(format!(
-                "field `enqueued_at` must be epoch milliseconds or an RFC 3339 timestamp, got {v}"
-            ))
-        })?),
+        Some(v) => Some(fields::enqueued_at(&v).map_err(envelope)?),
     };
     let max_retries = match map.remove("max_retries") {
         None | Some(Value::Null) => None,
-        Some(v) => Some(
-            v.as_u64()
-                .and_then(|n| u32::try_from(n).ok())
-                .ok_or_else(|| envelope(format!("field `max_retries` must be an integer >= 0, got {v}")))?,
-        ),
+        Some(v) => Some(fields::max_retries(&v).map_err(envelope)?),
     };
     let timeout = match map.remove("timeout_ms") {
         None | Some(Value::Null) => None,
-        Some(v) => Some(
-            v.as_u64()
-                .filter(|n| *n > 0)
-                .map(Duration::from_millis)
-                .ok_or_else(|| envelope(format!("field `timeout_ms` must be an integer > 0, got {v}")))?,
-        ),
+        Some(v) => Some(fields::timeout_ms(&v).map_err(envelope)?),
     };
     Ok(Job {
         id,
@@ -134,7 +128,9 @@ pub fn decode(payload: &[u8]) -> Result<Job, (DecodeError, Salvage)> {
     })
 }
 
-fn valid_id(s: &str) -> bool {
+/// Whether `s` can be a job's id: 1 to [`MAX_ID_LEN`] characters without NUL. Anything else
+/// cannot have a result row, so lookups by such an id need not ask the store.
+pub fn valid_id(s: &str) -> bool {
     !s.is_empty() && s.chars().count() <= MAX_ID_LEN && !s.contains('\0')
 }
 
@@ -157,14 +153,6 @@ fn optional_string(map: &mut Map<String, Value>, field: &str, max: usize) -> Res
             "field `{field}` must be a string of 1 to {max} characters, got {}",
             describe(&v)
         )),
-    }
-}
-
-fn parse_time(v: &Value) -> Option<DateTime<Utc>> {
-    match v {
-        Value::Number(n) => n.as_i64().and_then(|ms| Utc.timestamp_millis_opt(ms).single()),
-        Value::String(s) => DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc)),
-        _ => None,
     }
 }
 

@@ -33,6 +33,7 @@ pub mod failpoint;
 pub mod handler;
 pub mod health;
 pub mod http;
+pub mod http_conn;
 pub mod http_jobs;
 pub mod http_step;
 pub mod inflight;

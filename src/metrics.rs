@@ -24,6 +24,8 @@ const WAIT_BUCKETS: &[f64] = &[
 
 pub struct Metrics {
     registry: Registry,
+    /// When the gauges read from Redis and Postgres were last refreshed (see [`Self::gauges_due`]).
+    gauges_refreshed: std::sync::Mutex<Option<std::time::Instant>>,
     /// Attempts by step and outcome (succeeded, failed, timed_out, panicked, dead, requeued, ...).
     pub jobs: IntCounterVec,
     pub job_duration: HistogramVec,
@@ -232,6 +234,7 @@ impl Metrics {
             .expect("process collector registers once");
         Metrics {
             registry,
+            gauges_refreshed: std::sync::Mutex::new(None),
             jobs,
             job_duration,
             queue_wait,
@@ -255,6 +258,18 @@ impl Metrics {
             redis_policy,
             http_step_responses,
         }
+    }
+
+    /// Whether the gauges read from Redis and Postgres are older than `every`; when they are, the
+    /// caller is the one that refreshes them (the clock restarts now), so however many scrapes
+    /// arrive, those servers are asked at most once per `every`.
+    pub fn gauges_due(&self, every: std::time::Duration) -> bool {
+        let mut last = self.gauges_refreshed.lock().unwrap_or_else(|e| e.into_inner());
+        let due = last.is_none_or(|t| t.elapsed() >= every);
+        if due {
+            *last = Some(std::time::Instant::now());
+        }
+        due
     }
 
     /// The Prometheus text exposition of every metric.

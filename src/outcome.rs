@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::capacity::Slot;
 use crate::lease::Identity;
 use crate::queue::Payload;
-use crate::store::{AttemptRecord, DeadLetterRecord, ResultRecord};
+use crate::store::{AttemptRecord, Batch, DeadLetterRecord, ResultRecord, Status};
 
 /// A job this worker has moved into its in-flight list. Its slot's hold frees only when the job
 /// has been settled (so a Postgres outage stops claiming); its run slot when the step ends.
@@ -98,5 +98,69 @@ impl Finished {
     /// Whether any row must be committed before the settle.
     pub fn has_rows(&self) -> bool {
         self.result.is_some() || self.dead_letter.is_some() || self.attempt.is_some()
+    }
+
+    /// What to write instead when Postgres refuses this outcome's rows (`error` says why), most
+    /// complete first: a `dead` result and an `unstorable` dead letter under the job's id, so the
+    /// job still has a row to look up; then, should even that be refused, the dead letter alone
+    /// with nothing but the raw payload and the error.
+    pub fn unstorable(&self, error: &str) -> Vec<Batch> {
+        let now = chrono::Utc::now();
+        let error = format!("the outcome could not be stored: {error}");
+        let attempts = self.attempt.as_ref().map_or(0, |a| a.attempt);
+        let anonymous = DeadLetterRecord {
+            id: uuid::Uuid::now_v7(),
+            job_id: None,
+            run_id: None,
+            step: None,
+            reason: "unstorable".to_owned(),
+            error: Some(error.clone()),
+            attempts,
+            payload: self.claimed.payload.clone(),
+            worker_id: self.claimed.identity.wid.clone(),
+            dead_at: now,
+            with_result: false,
+        };
+        let mut batches = Vec::with_capacity(2);
+        let job = match (&self.result, &self.dead_letter, &self.attempt) {
+            (Some(r), _, _) => Some((r.job_id.clone(), r.run_id.clone(), Some(r.step.clone()))),
+            (None, Some(d), _) => d.job_id.clone().map(|id| (id, d.run_id.clone(), d.step.clone())),
+            (None, None, Some(a)) => Some((a.job_id.clone(), None, None)),
+            (None, None, None) => None,
+        };
+        if let Some((job_id, run_id, step)) = job {
+            let result = ResultRecord {
+                job_id: job_id.clone(),
+                run_id: run_id.clone(),
+                step: step.clone().unwrap_or_default(),
+                status: Status::Dead,
+                attempts,
+                output: None,
+                error: Some(format!("unstorable: {error}")),
+                enqueued_at: None,
+                started_at: None,
+                finished_at: now,
+                duration_ms: None,
+                worker_id: self.claimed.identity.wid.clone(),
+            };
+            let letter = DeadLetterRecord {
+                id: uuid::Uuid::now_v7(),
+                job_id: Some(job_id),
+                run_id,
+                step,
+                with_result: true,
+                ..anonymous.clone()
+            };
+            batches.push(Batch {
+                results: vec![result],
+                dead_letters: vec![letter],
+                ..Batch::default()
+            });
+        }
+        batches.push(Batch {
+            dead_letters: vec![anonymous],
+            ..Batch::default()
+        });
+        batches
     }
 }

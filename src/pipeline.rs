@@ -27,7 +27,7 @@ use crate::maintenance::Promoter;
 use crate::metrics::Metrics;
 use crate::outcome::{Finished, Settle};
 use crate::queue::{Queue, SettleOp};
-use crate::store::{self, Batch, DeadLetterRecord, Store};
+use crate::store::{self, Batch, Store};
 
 /// Retry pauses for Postgres and Redis writes: quick at first, then no more than every 30 s.
 const RETRY_MIN: Duration = Duration::from_millis(100);
@@ -141,24 +141,20 @@ impl Pipeline {
             let Err(e) = self.store.persist(&one).await else {
                 continue;
             };
-            let reduced = Batch {
-                dead_letters: vec![DeadLetterRecord {
-                    id: uuid::Uuid::now_v7(),
-                    job_id: None,
-                    run_id: None,
-                    step: None,
-                    reason: "unstorable".to_owned(),
-                    error: Some(format!("the outcome could not be stored: {e}")),
-                    attempts: item.attempt.as_ref().map_or(0, |a| a.attempt),
-                    payload: item.claimed.payload.clone(),
-                    worker_id: item.claimed.identity.wid.clone(),
-                    dead_at: chrono::Utc::now(),
-                    with_result: false,
-                }],
-                ..Batch::default()
-            };
-            if let Err(e) = self.store.persist(&reduced).await {
-                tracing::error!(error = %e, "an outcome could not be stored even as a dead letter; the job stays claimed until recovered");
+            let mut stored = false;
+            for reduced in item.unstorable(&e.to_string()) {
+                match self.store.persist(&reduced).await {
+                    Ok(_) => {
+                        stored = true;
+                        break;
+                    }
+                    Err(e) => tracing::error!(error = %e, "a reduced outcome was refused too"),
+                }
+            }
+            if !stored {
+                tracing::error!(
+                    "an outcome could not be stored even as a dead letter; the job stays claimed until recovered"
+                );
                 item.settle = Settle::Requeue;
                 continue;
             }

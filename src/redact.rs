@@ -4,6 +4,12 @@
 
 use serde_json::Value;
 
+pub use printable::printable;
+pub use text::MAX_ERROR_CHARS;
+
+mod printable;
+mod text;
+
 /// The default `PII_REDACT_KEYS`: a key matches when its lower-cased name contains one of them
 /// (so `user_email` and `Authorization` match).
 pub const DEFAULT_KEYS: &str = "password,token,secret,authorization,email,phone,ssn,card";
@@ -49,32 +55,32 @@ impl Redactor {
                     .collect(),
             ),
             Value::Array(items) => Value::Array(items.iter().map(|v| self.redact(v)).collect()),
-            Value::String(s) => Value::String(scrub_text(s)),
+            Value::String(s) => Value::String(self.text(s)),
             other => other.clone(),
         }
     }
 }
 
-/// Masks credentials inside free text: the password of `scheme://user:password@host` and the
-/// token after `Bearer `.
+/// Masks credentials inside free text: the password of `scheme://user:password@host` (also when
+/// it holds an unencoded `/`, `?` or `#`), sensitive query parameters, and the token after
+/// `Bearer `.
 pub fn scrub_text(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(i) = rest.find("://") {
-        let (head, tail) = rest.split_at(i + 3);
-        out.push_str(head);
-        let end = tail
-            .find(|c: char| c.is_whitespace() || c == '/' || c == '"')
-            .unwrap_or(tail.len());
-        let authority = &tail[..end];
-        match authority.rsplit_once('@') {
-            Some((userinfo, host)) => {
-                let user = userinfo.split_once(':').map_or("", |(u, _)| u);
-                out.push_str(&format!("{user}:***@{host}"));
-            }
-            None => out.push_str(authority),
-        }
-        rest = &tail[end..];
+        // Back to the start of the scheme, forward to the end of the URL.
+        let start = rest[..i]
+            .char_indices()
+            .rev()
+            .take_while(|(_, c)| c.is_ascii_alphanumeric() || matches!(c, '+' | '.' | '-'))
+            .last()
+            .map_or(i, |(p, _)| p);
+        let end = rest[i + 3..]
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | '`'))
+            .map_or(rest.len(), |e| i + 3 + e);
+        out.push_str(&rest[..start]);
+        out.push_str(&crate::config::redact_url(&rest[start..end]));
+        rest = &rest[end..];
     }
     out.push_str(rest);
     match out.find("Bearer ") {

@@ -19,12 +19,20 @@ use crate::handler::{Registry, Retry, StepContext, StepError};
 use crate::job::{self, Job};
 use crate::metrics::Metrics;
 use crate::outcome::{Claimed, Decided, Finished, Settle};
+use crate::redact::Redactor;
 use crate::store::{AttemptRecord, DeadLetterRecord, ResultRecord, Status, stored_json};
 
 /// Metric label for payloads that could not be decoded.
 const INVALID: &str = "invalid";
 /// Metric label for steps with no handler (step names from payloads are unbounded).
 const UNKNOWN: &str = "unknown";
+/// Metric label shared by the steps a fallback runs that were not named in advance
+/// (`STEP_ROUTES`, `METRICS_STEPS`).
+pub const OTHER: &str = "other";
+
+/// Longest queue wait the histogram observes: jobs wait minutes, hours in a backlog, days while
+/// their step is paused; a longer "wait" says the producer's `enqueued_at` is wrong.
+const MAX_PLAUSIBLE_WAIT: Duration = Duration::from_secs(30 * 86_400);
 
 /// How one attempt ended.
 enum Attempt {
@@ -106,11 +114,14 @@ impl Runner {
             let error = format!("unknown step `{}`: no handler is registered for it", job.step);
             return self.dead(claimed, &job, UNKNOWN.into(), "unknown_step", error, 0, None);
         };
-        // Step names come from payloads: one that could not be a real step (the HTTP step-name rule)
-        // is labelled `invalid`, so a stream of garbage names cannot blow up metric cardinality.
-        let label: Arc<str> = match crate::http_step::route::check_step_name(&job.step) {
-            Ok(()) => job.step.as_str().into(),
-            Err(_) => INVALID.into(),
+        // Step names come from payloads, and a fallback (HTTP steps) runs any of them: only names
+        // known in advance are labels, so the series count is bounded whatever producers send.
+        let label: Arc<str> = if self.registry.is_native(&job.step) || self.config.http_steps.is_known_step(&job.step) {
+            job.step.as_str().into()
+        } else if crate::http_step::route::check_step_name(&job.step).is_err() {
+            INVALID.into()
+        } else {
+            OTHER.into()
         };
         if self.pause.is_step_paused(&job.step) {
             tracing::info!("step paused by an operator; the job waits until it is resumed");
@@ -120,8 +131,14 @@ impl Runner {
             };
         }
         // Queue wait is the first claim's: a retry's wait since enqueue includes its backoff.
-        if let Some(enqueued) = job.enqueued_at.filter(|_| claimed.failures == 0) {
-            let wait = (claimed.claimed_at - enqueued).to_std().unwrap_or_default();
+        // A wait longer than any queue holds a job (a producer's wrong clock or unit: `0` would add
+        // 56 years to the sum) is not observed.
+        let wait = job
+            .enqueued_at
+            .filter(|_| claimed.failures == 0)
+            .map(|enqueued| (claimed.claimed_at - enqueued).to_std().unwrap_or_default())
+            .filter(|wait| *wait <= MAX_PLAUSIBLE_WAIT);
+        if let Some(wait) = wait {
             self.metrics
                 .queue_wait
                 .with_label_values(&[&label])
@@ -184,6 +201,15 @@ impl Runner {
             other => other,
         };
         let finished_at = Utc::now();
+        // What a step says is stored, logged and reported: masked and bounded once, here.
+        let result = match result {
+            Attempt::Failed { outcome, error, retry } => Attempt::Failed {
+                outcome,
+                error: Redactor::new(&self.config.notify.pii_keys).job_error_text(&error, &claimed.payload),
+                retry,
+            },
+            other => other,
+        };
         let outcome_label = match &result {
             Attempt::Succeeded(_) => "succeeded",
             Attempt::Failed { outcome, .. } => outcome,
@@ -202,7 +228,7 @@ impl Runner {
                     run_id: job.run_id,
                     step: job.step,
                     status: Status::Succeeded,
-                    attempts: attempt as i32,
+                    attempts: stored_count(attempt),
                     output: Some(stored_json(&output)),
                     error: None,
                     enqueued_at: job.enqueued_at,
@@ -228,7 +254,7 @@ impl Runner {
                 let record = AttemptRecord {
                     id: Uuid::now_v7(),
                     job_id: job.id.clone(),
-                    attempt: attempt as i32,
+                    attempt: stored_count(attempt),
                     outcome,
                     error: Some(error.clone()),
                     started_at,
@@ -285,7 +311,7 @@ impl Runner {
             run_id: job.run_id.clone(),
             step: job.step.clone(),
             status: Status::Dead,
-            attempts: attempts as i32,
+            attempts: stored_count(attempts),
             output: None,
             error: Some(format!("{reason}: {error}")),
             enqueued_at: job.enqueued_at,
@@ -303,7 +329,7 @@ impl Runner {
             step: Some(job.step.clone()),
             reason: reason.to_owned(),
             error: Some(error),
-            attempts: attempts as i32,
+            attempts: stored_count(attempts),
             payload: claimed.payload.clone(),
             worker_id: claimed.identity.wid.clone(),
             dead_at: now,
@@ -326,6 +352,12 @@ fn failed(outcome: &'static str, e: &StepError) -> Attempt {
         error: e.to_string(),
         retry: e.retry,
     }
+}
+
+/// An attempt count for an int4 column: counts are bounded by the contract, but a corrupted
+/// counter in Redis must not wrap into a negative number.
+fn stored_count(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {

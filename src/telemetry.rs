@@ -1,12 +1,18 @@
-//! Logging setup: JSON lines in production, human-readable elsewhere, filtered by `LOG_LEVEL`.
+//! Logging setup: JSON lines in production, human-readable elsewhere, filtered by `LOG_LEVEL`;
+//! panics are logged through it too.
 
 use std::io::IsTerminal;
 
+use tracing::field::Field;
+use tracing_subscriber::field::MakeExt;
 use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::fmt::FormatFields;
+use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::{EnvFilter, fmt};
 
 use crate::config::{Config, LogFormat};
+use crate::redact::{Redactor, printable};
 
 /// Installs the global subscriber: the log format of `LOG_FORMAT`, filtered by `LOG_LEVEL`, plus
 /// a Sentry layer (errors become events, lower levels breadcrumbs) when `SENTRY_DSN` is set.
@@ -25,7 +31,8 @@ pub fn init(config: &Config) {
             Some(
                 fmt::layer()
                     .with_target(false)
-                    .with_ansi(std::io::stdout().is_terminal()),
+                    .with_ansi(std::io::stdout().is_terminal())
+                    .fmt_fields(escaped_fields()),
             ),
         ),
     };
@@ -40,6 +47,48 @@ pub fn init(config: &Config) {
         .with(pretty)
         .with(sentry)
         .try_init();
+    install_panic_hook(Redactor::new(&config.notify.pii_keys));
+}
+
+/// Field formatting for the human format: the default's `name=value` layout with control
+/// characters escaped, since ids, step names and errors come from producers and steps, and a
+/// newline or an ANSI sequence in them would forge a line or drive the terminal. (JSON lines
+/// escape them already.)
+pub fn escaped_fields() -> impl for<'w> FormatFields<'w> + Send + Sync + 'static {
+    fmt::format::debug_fn(|w: &mut Writer<'_>, field: &Field, value: &dyn std::fmt::Debug| {
+        let text = format!("{value:?}");
+        match field.name() {
+            "message" => write!(w, "{}", printable(&text)),
+            name => write!(w, "{name}={}", printable(&text)),
+        }
+    })
+    .delimited(" ")
+}
+
+/// Routes panic messages through the logger, masked and bounded like any error text. The default
+/// hook writes plain lines to stderr, which break a JSON log stream and print whatever the
+/// message holds. A panic inside a job's span is a step's (the runner records it as a failed
+/// attempt), so it is a warning; anywhere else it is the worker's own error.
+fn install_panic_hook(redactor: Redactor) {
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "non-string panic payload".to_owned());
+        let message = redactor.error_text(&message, &serde_json::Value::Null);
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let in_step = tracing::Span::current().metadata().is_some_and(|m| m.name() == "job");
+        if in_step {
+            tracing::warn!(panic = %message, location, "a step panicked");
+        } else {
+            tracing::error!(panic = %message, location, "panicked");
+        }
+    }));
 }
 
 /// An error and its causes on one line, `outer: inner: root`, leaving out a cause whose text the
@@ -83,7 +132,47 @@ pub fn init_for_tests() {
 
 #[cfg(test)]
 mod tests {
-    use super::error_chain;
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().write(bytes)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn human_logs_escape_what_producers_control() {
+        let buffer = Buffer::default();
+        let sink = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .fmt_fields(escaped_fields())
+            .with_writer(move || sink.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let id = "j1\n2026-01-01T00:00:00Z  INFO forged line\x1b[2J";
+            let span = tracing::info_span!("job", job.id = %id);
+            let _entered = span.enter();
+            tracing::warn!(error = %"bad\r\ninput", step = "s\u{202e}", "failed: {}", "x\ny");
+        });
+        let out = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(out.lines().count(), 1, "{out}");
+        assert!(!out.contains('\x1b') && !out.contains('\u{202e}'), "{out}");
+        assert!(out.contains(r"job.id=j1\n2026") && out.contains(r"\u{1b}[2J"), "{out}");
+        assert!(
+            out.contains(r"failed: x\ny") && out.contains(r"error=bad\r\ninput"),
+            "{out}"
+        );
+    }
 
     #[test]
     fn a_cause_already_in_the_message_is_not_repeated() {

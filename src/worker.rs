@@ -73,9 +73,14 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
     // Stops the server if startup ends early (a shutdown request while waiting, an error).
     let http_guard = http_stop.clone().drop_guard();
     let server = if config.health_check_enabled {
-        let server = http::Server::start(config.health_check_port, health.clone(), http_stop.clone())
-            .await
-            .with_context(|| format!("cannot listen on HEALTH_CHECK_PORT {}", config.health_check_port))?;
+        let server = http::Server::start(
+            config.health_check_host,
+            config.health_check_port,
+            health.clone(),
+            http_stop.clone(),
+        )
+        .await
+        .with_context(|| format!("cannot listen on HEALTH_CHECK_PORT {}", config.health_check_port))?;
         Some(server)
     } else {
         None
@@ -86,20 +91,16 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
             tracing::warn!(
                 "QUEUE_DRIVER=memory: jobs are kept in this process only and are lost when it exits; set REDIS_URL for a durable, shared queue"
             );
-            Queue::Memory(MemoryQueue::named(&config.queue_key))
+            Queue::Memory({
+                let queue = MemoryQueue::named(&config.queue_key);
+                queue.set_max_jobs(config.memory_queue_max_jobs);
+                queue
+            })
         }
         QueueDriver::Redis => {
-            // The attempt owns what it reads: a future borrowing from here would make the
-            // whole start future lose `Send` (the cluster client's connect is not `Send` for
-            // every lifetime the borrow could have).
-            let ca = config.redis_ca_pem().map(<[u8]>::to_vec);
+            let ca = config.redis_ca_pem();
             let Some(queue) = retry_until(&health, "redis", "connect to Redis", stop, || {
-                let (url, key, ca) = (
-                    config.redis_url.expose().to_owned(),
-                    config.queue_key.clone(),
-                    ca.clone(),
-                );
-                async move { RedisQueue::connect_with_ca(&url, &key, ca.as_deref()).await }
+                RedisQueue::connect_with_ca(config.redis_url.expose(), &config.queue_key, ca)
             })
             .await
             .context("REDIS_URL")?

@@ -26,6 +26,9 @@ fn invalid_configuration_exits_non_zero_with_one_line_naming_the_variable() {
             "localhost:6379",
             "a URL starting with redis:// or rediss://",
         ),
+        // Parsed by the client only at the first connection, which was retried forever.
+        ("REDIS_URL", "redis://:pa/ss@cache.example:6379", "percent-encode"),
+        ("DATABASE_URL", "postgres://app@db.example:port/app", "percent-encode"),
     ] {
         let out = step_worker(&[(var, value)], &["run"]);
         assert_eq!(out.status.code(), Some(2), "{var}");

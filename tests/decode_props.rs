@@ -3,7 +3,9 @@
 
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use step_worker::job::{MAX_ID_LEN, MAX_STEP_LEN, decode};
+use step_worker::job::{
+    MAX_ENQUEUED_AT_MS, MAX_ID_LEN, MAX_RETRIES, MAX_STEP_LEN, MAX_TIMEOUT_MS, MIN_ENQUEUED_AT_MS, decode,
+};
 
 /// Arbitrary JSON values, nested a few levels.
 fn json_value() -> impl Strategy<Value = Value> {
@@ -31,9 +33,22 @@ fn envelope() -> impl Strategy<Value = Value> {
         field("[^\u{0}]{1,210}".prop_map(Value::from).boxed()),
         field("[a-z.]{1,210}".prop_map(Value::from).boxed()),
         json_value(),
-        field((0u64..10).prop_map(Value::from).boxed()),
-        field((1u64..100_000).prop_map(Value::from).boxed()),
-        field(any::<i64>().prop_map(Value::from).boxed()),
+        field(prop_oneof![(0u64..10).prop_map(Value::from), any::<u64>().prop_map(Value::from)].boxed()),
+        field(
+            prop_oneof![
+                (1u64..100_000).prop_map(Value::from),
+                any::<u64>().prop_map(Value::from)
+            ]
+            .boxed(),
+        ),
+        field(
+            prop_oneof![
+                any::<i64>().prop_map(Value::from),
+                any::<f64>().prop_map(Value::from),
+                (-1e15f64..1e15).prop_map(Value::from),
+            ]
+            .boxed(),
+        ),
     )
         .prop_map(|(id, step, input, retries, timeout, enqueued)| {
             json!({"id": id, "step": step, "input": input, "max_retries": retries,
@@ -70,6 +85,11 @@ proptest! {
                 prop_assert!(job.step.chars().count() <= MAX_STEP_LEN);
                 prop_assert_eq!(&job.input, &v["input"]);
                 prop_assert_eq!(job.extra.get("tenant"), Some(&json!("acme")));
+                // Every number within its documented range: nothing downstream can overflow.
+                prop_assert!(job.max_retries.is_none_or(|n| n <= MAX_RETRIES));
+                prop_assert!(job.timeout.is_none_or(|t| (1..=MAX_TIMEOUT_MS as u128).contains(&t.as_millis())));
+                let in_range = |t: chrono::DateTime<chrono::Utc>| (MIN_ENQUEUED_AT_MS..=MAX_ENQUEUED_AT_MS).contains(&t.timestamp_millis());
+                prop_assert!(job.enqueued_at.is_none_or(in_range));
             }
             Err((e, salvage)) => {
                 prop_assert_eq!(e.reason(), "invalid_envelope");

@@ -189,6 +189,7 @@ async fn metrics_count_what_happened(env: TestEnv) {
 async fn post_jobs(addr: std::net::SocketAddr, token: Option<&str>, body: &str) -> (u16, Value) {
     let mut req = reqwest::Client::new()
         .post(format!("http://{addr}/jobs"))
+        .header("content-type", "application/json")
         .body(body.to_owned());
     if let Some(t) = token {
         req = req.bearer_auth(t);

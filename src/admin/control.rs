@@ -88,7 +88,7 @@ pub async fn purge_ready(admin: &Admin, yes: bool) -> anyhow::Result<()> {
                 step: job.as_ref().map(|j| j.step.clone()),
                 reason: "purged".to_owned(),
                 error: Some("purged by operator".to_owned()),
-                attempts: counters.failures as i32,
+                attempts: i32::try_from(counters.failures).unwrap_or(i32::MAX),
                 payload: payload.clone(),
                 worker_id: wid.clone(),
                 dead_at: now,

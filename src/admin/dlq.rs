@@ -4,6 +4,7 @@ use anyhow::bail;
 use uuid::Uuid;
 
 use super::{Admin, confirm, progress};
+use crate::redact::printable;
 use crate::store::dead_letters::{self, DeadLetter, Filter};
 
 /// Dead letters replayed per transaction.
@@ -46,19 +47,20 @@ pub async fn show(admin: &Admin, id: Uuid, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("id          {}", r.id);
-    println!("job id      {}", r.job_id.as_deref().unwrap_or("-"));
-    println!("run id      {}", r.run_id.as_deref().unwrap_or("-"));
-    println!("step        {}", r.step.as_deref().unwrap_or("-"));
-    println!("reason      {}", r.reason);
-    println!("error       {}", r.error.as_deref().unwrap_or("-"));
+    // Every text here came from a producer or a step: escaped, so it cannot drive the terminal.
+    println!("job id      {}", printable(r.job_id.as_deref().unwrap_or("-")));
+    println!("run id      {}", printable(r.run_id.as_deref().unwrap_or("-")));
+    println!("step        {}", printable(r.step.as_deref().unwrap_or("-")));
+    println!("reason      {}", printable(&r.reason));
+    println!("error       {}", printable(r.error.as_deref().unwrap_or("-")));
     println!("attempts    {}", r.attempts);
-    println!("worker      {}", r.worker_id);
+    println!("worker      {}", printable(&r.worker_id));
     println!("dead at     {}", r.dead_at.to_rfc3339());
     println!(
         "replayed at {}",
         r.replayed_at.map_or("-".to_owned(), |t| t.to_rfc3339())
     );
-    println!("payload     {}", r.payload_text());
+    println!("payload     {}", printable(&r.payload_text()));
     Ok(())
 }
 
@@ -78,8 +80,8 @@ pub async fn replay(admin: &Admin, f: &Filter, dry_run: bool) -> anyhow::Result<
             println!(
                 "would replay {}  job {}  ({})",
                 r.id,
-                r.job_id.as_deref().unwrap_or("-"),
-                r.reason
+                printable(r.job_id.as_deref().unwrap_or("-")),
+                printable(&r.reason)
             );
         }
         println!("dry run: {total} dead letter(s) would be replayed");
@@ -123,10 +125,11 @@ fn with_payload(r: &DeadLetter) -> serde_json::Value {
     v
 }
 
+/// One line of at most `n` characters, control characters escaped.
 fn clip(s: &str, n: usize) -> String {
-    let one_line = s.replace('\n', " ");
+    let one_line = printable(s);
     if one_line.chars().count() <= n {
-        one_line
+        one_line.into_owned()
     } else {
         one_line.chars().take(n - 1).collect::<String>() + "…"
     }

@@ -2,12 +2,12 @@
 //! credentials and signature, and how large an answer may be. All of them are optional; HTTP
 //! dispatch is off unless `STEP_HANDLER_URL`, `SUPABASE_URL` or `STEP_ROUTES` routes somewhere.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use reqwest::Url;
 
 use super::parse::{ConfigError, parse_int};
-use super::{RawEnv, Secret, redact_url};
+use super::{RawEnv, Secret, redact_url, redact_url_path};
 use crate::http_step::route::{Routes, UrlTemplate, check_step_name, http_url};
 
 /// Default `STEP_RESPONSE_MAX_BYTES`: 1 MiB is far above a typical step output and far below
@@ -15,6 +15,8 @@ use crate::http_step::route::{Routes, UrlTemplate, check_step_name, http_url};
 const DEFAULT_RESPONSE_MAX_BYTES: u64 = 1 << 20;
 /// Outputs are written to a `jsonb` column in batches; 64 MiB per answer is the most we accept.
 const MAX_RESPONSE_MAX_BYTES: u64 = 64 << 20;
+/// Most `METRICS_STEPS` names: each is a label value of a few histograms (a dozen series each).
+pub const MAX_METRICS_STEPS: usize = 500;
 /// A shorter signing secret can be brute-forced offline from a single signed request.
 const MIN_SIGNING_SECRET_LEN: usize = 16;
 
@@ -32,6 +34,8 @@ pub struct HttpSteps {
     pub token: Option<Secret>,
     pub signing_secret: Option<Secret>,
     pub response_max_bytes: usize,
+    /// `METRICS_STEPS`: step names routed by the template that keep a metric label of their own.
+    pub metrics_steps: BTreeSet<String>,
 }
 
 impl HttpSteps {
@@ -46,12 +50,18 @@ impl HttpSteps {
         }
     }
 
+    /// Whether `step` is known in advance (a `STEP_ROUTES` key or in `METRICS_STEPS`), so it may
+    /// be a metric label: names a producer invents, which the template routes too, may not.
+    pub fn is_known_step(&self, step: &str) -> bool {
+        self.routes.contains_key(step) || self.metrics_steps.contains(step)
+    }
+
     pub fn describe(&self) -> Vec<(&'static str, String)> {
         let secret = |s: &Option<Secret>| s.as_ref().map(Secret::redacted).unwrap_or_default();
         let routes: Vec<String> = self
             .routes
             .iter()
-            .map(|(step, url)| format!("{step}={}", redact_url(url.as_str())))
+            .map(|(step, url)| format!("{step}={}", redact_url_path(url.as_str())))
             .collect();
         vec![
             (
@@ -70,6 +80,10 @@ impl HttpSteps {
             ("SUPABASE_SERVICE_ROLE_KEY", secret(&self.supabase_key)),
             ("STEP_SIGNING_SECRET", secret(&self.signing_secret)),
             ("STEP_RESPONSE_MAX_BYTES", self.response_max_bytes.to_string()),
+            (
+                "METRICS_STEPS",
+                self.metrics_steps.iter().cloned().collect::<Vec<_>>().join(","),
+            ),
         ]
     }
 }
@@ -129,7 +143,32 @@ pub(super) fn parse(raw: &RawEnv) -> Result<HttpSteps, ConfigError> {
             1,
             MAX_RESPONSE_MAX_BYTES,
         )? as usize,
+        metrics_steps: parse_metrics_steps(raw.metrics_steps.as_deref())?,
     })
+}
+
+/// `METRICS_STEPS`: comma-separated step names (the HTTP step alphabet), at most
+/// [`MAX_METRICS_STEPS`], since each one is a label value of several metrics.
+fn parse_metrics_steps(raw: Option<&str>) -> Result<BTreeSet<String>, ConfigError> {
+    let names: BTreeSet<String> = raw
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let expected = format!("comma-separated step names, at most {MAX_METRICS_STEPS}");
+    if let Some(bad) = names.iter().find(|n| check_step_name(n).is_err()) {
+        return Err(ConfigError::new("METRICS_STEPS", &expected, bad));
+    }
+    if names.len() > MAX_METRICS_STEPS {
+        return Err(ConfigError::new(
+            "METRICS_STEPS",
+            &expected,
+            &format!("{} names", names.len()),
+        ));
+    }
+    Ok(names)
 }
 
 /// A bearer token: it goes into an `Authorization` header, so only visible ASCII will do.
@@ -160,7 +199,7 @@ fn parse_routes(raw: Option<&str>) -> Result<BTreeMap<String, Url>, ConfigError>
         // The URL part may carry credentials; the step name helps find the entry.
         let shown = match url {
             "" => entry.to_owned(),
-            url => format!("{step}={}", redact_url(url)),
+            url => format!("{step}={}", redact_url_path(url)),
         };
         let bad = || ConfigError::new("STEP_ROUTES", EXPECTED, &shown);
         let step = step.trim();

@@ -16,9 +16,9 @@ use serde::Deserialize;
 
 pub use http_steps::HttpSteps;
 pub use notify::Notify;
-pub use parse::ConfigError;
-use parse::{Var, parse_bool, parse_int, parse_one_of};
-pub use secret::{Secret, redact_url};
+pub use parse::{ConfigError, MIN_TOKEN_LEN};
+use parse::{Var, parse_bool, parse_int, parse_one_of, parse_token};
+pub use secret::{Secret, redact_url, redact_url_path};
 
 /// The raw environment, as envy sees it: every variable optional, every value a string.
 /// Keep it flat: `#[serde(flatten)]` breaks non-string fields in envy.
@@ -27,6 +27,7 @@ struct RawEnv {
     app_env: Option<String>,
     node_env: Option<String>,
     queue_driver: Option<String>,
+    memory_queue_max_jobs: Option<String>,
     redis_url: Option<String>,
     database_url: Option<String>,
     worker_concurrency: Option<String>,
@@ -43,11 +44,13 @@ struct RawEnv {
     log_format: Option<String>,
     health_check_enabled: Option<String>,
     health_check_port: Option<String>,
+    health_check_host: Option<String>,
     port: Option<String>,
     queue_key: Option<String>,
     redis_allow_eviction: Option<String>,
     redis_ca_file: Option<String>,
     admin_token: Option<String>,
+    metrics_token: Option<String>,
     sentry_dsn: Option<String>,
     slack_webhook: Option<String>,
     slack_dead_letter_window_ms: Option<String>,
@@ -66,6 +69,7 @@ struct RawEnv {
     supabase_service_role_key: Option<String>,
     step_signing_secret: Option<String>,
     step_response_max_bytes: Option<String>,
+    metrics_steps: Option<String>,
 }
 
 /// Where the process runs; production turns on JSON logs and refuses local defaults.
@@ -96,6 +100,8 @@ pub enum QueueDriver {
 pub struct Config {
     pub app_env: AppEnv,
     pub queue_driver: QueueDriver,
+    /// `MEMORY_QUEUE_MAX_JOBS`: most jobs the memory queue holds (ready, delayed, in flight).
+    pub memory_queue_max_jobs: usize,
     pub redis_url: Secret,
     pub database_url: Secret,
     pub concurrency: usize,
@@ -113,6 +119,10 @@ pub struct Config {
     pub log_format: LogFormat,
     pub health_check_enabled: bool,
     pub health_check_port: u16,
+    /// `HEALTH_CHECK_HOST`: the address the HTTP server listens on; `None` is every interface.
+    /// Unset, it is loopback outside production without `ADMIN_TOKEN`, since `POST /jobs` is
+    /// then open to anyone who can reach it.
+    pub health_check_host: Option<std::net::IpAddr>,
     pub queue_key: String,
     /// Start in production even when Redis may evict keys (an explicit, documented risk).
     pub redis_allow_eviction: bool,
@@ -122,6 +132,8 @@ pub struct Config {
     /// `ADMIN_TOKEN`: bearer token for `POST /jobs` (without it the endpoint is open outside
     /// production and disabled in production).
     pub admin_token: Option<Secret>,
+    /// `METRICS_TOKEN`: bearer token `/metrics` requires when set (open without it).
+    pub metrics_token: Option<Secret>,
     pub heartbeat_interval: Duration,
     pub worker_deadline: Duration,
     pub max_recoveries: u32,
@@ -237,6 +249,21 @@ impl Config {
             (None, Some(v)) => parse_int("PORT", Some(v), 3001, 0, 65_535)? as u16,
             (None, None) => 3001,
         };
+        let health_check_host = match &raw.health_check_host {
+            Some(v) => match v.trim().parse::<std::net::IpAddr>() {
+                Ok(ip) if ip.is_unspecified() => None,
+                Ok(ip) => Some(ip),
+                Err(_) => {
+                    return Err(ConfigError::new(
+                        "HEALTH_CHECK_HOST",
+                        "an IP address: 127.0.0.1 (this machine only) or 0.0.0.0 / :: (every interface)",
+                        v,
+                    ));
+                }
+            },
+            None if production || raw.admin_token.is_some() => None,
+            None => Some(std::net::Ipv4Addr::LOCALHOST.into()),
+        };
         let queue_key = raw.queue_key.unwrap_or_else(|| "step.ready".to_owned());
         if queue_key.contains(['{', '}']) || queue_key.len() > 200 {
             return Err(ConfigError::new(
@@ -248,6 +275,13 @@ impl Config {
         Ok(Config {
             app_env,
             queue_driver,
+            memory_queue_max_jobs: parse_int(
+                "MEMORY_QUEUE_MAX_JOBS",
+                raw.memory_queue_max_jobs.as_deref(),
+                crate::queue::MEMORY_DEFAULT_MAX_JOBS as u64,
+                1,
+                10_000_000,
+            )? as usize,
             redis_url,
             database_url,
             concurrency: parse_int("WORKER_CONCURRENCY", raw.worker_concurrency.as_deref(), 10, 1, 10_000)? as usize,
@@ -270,6 +304,7 @@ impl Config {
             log_format,
             health_check_enabled: parse_bool("HEALTH_CHECK_ENABLED", raw.health_check_enabled.as_deref(), true)?,
             health_check_port,
+            health_check_host,
             queue_key,
             redis_ca: match raw.redis_ca_file {
                 Some(path) => match std::fs::read(&path) {
@@ -284,7 +319,8 @@ impl Config {
                 },
                 None => None,
             },
-            admin_token: raw.admin_token.map(Secret::new),
+            admin_token: parse_token("ADMIN_TOKEN", raw.admin_token)?,
+            metrics_token: parse_token("METRICS_TOKEN", raw.metrics_token)?,
             redis_allow_eviction: parse_bool("REDIS_ALLOW_EVICTION", raw.redis_allow_eviction.as_deref(), false)?,
             heartbeat_interval,
             worker_deadline,
@@ -310,6 +346,7 @@ impl Config {
         let mut lines = vec![
             ("APP_ENV", format!("{:?}", self.app_env).to_lowercase()),
             ("QUEUE_DRIVER", format!("{:?}", self.queue_driver).to_lowercase()),
+            ("MEMORY_QUEUE_MAX_JOBS", self.memory_queue_max_jobs.to_string()),
             ("REDIS_URL", self.redis_url.redacted()),
             ("DATABASE_URL", self.database_url.redacted()),
             ("QUEUE_KEY", self.queue_key.clone()),
@@ -317,6 +354,10 @@ impl Config {
             (
                 "ADMIN_TOKEN",
                 self.admin_token.as_ref().map(Secret::redacted).unwrap_or_default(),
+            ),
+            (
+                "METRICS_TOKEN",
+                self.metrics_token.as_ref().map(Secret::redacted).unwrap_or_default(),
             ),
             (
                 "REDIS_CA_FILE",
@@ -336,6 +377,10 @@ impl Config {
             ("LOG_FORMAT", format!("{:?}", self.log_format).to_lowercase()),
             ("HEALTH_CHECK_ENABLED", self.health_check_enabled.to_string()),
             ("HEALTH_CHECK_PORT", self.health_check_port.to_string()),
+            (
+                "HEALTH_CHECK_HOST",
+                self.health_check_host.map_or("::".to_owned(), |ip| ip.to_string()),
+            ),
             ("HEARTBEAT_INTERVAL_MS", ms(self.heartbeat_interval)),
             ("WORKER_DEADLINE_MS", ms(self.worker_deadline)),
             ("MAX_RECOVERIES", self.max_recoveries.to_string()),
@@ -404,6 +449,14 @@ fn url_var(
     if !schemes.iter().any(|s| value.starts_with(s)) {
         return Err(ConfigError::new(name, &expected, &redact_url(&value)));
     }
+    // A URL the client library cannot parse would only fail at the first connection, which is
+    // retried forever: refuse it here, where the operator sees which variable it is.
+    if !client_parses(&value) {
+        let expected = format!(
+            "{expected} that parses as one (percent-encode `/`, `?`, `#`, `@` and `:` in the user name and password)"
+        );
+        return Err(ConfigError::new(name, &expected, &redact_url(&value)));
+    }
     Ok(Secret::new(value))
 }
 
@@ -424,6 +477,20 @@ fn check_redis_seeds(url: &Secret) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
+}
+
+/// Whether the client library for `url`'s scheme accepts it, without connecting.
+fn client_parses(url: &str) -> bool {
+    use std::str::FromStr;
+    if url.starts_with("redis") {
+        // A Redis Cluster's seed list: every node URL must parse.
+        url.split(',')
+            .all(|node| redis::IntoConnectionInfo::into_connection_info(node.trim()).is_ok())
+    } else if url.starts_with("postgres") {
+        sqlx::postgres::PgConnectOptions::from_str(url).is_ok()
+    } else {
+        sqlx::sqlite::SqliteConnectOptions::from_str(url).is_ok()
+    }
 }
 
 fn parse_log_level(raw: Option<String>) -> Result<String, ConfigError> {

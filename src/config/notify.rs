@@ -21,13 +21,14 @@ pub struct Notify {
 }
 
 pub(super) fn parse(raw: &RawEnv) -> Result<Notify, ConfigError> {
-    let url = |name: &str, v: &Option<String>| -> Result<Option<Secret>, ConfigError> {
+    // A Slack webhook's path is its credential; a Sentry DSN's is its user name.
+    let url = |name: &str, v: &Option<String>, secret: fn(String) -> Secret| -> Result<Option<Secret>, ConfigError> {
         match v {
-            Some(v) if v.starts_with("https://") || v.starts_with("http://") => Ok(Some(Secret::new(v.clone()))),
+            Some(v) if v.starts_with("https://") || v.starts_with("http://") => Ok(Some(secret(v.clone()))),
             Some(v) => Err(ConfigError::new(
                 name,
                 "an http:// or https:// URL",
-                &super::redact_url(v),
+                &secret(v.clone()).redacted(),
             )),
             None => Ok(None),
         }
@@ -36,8 +37,8 @@ pub(super) fn parse(raw: &RawEnv) -> Result<Notify, ConfigError> {
         parse_int(name, v.as_deref(), default, min, 86_400_000).map(Duration::from_millis)
     };
     Ok(Notify {
-        sentry_dsn: url("SENTRY_DSN", &raw.sentry_dsn)?,
-        slack_webhook: url("SLACK_WEBHOOK", &raw.slack_webhook)?,
+        sentry_dsn: url("SENTRY_DSN", &raw.sentry_dsn, Secret::new)?,
+        slack_webhook: url("SLACK_WEBHOOK", &raw.slack_webhook, Secret::url_with_secret_path)?,
         slack_window: ms(
             "SLACK_DEAD_LETTER_WINDOW_MS",
             &raw.slack_dead_letter_window_ms,

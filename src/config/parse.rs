@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use super::secret::Secret;
+
 /// A configuration error: one line that names the variable and the form it expects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -79,4 +81,32 @@ pub fn parse_one_of<'o>(var: Var<'_>, options: &[&'o str]) -> Result<&'o str, Co
         .find(|o| **o == wanted)
         .copied()
         .ok_or_else(|| ConfigError::new(var.name, &format!("one of {}", options.join(", ")), var.value))
+}
+
+/// Shortest accepted bearer token: 16 characters, so it cannot be guessed by trying.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// A bearer token: at least [`MIN_TOKEN_LEN`] visible ASCII characters. A space, a newline (the
+/// usual leftover of a secret store or `echo >`) or any other character a client cannot send back
+/// in an `Authorization` header would make every request fail, so it is refused here instead. The
+/// value is never echoed.
+pub fn parse_token(name: &'static str, raw: Option<String>) -> Result<Option<Secret>, ConfigError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let expected =
+        format!("a token of at least {MIN_TOKEN_LEN} visible ASCII characters, without spaces or line breaks");
+    let got = match raw.chars().find(|c| !c.is_ascii_graphic()) {
+        Some(c) => format!("a value containing {}", what_char(c)),
+        None if raw.len() < MIN_TOKEN_LEN => format!("{} characters", raw.len()),
+        None => return Ok(Some(Secret::new(raw))),
+    };
+    Err(ConfigError::new(name, &expected, &got))
+}
+
+fn what_char(c: char) -> &'static str {
+    match c {
+        '\n' | '\r' => "a line break",
+        ' ' | '\t' => "a space",
+        c if c.is_control() => "a control character",
+        _ => "a non-ASCII character",
+    }
 }

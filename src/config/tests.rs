@@ -272,3 +272,54 @@ fn http_step_secrets_are_redacted_in_describe() {
     assert!(described.contains("STEP_RESPONSE_MAX_BYTES=1048576"), "{described}");
     assert!(!format!("{c:?}").contains("hunter2"));
 }
+
+#[test]
+fn an_admin_token_no_client_can_send_back_is_refused_at_startup() {
+    // A trailing newline from a secret store used to make every request 401 without a word.
+    for (token, got) in [
+        ("a-long-enough-token-123\n", "a line break"),
+        ("a long enough token with spaces", "a space"),
+        ("x", "1 characters"),
+        ("fifteen-chars-x", "15 characters"),
+    ] {
+        let err = config(&[("ADMIN_TOKEN", token)]).unwrap_err();
+        assert_eq!(err.variable, "ADMIN_TOKEN");
+        let line = err.to_string();
+        assert!(line.contains("at least 16 visible ASCII characters"), "{line}");
+        assert!(line.contains(got), "{line}");
+        assert!(!line.contains(token.trim()), "the token is echoed: {line}");
+    }
+    let c = config(&[("ADMIN_TOKEN", "sixteen-chars-ok")]).unwrap();
+    assert_eq!(c.admin_token.unwrap().expose(), "sixteen-chars-ok");
+}
+
+#[test]
+fn connection_urls_the_client_cannot_parse_are_refused_naming_the_variable() {
+    for (name, url) in [
+        ("REDIS_URL", "redis://cache.example:notaport"),
+        ("REDIS_URL", "redis://:pa/ss@cache.example:6379"),
+        ("DATABASE_URL", "postgres://app:pa55@db.example:port/app"),
+    ] {
+        let err = config(&[(name, url)]).unwrap_err();
+        assert_eq!(err.variable, name, "{url}");
+        assert!(err.to_string().contains("percent-encode"), "{err}");
+    }
+    assert!(config(&[("REDIS_URL", "redis://:pa%2Fss@cache.example:6379/0")]).is_ok());
+}
+
+#[test]
+fn the_http_server_listens_on_loopback_while_post_jobs_is_open() {
+    let host = |vars: &[(&str, &str)]| config(vars).unwrap().health_check_host;
+    assert_eq!(host(&[]), Some(std::net::Ipv4Addr::LOCALHOST.into()));
+    assert_eq!(host(&[("ADMIN_TOKEN", "sixteen-chars-ok")]), None);
+    let production = [
+        ("APP_ENV", "production"),
+        ("REDIS_URL", "redis://cache:6379"),
+        ("DATABASE_URL", "postgres://u@db/app"),
+    ];
+    assert_eq!(host(&production), None);
+    assert_eq!(host(&[("HEALTH_CHECK_HOST", "::")]), None);
+    assert_eq!(host(&[("HEALTH_CHECK_HOST", "10.0.0.7")]), Some([10, 0, 0, 7].into()));
+    let err = config(&[("HEALTH_CHECK_HOST", "localhost")]).unwrap_err();
+    assert_eq!(err.variable, "HEALTH_CHECK_HOST");
+}

@@ -28,7 +28,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{HttpSteps, Secret, redact_url};
+use crate::config::{HttpSteps, Secret, redact_url, redact_url_path};
 use crate::handler::{Handler, Registry, StepContext, StepError, StepResult};
 use crate::metrics::Metrics;
 use response::Class;
@@ -76,6 +76,8 @@ struct Dispatcher {
     signing_secret: Option<Secret>,
     max_bytes: usize,
     metrics: Arc<Metrics>,
+    /// The steps that keep a metric label of their own ([`HttpSteps::is_known_step`]).
+    config: HttpSteps,
 }
 
 /// The request body: the job as an endpoint needs it.
@@ -116,6 +118,7 @@ impl HttpDispatcher {
                 signing_secret: config.signing_secret.clone(),
                 max_bytes: config.response_max_bytes,
                 metrics,
+                config: config.clone(),
             }),
         }))
     }
@@ -161,16 +164,21 @@ impl Dispatcher {
                 .header(TIMESTAMP_HEADER, now)
                 .header(SIGNATURE_HEADER, sign(secret.expose().as_bytes(), now, &body));
         }
+        let label = match self.config.is_known_step(&ctx.step) {
+            true => ctx.step.as_str(),
+            false => crate::runner::OTHER,
+        };
         let mut tally = Tally {
             counter: &self.metrics.http_step_responses,
-            step: &ctx.step,
+            step: label,
             cancel: &ctx.cancel,
             class: None,
         };
         let (class, result) = match request.body(body).send().await {
             Ok(response) => response::judge(response, self.max_bytes).await,
             Err(e) => {
-                let what = format!("POST {}", redact_url(url.as_str()));
+                // A route may carry its token in the path or query: the host only.
+                let what = format!("POST {}", redact_url_path(url.as_str()));
                 (Class::of_error(&e), Err(response::transport_failure(e, what)))
             }
         };

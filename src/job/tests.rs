@@ -130,3 +130,81 @@ fn an_id_with_a_nul_character_is_a_bad_envelope() {
     assert!(e.to_string().contains("NUL"), "{e}");
     assert_eq!(salvage.id, None);
 }
+
+#[test]
+fn max_retries_beyond_its_range_is_refused_not_wrapped() {
+    // 4294967295 fits u32, so `1 + max_retries` used to wrap to zero attempts.
+    for bad in ["4294967295", "4294967296", "1001", "1.5", "-1"] {
+        let (e, _) = err(&format!(r#"{{"id":"j","step":"s","max_retries":{bad}}}"#));
+        assert_eq!(e.reason(), "invalid_envelope");
+        assert!(
+            e.to_string()
+                .contains("`max_retries` must be an integer from 0 to 1000"),
+            "{e}"
+        );
+    }
+    assert_eq!(
+        ok(r#"{"id":"j","step":"s","max_retries":1000}"#).max_retries,
+        Some(MAX_RETRIES)
+    );
+}
+
+#[test]
+fn timeout_ms_beyond_its_range_is_refused() {
+    for bad in ["0", "86400001", "18446744073709551615", "2.5"] {
+        let (e, _) = err(&format!(r#"{{"id":"j","step":"s","timeout_ms":{bad}}}"#));
+        assert!(
+            e.to_string()
+                .contains("`timeout_ms` must be an integer from 1 to 86400000"),
+            "{e}"
+        );
+    }
+    let job = ok(r#"{"id":"j","step":"s","timeout_ms":86400000}"#);
+    assert_eq!(job.timeout, Some(Duration::from_millis(MAX_TIMEOUT_MS)));
+}
+
+#[test]
+fn the_enqueued_at_range_is_what_rfc3339_can_write() {
+    let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().timestamp_millis();
+    assert_eq!(MIN_ENQUEUED_AT_MS, at("0000-01-01T00:00:00Z"));
+    assert_eq!(MAX_ENQUEUED_AT_MS, at("9999-12-31T23:59:59.999Z"));
+    for edge in [MIN_ENQUEUED_AT_MS, MAX_ENQUEUED_AT_MS] {
+        let job = ok(&format!(r#"{{"id":"j","step":"s","enqueued_at":{edge}}}"#));
+        assert_eq!(job.enqueued_at.unwrap().timestamp_millis(), edge);
+    }
+}
+
+#[test]
+fn enqueued_at_outside_the_range_is_refused_at_decode() {
+    // Postgres refused these only after the step had run, filing the outcome under no id.
+    for bad in [
+        "-8000000000000000",
+        "-62167219200001",
+        "253402300800000",
+        "9223372036854775807",
+        "18446744073709551615",
+        "1e300",
+        r#""-4714-11-24T00:00:00Z""#,
+        r#""9999-12-31T23:00:00-05:00""#,
+    ] {
+        let (e, salvage) = err(&format!(r#"{{"id":"j","step":"s","enqueued_at":{bad}}}"#));
+        assert_eq!(e.reason(), "invalid_envelope", "{bad}");
+        assert!(
+            e.to_string()
+                .contains("from 0000-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z"),
+            "{e}"
+        );
+        assert_eq!(salvage.id.as_deref(), Some("j"));
+    }
+}
+
+#[test]
+fn fractional_epoch_millis_are_accepted_to_the_microsecond() {
+    // What Python's `time.time() * 1000` produces.
+    let job = ok(r#"{"id":"j","step":"s","enqueued_at":1796032109893.725}"#);
+    let t = job.enqueued_at.unwrap();
+    assert_eq!(t.timestamp_millis(), 1_796_032_109_893);
+    assert_eq!(t.timestamp_subsec_micros() % 1000, 725);
+    let negative = ok(r#"{"id":"j","step":"s","enqueued_at":-1.5}"#).enqueued_at.unwrap();
+    assert_eq!(negative.timestamp_micros(), -1500);
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 use sentry::protocol::{Event, Level};
 
 use crate::config::Config;
-use crate::redact::{Redactor, scrub_text};
+use crate::redact::Redactor;
 use crate::store::DeadLetterRecord;
 
 /// How long exit waits for queued events to be sent.
@@ -55,17 +55,22 @@ pub fn report_dead_letter(letter: &DeadLetterRecord, redactor: &Redactor) {
     hub.capture_message(&message, Level::Error);
 }
 
-/// Masks credentials in messages and exception values, and personal data in extra context.
+/// Masks credentials and personal data in messages, exception values, breadcrumbs and extra
+/// context, and bounds the texts as stored errors are bounded.
 fn scrub(mut event: Event<'static>, redactor: &Redactor) -> Event<'static> {
-    event.message = event.message.map(|m| scrub_text(&m));
+    let text = |t: &str| redactor.error_text(t, &serde_json::Value::Null);
+    event.message = event.message.map(|m| text(&m));
     for exception in event.exception.values.iter_mut() {
-        exception.value = exception.value.as_deref().map(scrub_text);
+        exception.value = exception.value.as_deref().map(text);
     }
     for value in event.extra.values_mut() {
         *value = redactor.redact(value);
     }
     for crumb in event.breadcrumbs.values.iter_mut() {
-        crumb.message = crumb.message.as_deref().map(scrub_text);
+        crumb.message = crumb.message.as_deref().map(text);
+        for value in crumb.data.values_mut() {
+            *value = redactor.redact(value);
+        }
     }
     if let Some(request) = event.request.as_mut() {
         request

@@ -7,8 +7,17 @@ use std::time::Duration;
 
 use redis::RedisResult;
 
-use super::memory::MemoryQueue;
+use super::memory::{Full, MemoryQueue};
 use super::{Beat, BeatMode, BlockingConn, ClaimReply, Depths, Keys, Payload, RedisQueue, SettleOp, Suspects};
+
+/// Why a push was refused: Redis failed, or the memory queue is at `MEMORY_QUEUE_MAX_JOBS`.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+    #[error(transparent)]
+    Full(#[from] Full),
+}
 
 // A handful of these exist per process (one per component, cloned at startup), so the size
 // difference between the variants costs nothing worth an extra indirection on every command.
@@ -161,24 +170,18 @@ impl Queue {
         }
     }
 
-    pub async fn push(&self, payload: &[u8]) -> RedisResult<()> {
+    pub async fn push(&self, payload: &[u8]) -> Result<(), PushError> {
         match self {
-            Queue::Redis(q) => q.push(payload).await,
-            Queue::Memory(m) => {
-                m.push(payload);
-                Ok(())
-            }
+            Queue::Redis(q) => Ok(q.push(payload).await?),
+            Queue::Memory(m) => Ok(m.push(payload)?),
         }
     }
 
     /// One `LPUSH` of several payloads: all of them or none.
-    pub async fn push_many(&self, payloads: &[Vec<u8>]) -> RedisResult<()> {
+    pub async fn push_many(&self, payloads: &[Vec<u8>]) -> Result<(), PushError> {
         match self {
-            Queue::Redis(q) => q.push_many(payloads).await,
-            Queue::Memory(m) => {
-                m.push_many(payloads);
-                Ok(())
-            }
+            Queue::Redis(q) => Ok(q.push_many(payloads).await?),
+            Queue::Memory(m) => Ok(m.push_many(payloads)?),
         }
     }
 

@@ -12,6 +12,7 @@
 //! and the poison outbox are always empty here.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -21,6 +22,19 @@ use super::{Beat, BeatMode, BeatStatus, ClaimReply, Counters, Depths, Keys, Payl
 
 /// Due retries moved per promotion, as `scripts::PROMOTE_LIMIT` does for Redis.
 const PROMOTE_LIMIT: usize = 500;
+/// Jobs a memory queue holds (ready, delayed and in flight) until told otherwise
+/// (`MEMORY_QUEUE_MAX_JOBS`): about 25 MB of small jobs, far beyond a first run's needs, far
+/// below what exhausts a laptop.
+pub const DEFAULT_MAX_JOBS: usize = 100_000;
+
+/// A push refused because the queue would hold more than its limit; nothing was pushed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the memory queue is full: it holds {held} jobs, {adding} more would pass MEMORY_QUEUE_MAX_JOBS ({max})")]
+pub struct Full {
+    pub held: usize,
+    pub adding: usize,
+    pub max: usize,
+}
 
 /// The in-process queue named by one `QUEUE_KEY`. Cheap to clone; clones share the queue.
 #[derive(Clone)]
@@ -32,6 +46,8 @@ struct Inner {
     /// The same key names as on Redis: workers' in-flight lists are named by them.
     keys: Keys,
     state: Mutex<State>,
+    /// Most jobs held at once ([`DEFAULT_MAX_JOBS`] until [`MemoryQueue::set_max_jobs`]).
+    max_jobs: AtomicUsize,
     /// Wakes a blocked claim: a push, a promoted retry, a requeue, or `unblock`.
     wake: Notify,
 }
@@ -73,6 +89,7 @@ impl MemoryQueue {
                 inner: Arc::new(Inner {
                     keys: Keys::new(queue_key),
                     state: Mutex::new(State::default()),
+                    max_jobs: AtomicUsize::new(DEFAULT_MAX_JOBS),
                     wake: Notify::new(),
                 }),
             })
@@ -81,6 +98,12 @@ impl MemoryQueue {
 
     pub fn keys(&self) -> &Keys {
         &self.inner.keys
+    }
+
+    /// Sets the most jobs this queue holds at once (`MEMORY_QUEUE_MAX_JOBS`); pushes past it are
+    /// refused with [`Full`]. Jobs already held stay.
+    pub fn set_max_jobs(&self, max: usize) {
+        self.inner.max_jobs.store(max, Ordering::Relaxed);
     }
 
     // A panic while holding the lock cannot leave the state half-changed in a way that matters
@@ -276,18 +299,29 @@ impl MemoryQueue {
     }
 
     /// `LPUSH`, as a producer does.
-    pub fn push(&self, payload: &[u8]) {
-        self.push_many(&[payload]);
+    pub fn push(&self, payload: &[u8]) -> Result<(), Full> {
+        self.push_many(&[payload])
     }
 
-    /// One `LPUSH` of several payloads, under one lock: a claim sees all of them or none.
-    pub fn push_many<P: AsRef<[u8]>>(&self, payloads: &[P]) {
+    /// One `LPUSH` of several payloads, under one lock: a claim sees all of them or none, and a
+    /// queue without room for all of them takes none.
+    pub fn push_many<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<(), Full> {
         let mut s = self.state();
+        let held = s.ready.len() + s.delayed.len() + s.procs.values().map(VecDeque::len).sum::<usize>();
+        let max = self.inner.max_jobs.load(Ordering::Relaxed);
+        if held.saturating_add(payloads.len()) > max {
+            return Err(Full {
+                held,
+                adding: payloads.len(),
+                max,
+            });
+        }
         for p in payloads {
             s.ready.push_front(Payload::from(p.as_ref()));
         }
         drop(s);
         self.inner.wake.notify_one();
+        Ok(())
     }
 }
 
@@ -365,8 +399,8 @@ mod tests {
     #[test]
     fn claims_oldest_first_and_settles_only_what_is_still_claimed() {
         let q = queue();
-        q.push(b"a");
-        q.push(b"b");
+        q.push(b"a").unwrap();
+        q.push(b"b").unwrap();
         assert!(q.claim("w", "proc:w", 1, &[]).fenced, "unregistered workers are fenced");
         q.heartbeat("w", Duration::from_secs(30), BeatMode::Register);
         let r = q.claim("w", "proc:w", 5, &[]);
@@ -386,7 +420,7 @@ mod tests {
     fn a_retry_counts_the_attempt_and_waits_until_due() {
         let q = queue();
         q.heartbeat("w", Duration::from_secs(30), BeatMode::Register);
-        q.push(b"job");
+        q.push(b"job").unwrap();
         let p = q.claim("w", "proc:w", 1, &[]).jobs.remove(0).0;
         q.settle("proc:w", &[SettleOp::Retry(p.clone(), Duration::from_secs(60))]);
         let d = q.depths();
@@ -410,7 +444,7 @@ mod tests {
             q.heartbeat("w", Duration::from_secs(30), BeatMode::Beat).status,
             BeatStatus::Reaped
         );
-        q.push(b"x");
+        q.push(b"x").unwrap();
         assert!(q.claim("w", "proc:w", 1, &[]).fenced);
     }
 
@@ -422,12 +456,35 @@ mod tests {
             tokio::spawn(async move { q.blocking_claim("proc:w", Duration::from_secs(30)).await })
         };
         // The push may land before or after the claim starts waiting: both must deliver it.
-        q.push(b"x");
+        q.push(b"x").unwrap();
         let got = tokio::time::timeout(Duration::from_secs(5), waiter)
             .await
             .unwrap()
             .unwrap();
         assert_eq!(got.as_deref(), Some(&b"x"[..]));
         assert_eq!(q.list("proc:w"), vec![b"x".to_vec()]);
+    }
+
+    #[test]
+    fn a_full_queue_refuses_the_whole_push_and_names_its_limit() {
+        let q = queue();
+        q.set_max_jobs(3);
+        q.push_many(&[b"a", b"b"]).unwrap();
+        let full = q.push_many(&[b"c", b"d"]).unwrap_err();
+        assert_eq!(
+            full,
+            Full {
+                held: 2,
+                adding: 2,
+                max: 3
+            }
+        );
+        assert!(full.to_string().contains("MEMORY_QUEUE_MAX_JOBS (3)"), "{full}");
+        assert_eq!(q.ready().len(), 2, "all or nothing");
+        // Claimed jobs still count: they are held until settled.
+        q.heartbeat("w", Duration::from_secs(30), BeatMode::Register);
+        assert_eq!(q.claim("w", "proc:w", 2, &[]).jobs.len(), 2);
+        q.push(b"c").unwrap();
+        assert!(q.push(b"d").is_err());
     }
 }

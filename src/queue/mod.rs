@@ -29,9 +29,9 @@ use redis::{AsyncConnectionConfig, RedisError, RedisResult};
 pub use admin::WorkerInfo;
 pub use conn::Endpoint;
 pub use conn::RedisConn;
-pub use driver::{Blocking, Queue};
+pub use driver::{Blocking, PushError, Queue};
 pub use keys::Keys;
-pub use memory::MemoryQueue;
+pub use memory::{DEFAULT_MAX_JOBS as MEMORY_DEFAULT_MAX_JOBS, Full, MemoryQueue};
 use scripts::Scripts;
 
 /// Raw payload bytes, exactly as the producer pushed them: `LREM` matches on bytes, so they are

@@ -83,7 +83,8 @@ fn bad_payload(rng: &mut StdRng, i: usize) -> Job {
                     json!({"id": id, "step": "builtin.noop", "timeout_ms": if w.is_u64() { json!(0) } else { opt(json!(0)) }})
                 }
                 4 => {
-                    json!({"id": id, "step": "builtin.noop", "enqueued_at": if w.is_i64() { json!("yesterday") } else { opt(json!("yesterday")) }})
+                    // Any number in range is a valid timestamp (fractions too); the contract's edges are unit-tested.
+                    json!({"id": id, "step": "builtin.noop", "enqueued_at": if w.is_number() { json!("yesterday") } else { opt(json!("yesterday")) }})
                 }
                 5 => json!({"id": id, "step": "builtin.noop", "run_id": opt(json!(5))}),
                 6 => json!({"id": id, "step": "builtin.noop", "correlation_id": opt(json!([]))}),

@@ -223,7 +223,7 @@ impl TestEnv {
     /// while the manager reconnects, so it is tried again once.
     pub async fn push(&self, payload: &str) {
         if let Some(q) = &self.memory {
-            return q.push(payload.as_bytes());
+            return q.push(payload.as_bytes()).expect("the memory queue has room");
         }
         let mut conn = self.redis.clone();
         if conn.lpush::<_, _, i64>(&self.queue_key, payload).await.is_err() {
@@ -505,4 +505,14 @@ pub fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
         l.strip_prefix(name_and_labels)
             .and_then(|rest| rest.trim().parse().ok())
     })
+}
+
+/// A child process killed (and reaped) when dropped, so a failing test leaves no process behind.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -183,7 +183,9 @@ async fn unreachable_endpoint_is_retried_then_dead_lettered() {
         .unwrap()
         .port();
     let template = format!("http://127.0.0.1:{port}/steps/{{step}}");
-    let worker = env.start(&[("STEP_HANDLER_URL", &template)]).await;
+    let worker = env
+        .start(&[("STEP_HANDLER_URL", &template), ("METRICS_STEPS", "down")])
+        .await;
     env.push(r#"{"id":"down-1","step":"down","max_retries":1}"#).await;
     let row = env.wait_result("down-1", WAIT).await;
     assert_eq!((row.status.as_str(), row.attempts), ("dead", 2));
@@ -191,7 +193,8 @@ async fn unreachable_endpoint_is_retried_then_dead_lettered() {
     for a in env.attempts("down-1").await {
         let error = a.error.unwrap();
         assert!(
-            error.contains(&format!("POST http://127.0.0.1:{port}/steps/down")),
+            // The host only: a route's path or query may carry its token.
+            error.contains(&format!("POST http://127.0.0.1:{port}/***")),
             "{error}"
         );
     }

@@ -1,0 +1,186 @@
+//! Connections to the HTTP server, bounded: at most [`MAX_CONNECTIONS`] open at once, and none
+//! idle for longer than [`IDLE_TIMEOUT`]. Anyone who can reach the port can open connections and
+//! send nothing; unbounded, they use up the process's file descriptors and the platform's
+//! `/health` probe is never accepted. When the limit is reached, a new connection closes the idle
+//! one (nothing sent yet, or its last request answered) that has been quiet longest, so a probe
+//! always gets in; a connection whose request is being answered is never closed for room.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures::task::AtomicWaker;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Sleep;
+
+/// Connections open at once before idle ones are closed to make room (twice as many at most):
+/// far more than probes and scrapers need, far below the usual file-descriptor limits (256 and
+/// up), which the worker also needs for Redis, Postgres and steps.
+pub const MAX_CONNECTIONS: usize = 64;
+/// A connection without a byte read or written for this long is closed: a request arrives whole
+/// in well under a second, and keep-alive scrapers simply reconnect.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Quiet this long, an unanswered connection may be closed to make room.
+const EVICT_QUIET: Duration = Duration::from_millis(500);
+
+/// What the listener knows of a connection: when it last moved, and a way to close it.
+struct Conn {
+    /// Milliseconds since the listener started.
+    last_active: AtomicU64,
+    /// Read part of a request and not yet answered it: such a connection is never evicted.
+    busy: AtomicBool,
+    evicted: AtomicBool,
+    waker: AtomicWaker,
+}
+
+/// A [`TcpListener`] that keeps its connections within the bounds above.
+pub struct BoundedListener {
+    inner: TcpListener,
+    started: Instant,
+    conns: Arc<Mutex<Vec<Weak<Conn>>>>,
+}
+
+impl BoundedListener {
+    pub fn new(inner: TcpListener) -> Self {
+        BoundedListener {
+            inner,
+            started: Instant::now(),
+            conns: Arc::default(),
+        }
+    }
+
+    /// Makes room for one more connection by closing the one quiet longest.
+    fn make_room(&self) {
+        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        // An evicted connection no longer counts: it closes as soon as its task next runs.
+        conns.retain(|c| c.upgrade().is_some_and(|c| !c.evicted.load(Ordering::Relaxed)));
+        if conns.len() < MAX_CONNECTIONS {
+            return;
+        }
+        // A client sends its request as soon as it connects: one quiet for EVICT_QUIET is idle,
+        // one accepted a moment ago may have its request on the way.
+        // Past twice the limit, the file descriptors matter more: the quietest idle one goes.
+        let quiet_since = match conns.len() >= 2 * MAX_CONNECTIONS {
+            true => u64::MAX,
+            false => (self.started.elapsed().saturating_sub(EVICT_QUIET)).as_millis() as u64,
+        };
+        let quietest = conns
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|c| !c.evicted.load(Ordering::Relaxed) && !c.busy.load(Ordering::Relaxed))
+            .filter(|c| c.last_active.load(Ordering::Relaxed) <= quiet_since)
+            .min_by_key(|c| c.last_active.load(Ordering::Relaxed));
+        if let Some(c) = quietest {
+            c.evicted.store(true, Ordering::Relaxed);
+            c.waker.wake();
+        }
+    }
+}
+
+impl axum::serve::Listener for BoundedListener {
+    type Io = BoundedStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (stream, addr) = axum::serve::Listener::accept(&mut self.inner).await;
+        self.make_room();
+        let conn = Arc::new(Conn {
+            last_active: AtomicU64::new(self.started.elapsed().as_millis() as u64),
+            busy: AtomicBool::new(false),
+            evicted: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
+        });
+        self.conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::downgrade(&conn));
+        let io = BoundedStream {
+            inner: stream,
+            conn,
+            started: self.started,
+            idle: Box::pin(tokio::time::sleep(IDLE_TIMEOUT)),
+        };
+        (io, addr)
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// A connection that fails its next read or write once it is idle too long or evicted.
+pub struct BoundedStream {
+    inner: TcpStream,
+    conn: Arc<Conn>,
+    started: Instant,
+    idle: Pin<Box<Sleep>>,
+}
+
+impl BoundedStream {
+    /// `Err` when the connection must close; otherwise registers for eviction and the idle timer.
+    fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        self.conn.waker.register(cx.waker());
+        if self.conn.evicted.load(Ordering::Relaxed) {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "closed to make room for a new connection",
+            ));
+        }
+        if self.idle.as_mut().poll(cx).is_ready() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "idle connection closed"));
+        }
+        Ok(())
+    }
+
+    fn moved(&mut self) {
+        let now = self.started.elapsed();
+        self.conn.last_active.store(now.as_millis() as u64, Ordering::Relaxed);
+        self.idle.as_mut().reset(tokio::time::Instant::now() + IDLE_TIMEOUT);
+    }
+
+    fn track<T>(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        match polled {
+            Poll::Ready(r) => {
+                self.moved();
+                Poll::Ready(r)
+            }
+            Poll::Pending => match self.check(cx) {
+                Ok(()) => Poll::Pending,
+                Err(e) => Poll::Ready(Err(e)),
+            },
+        }
+    }
+}
+
+impl AsyncRead for BoundedStream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.conn.busy.store(true, Ordering::Relaxed);
+        }
+        self.track(cx, polled)
+    }
+}
+
+impl AsyncWrite for BoundedStream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.conn.busy.store(false, Ordering::Relaxed);
+        }
+        self.track(cx, polled)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
