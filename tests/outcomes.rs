@@ -278,10 +278,25 @@ async fn a_late_success_never_overwrites_a_dead_result(env: TestEnv) {
 /// step's guard, which left the job in the worker's list with nothing tracking it.
 async fn the_largest_max_retries_is_a_job_like_any_other(env: TestEnv) {
     let worker = env.start(&[]).await;
-    env.push(r#"{"id":"huge-1","step":"builtin.noop","max_retries":4294967295}"#)
+    // The largest value the contract accepts runs; one past anything it accepts (where
+    // `1 + max_retries` once overflowed outside the step and stranded the job) is dead-lettered
+    // with the range, never stranded.
+    env.push(r#"{"id":"huge-1","step":"builtin.noop","max_retries":1000}"#)
+        .await;
+    env.push(r#"{"id":"huge-2","step":"builtin.noop","max_retries":4294967295}"#)
         .await;
     let row = env.wait_result("huge-1", WAIT).await;
     assert_eq!((row.status.as_str(), row.attempts), ("succeeded", 1));
+    common::wait_for("the out-of-range job's dead letter", WAIT, || async {
+        env.dead_letters().await.iter().any(|d| d.reason == "invalid_envelope")
+    })
+    .await;
+    let letters = env.dead_letters().await;
+    let letter = letters.iter().find(|d| d.reason == "invalid_envelope").unwrap();
+    assert!(
+        letter.error.as_deref().unwrap_or_default().contains("max_retries"),
+        "{letter:?}"
+    );
     assert_queue_drained(&env).await;
     worker.stop().await.unwrap();
 }
