@@ -32,6 +32,9 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How stale the Redis and Postgres gauges may be: a scrape interval is 15 s or more, and depths
 /// move slowly next to it.
 const GAUGE_REFRESH: Duration = Duration::from_secs(5);
+/// How long one rendering of `/metrics` serves every scrape: no Prometheus scrapes faster than
+/// once a second (15 s is the default), so only a flood ever sees the same text twice.
+const SCRAPE_REUSE: Duration = Duration::from_secs(1);
 /// Postgres counts as proven by any successful operation this recent; otherwise a probe pings it.
 const POSTGRES_PROVEN_FOR: Duration = Duration::from_secs(10);
 
@@ -244,7 +247,7 @@ async fn metrics(State(s): State<AppState>, headers: axum::http::HeaderMap) -> R
     s.metrics.in_flight.set(s.inflight.len() as i64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        s.metrics.render(),
+        s.metrics.render_shared(SCRAPE_REUSE).to_string(),
     )
         .into_response()
 }

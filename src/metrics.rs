@@ -26,6 +26,10 @@ pub struct Metrics {
     registry: Registry,
     /// When the gauges read from Redis and Postgres were last refreshed (see [`Self::gauges_due`]).
     gauges_refreshed: std::sync::Mutex<Option<std::time::Instant>>,
+    /// The last exposition and when it was rendered (see [`Self::render_shared`]).
+    rendered: std::sync::Mutex<Option<(std::time::Instant, std::sync::Arc<str>)>>,
+    /// Set while one caller renders, so a flood of scrapes renders once, not once each.
+    rendering: std::sync::atomic::AtomicBool,
     /// Attempts by step and outcome (succeeded, failed, timed_out, panicked, dead, requeued, ...).
     pub jobs: IntCounterVec,
     pub job_duration: HistogramVec,
@@ -235,6 +239,8 @@ impl Metrics {
         Metrics {
             registry,
             gauges_refreshed: std::sync::Mutex::new(None),
+            rendered: std::sync::Mutex::new(None),
+            rendering: std::sync::atomic::AtomicBool::new(false),
             jobs,
             job_duration,
             queue_wait,
@@ -281,6 +287,30 @@ impl Metrics {
         String::from_utf8(buf).expect("text exposition is UTF-8")
     }
 
+    /// The exposition for a scrape: rendered at most once per `max_age`, and while one caller
+    /// renders, the others get the previous text instead of rendering too. Rendering walks every
+    /// series and reads `/proc`, on the runtime threads that also run the job path, so a flood of
+    /// scrapes from anyone who reaches the port must cost one render, not one each.
+    pub fn render_shared(&self, max_age: std::time::Duration) -> std::sync::Arc<str> {
+        use std::sync::atomic::Ordering;
+        let cached = self.rendered.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some((at, text)) = &cached
+            && (at.elapsed() < max_age || self.rendering.load(Ordering::Acquire))
+        {
+            return text.clone();
+        }
+        if self.rendering.swap(true, Ordering::AcqRel)
+            && let Some((_, text)) = cached
+        {
+            return text;
+        }
+        // The lock is not held while rendering: a blocked runtime thread would stall jobs.
+        let text: std::sync::Arc<str> = self.render().into();
+        *self.rendered.lock().unwrap_or_else(|e| e.into_inner()) = Some((std::time::Instant::now(), text.clone()));
+        self.rendering.store(false, Ordering::Release);
+        text
+    }
+
     pub fn job(&self, step: &str, outcome: &str) {
         self.jobs.with_label_values(&[step, outcome]).inc();
     }
@@ -298,4 +328,26 @@ fn cgroup_memory_limit() -> Option<i64> {
     .and_then(|s| s.trim().parse::<i64>().ok())
     // cgroup v1 reports "unlimited" as a huge page-aligned number.
     .filter(|n| *n > 0 && *n < i64::MAX / 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::Metrics;
+
+    #[test]
+    fn scrapes_within_the_reuse_window_share_one_rendering() {
+        let m = Metrics::new("w");
+        let first = m.render_shared(Duration::from_secs(60));
+        m.job("s", "succeeded");
+        let second = m.render_shared(Duration::from_secs(60));
+        assert!(Arc::ptr_eq(&first, &second), "rendered again inside the window");
+        let fresh = m.render_shared(Duration::ZERO);
+        assert!(
+            fresh.contains(r#"step_worker_jobs_total{outcome="succeeded",step="s"} 1"#),
+            "{fresh}"
+        );
+    }
 }

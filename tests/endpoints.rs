@@ -294,13 +294,17 @@ async fn an_idle_worker_reports_no_job_in_flight(env: TestEnv) {
         env.is_memory() || blocked_in_blmove(&env, &worker.worker_id).await
     })
     .await;
-    assert_eq!(in_flight().await, (0, 0.0), "idle");
+    // A scrape may reuse a rendering up to a second old, so both readings are waited for.
+    common::wait_for("idle: no job in flight", WAIT, || async {
+        in_flight().await == (0, 0.0)
+    })
+    .await;
     env.push_job("held", "builtin.sleep", json!({"ms": 60000})).await;
     common::wait_for("the job to be claimed", WAIT, || async {
         env.in_flight_len().await == 1
     })
     .await;
-    assert_eq!(in_flight().await, (1, 1.0), "one job running");
+    common::wait_for("one job in flight", WAIT, || async { in_flight().await == (1, 1.0) }).await;
     worker.stop().await.unwrap();
 }
 
