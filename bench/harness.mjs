@@ -1,6 +1,8 @@
 // step-worker against the Node workers it replaces, side by side on one machine in one run.
 // Usage: bench/run [--n 50000] [--reps 2] [--systems step-worker,node-list,bullmq]
 //                  [--scenarios noop,sleep,paced,rss,cmds,idle,startup] [--quick] [--no-quiet]
+//        bench/run --scenarios flood [--n 20000] [--reps 3] [--flood-clients 50] [--flood-max 2000000]
+//        (step-worker's noop backlog without, then with, a flood of GET /metrics and /health)
 // Prints markdown tables (min / median over the repetitions) and step-worker / peer ratios.
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join, dirname } from 'node:path';
@@ -24,6 +26,8 @@ const { values: o } = parseArgs({
     'paced-seconds': { type: 'string', default: '10' },
     'idle-seconds': { type: 'string', default: '60' },
     'cmd-n': { type: 'string', default: '10000' },
+    'flood-clients': { type: 'string', default: '50' },
+    'flood-max': { type: 'string', default: '2000000' },
     quick: { type: 'boolean', default: false },
     'no-quiet': { type: 'boolean', default: false },
     'quiet-load': { type: 'string', default: '0.5' },
@@ -64,7 +68,7 @@ const results = { machine: machine(), config: { ...o, bin }, gate, runs: [] };
 const record = (r) => {
   results.runs.push(r);
   writeFileSync(join(outDir, 'results.json'), JSON.stringify(results, null, 1));
-  const show = ['throughput', 'qP99', 'ovP99', 'cpuPer10k', 'rssMiB', 'callsPerJob', 'topLevelPerJob', 'topLevelPerMin', 'lost']
+  const show = ['throughput', 'scrapes', 'qP99', 'ovP99', 'cpuPer10k', 'rssMiB', 'callsPerJob', 'topLevelPerJob', 'topLevelPerMin', 'lost']
     .filter((k) => r[k] !== undefined).map((k) => `${k}=${typeof r[k] === 'number' ? r[k].toFixed(2) : r[k]}`);
   log(`${r.scenario ?? r.kind} ${r.system}: ${show.join(' ')}`);
 };
@@ -85,6 +89,17 @@ try {
       }
       if (scenarios.has('rss')) {
         record(await backlog(env, sys, { scenario: 'c256-1k', rep, n, step: 'builtin.noop', input: kibInput, concurrency: 256 }));
+      }
+    }
+  }
+  if (scenarios.has('flood')) {
+    // Without and with the flood alternately, so a drift of the shared machine hits both alike.
+    const flood = { clients: Number(o['flood-clients']), maxRequests: Number(o['flood-max']) };
+    if (!systems.includes('step-worker')) log('flood: step-worker is not among --systems; skipped');
+    for (let rep = 1; rep <= reps && systems.includes('step-worker'); rep++) {
+      for (const on of [false, true]) {
+        record(await backlog(env, 'step-worker', { scenario: on ? 'flood-on' : 'flood-off', rep, n, step: 'builtin.noop',
+          input: noopInput, flood: on ? flood : undefined }));
       }
     }
   }

@@ -97,6 +97,33 @@ function pacedSection(runs, scenario) {
     ['cpuPer10k', 'worker CPU', 'low'], ['rssMiB', 'peak RSS', 'low']])}\n`;
 }
 
+/** Step-worker's noop backlog without and with the scrape flood: medians, and their ratio. */
+function floodSection(runs) {
+  const off = runs.filter((r) => r.scenario === 'flood-off');
+  const on = runs.filter((r) => r.scenario === 'flood-on');
+  if (!off.length || !on.length) return '';
+  const med = (rs, f) => median(rs.map(f));
+  const ratio = med(on, (r) => r.throughput) / med(off, (r) => r.throughput);
+  const sum = (objs) => objs.reduce((acc, o) => {
+    for (const [k, v] of Object.entries(o ?? {})) acc[k] = (acc[k] ?? 0) + v;
+    return acc;
+  }, {});
+  const codes = (o) => Object.entries(o).map(([k, v]) => `${k} × ${v}`).join(', ') || 'none';
+  const f = on[0].flood ?? {};
+  const row = [String(on[0].n), mm(off, 'throughput', 0), mm(on, 'throughput', 0), fmt(ratio, 3),
+    fmt(med(on, (r) => r.scrapes), 0), fmt(med(on, (r) => r.flood?.served / r.flood?.seconds), 0),
+    fmt(med(on, (r) => r.flood?.metricsP99Ms)), mm(off, 'callsPerJob'), mm(on, 'callsPerJob'),
+    String(max([...off, ...on].map((r) => r.lost)))];
+  return `### Backlog under a flood of scrapes (step-worker, builtin.noop with persistence)\n\n${table(['jobs',
+    'jobs/s without', 'jobs/s with', 'with / without (medians)', 'requests served during the run', 'served / s',
+    '/metrics p99 ms', 'Redis calls / job without', 'Redis calls / job with', 'lost'], [row])}\n\n`
+    + `${on.length} run(s) each, alternated. The flood: ${f.clients} keep-alive clients on 127.0.0.1, 3 requests in 4 `
+    + '`GET /metrics`, 1 in 4 `GET /health`, from just before the release to the last row; '
+    + `statuses ${codes(sum(on.map((r) => r.flood?.byStatus)))}; errors ${codes(sum(on.map((r) => r.flood?.errors)))}; `
+    + `harness CPU for the flood ${fmt(med(on, (r) => r.flood?.harnessCpuS))} s per run (median). `
+    + `${ratio >= 0.9 ? 'Within' : 'Not within'} 10 % of the throughput without.\n`;
+}
+
 function topCommands(by) {
   return Object.entries(by ?? {}).sort((a, b) => b[1] - a[1]).slice(0, 4).map(([c, k]) => `${c} ${k}`).join(', ');
 }
@@ -120,6 +147,7 @@ export function report(results) {
   for (const s of [...new Set(runs.filter((r) => r.scenario?.startsWith('paced-')).map((r) => r.scenario))]) {
     out.push(pacedSection(runs, s));
   }
+  out.push(floodSection(runs));
   const cmds = runs.filter((r) => r.scenario === 'cmds');
   if (cmds.length) {
     out.push(`### Redis commands per job at full load (backlog, counted with MONITOR)\n\n${table(

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { cpuSeconds, peakRssMiB, sleep, waitFor, waitQuiet, log } from './util.mjs';
 import { MonitorCounter } from './services.mjs';
 import { histogramDelta, histogramQuantile } from './prom.mjs';
+import { startFlood } from './flood.mjs';
 
 let seq = 0;
 
@@ -117,8 +118,12 @@ function figures(env, s, n, before, after, stats, extra = {}) {
   return r;
 }
 
-/** All jobs enqueued first (worker idle and ready), then released at once: throughput. */
-export async function backlog(env, sysName, { scenario, rep, n, step, input, concurrency }) {
+/**
+ * All jobs enqueued first (worker idle and ready), then released at once: throughput. With
+ * `flood` (options for `startFlood`, step-worker only), scrapes and probes hammer the worker's
+ * HTTP port from just before the release until the last row is written.
+ */
+export async function backlog(env, sysName, { scenario, rep, n, step, input, concurrency, flood }) {
   const quiet = await waitQuiet(env.quiet);
   const s = await setUp({ ...env, concurrency: concurrency ?? env.concurrency }, sysName, scenario, rep);
   try {
@@ -135,9 +140,21 @@ export async function backlog(env, sysName, { scenario, rep, n, step, input, con
       await monitor.start();
     }
     const before = await snapshot(env, s);
+    const timeoutMs = Math.max(120_000, n * 5);
+    const flooding = flood
+      ? startFlood({ ...flood, port: Number(new URL(s.sys.metricsUrl).port), maxMs: timeoutMs + 30_000 })
+      : null;
     const t0 = Date.now();
-    await s.sys.release();
-    const { done, drained } = await waitDone(env, s, n, Math.max(120_000, n * 5));
+    let done;
+    let drained;
+    let floodStats;
+    try {
+      await s.sys.release();
+      ({ done, drained } = await waitDone(env, s, n, timeoutMs));
+    } finally {
+      // Stopped however the run ends, so a failed run leaves no flood behind it.
+      floodStats = await flooding?.stop();
+    }
     const after = await snapshot(env, s);
     monitor?.stop();
     const stats = await rowStats(s);
@@ -148,6 +165,8 @@ export async function backlog(env, sysName, { scenario, rep, n, step, input, con
       topLevelPerJob: monitor ? monitor.topLevel / n : undefined,
       inScriptsPerJob: monitor ? monitor.inScripts / n : undefined,
       byCommand: monitor?.byCommand,
+      flood: floodStats,
+      scrapes: floodStats?.served,
     });
   } finally {
     await tearDown(env, s);
