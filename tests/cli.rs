@@ -2,18 +2,7 @@
 
 mod common;
 
-use std::process::{Command, Output};
-
-use common::TestEnv;
-
-fn step_worker(vars: &[(&str, &str)], args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_step-worker"))
-        .env_clear()
-        .envs(vars.iter().copied())
-        .args(args)
-        .output()
-        .unwrap()
-}
+use common::{TestEnv, step_worker};
 
 #[test]
 fn invalid_configuration_exits_non_zero_with_one_line_naming_the_variable() {

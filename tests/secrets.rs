@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::TestEnv;
+use common::{TestEnv, step_worker};
 use serde_json::{Value, json};
 use step_worker::redact::MAX_ERROR_CHARS;
 use step_worker::{Registry, StepError};
@@ -64,15 +64,6 @@ async fn step_errors_are_masked_and_bounded_before_they_are_stored() {
         assert!(t.chars().count() < MAX_ERROR_CHARS + 500, "{} characters", t.len());
     }
     worker.stop().await.unwrap();
-}
-
-fn step_worker(vars: &[(&str, &str)], args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_step-worker"))
-        .env_clear()
-        .envs(vars.iter().copied())
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 #[test]

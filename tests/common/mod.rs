@@ -37,6 +37,16 @@ pub fn with_database(url: &str, db: &str) -> String {
     }
 }
 
+/// Runs the `step-worker` binary with only `vars` in its environment and waits for it.
+pub fn step_worker(vars: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_step-worker"))
+        .env_clear()
+        .envs(vars.iter().copied())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }
