@@ -63,14 +63,10 @@ fn scrub(mut event: Event<'static>, redactor: &Redactor) -> Event<'static> {
     for exception in event.exception.values.iter_mut() {
         exception.value = exception.value.as_deref().map(text);
     }
-    for value in event.extra.values_mut() {
-        *value = redactor.redact(value);
-    }
+    redact_map(&mut event.extra, redactor);
     for crumb in event.breadcrumbs.values.iter_mut() {
         crumb.message = crumb.message.as_deref().map(text);
-        for value in crumb.data.values_mut() {
-            *value = redactor.redact(value);
-        }
+        redact_map(&mut crumb.data, redactor);
     }
     if let Some(request) = event.request.as_mut() {
         request
@@ -78,4 +74,80 @@ fn scrub(mut event: Event<'static>, redactor: &Redactor) -> Event<'static> {
             .retain(|k, _| !redactor.is_sensitive(k) && !k.eq_ignore_ascii_case("cookie"));
     }
     event
+}
+
+/// Masks `map` as one JSON object, so a sensitive key at its top level is masked too, not only
+/// the ones nested under its values.
+fn redact_map(map: &mut sentry::protocol::Map<String, serde_json::Value>, redactor: &Redactor) {
+    let object = serde_json::Value::Object(std::mem::take(map).into_iter().collect());
+    if let serde_json::Value::Object(masked) = redactor.redact(&object) {
+        *map = masked.into_iter().collect();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sentry::protocol::{Breadcrumb, Event, Exception, Map, Request};
+    use serde_json::json;
+
+    use super::scrub;
+    use crate::redact::Redactor;
+
+    /// Everything an event carries as text passes the same masking as stored errors, wherever the
+    /// tracing layer or a panic put it.
+    #[test]
+    fn messages_exceptions_breadcrumbs_extra_and_headers_are_masked() {
+        let redactor = Redactor::new("password,token,email");
+        let mut crumb_data = Map::new();
+        crumb_data.insert("token".to_owned(), json!("tok-123"));
+        crumb_data.insert("note".to_owned(), json!({"email": "b@example.com", "kept": "visible"}));
+        let mut extra = Map::new();
+        extra.insert("input".to_owned(), json!({"password": "hunter2", "city": "Lyon"}));
+        extra.insert("api_token".to_owned(), json!("tok-789"));
+        let mut headers = Map::new();
+        headers.insert("Authorization-Token".to_owned(), "Bearer abc".to_owned());
+        headers.insert("Cookie".to_owned(), "session=xyz".to_owned());
+        headers.insert("Accept".to_owned(), "*/*".to_owned());
+        let event = Event {
+            message: Some("connect to postgres://app:s3cret@db:5432/x failed for a@example.com".to_owned()),
+            exception: vec![Exception {
+                ty: "Error".to_owned(),
+                value: Some("Authorization: Bearer eyJhbGciOi.payload.sig".to_owned()),
+                ..Default::default()
+            }]
+            .into(),
+            breadcrumbs: vec![Breadcrumb {
+                message: Some("GET https://api.example.com/?token=tok-456&page=2".to_owned()),
+                data: crumb_data,
+                ..Default::default()
+            }]
+            .into(),
+            extra,
+            request: Some(Request {
+                headers,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+
+        let scrubbed = scrub(event, &redactor);
+        let text = serde_json::to_string(&scrubbed).unwrap();
+        for secret in [
+            "s3cret",
+            "a@example.com",
+            "eyJhbGciOi",
+            "tok-456",
+            "tok-123",
+            "tok-789",
+            "b@example.com",
+            "hunter2",
+            "Bearer abc",
+            "session=xyz",
+        ] {
+            assert!(!text.contains(secret), "{secret} left in {text}");
+        }
+        for kept in ["postgres://app:", "page=2", "visible", "Lyon", "*/*"] {
+            assert!(text.contains(kept), "{kept} masked too in {text}");
+        }
+    }
 }
