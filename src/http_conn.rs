@@ -184,3 +184,43 @@ impl AsyncWrite for BoundedStream {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::{BoundedListener, IDLE_TIMEOUT};
+
+    /// A connection that sends nothing is closed after IDLE_TIMEOUT (on tokio's paused clock), and
+    /// one that keeps moving is not, however long it lives.
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_is_closed_after_idle_timeout_without_traffic_only() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut bounded = BoundedListener::new(listener);
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let (mut server, _) = axum::serve::Listener::accept(&mut bounded).await;
+        let mut byte = [0u8; 1];
+
+        // Three bytes 20 s apart: 60 s open, never 30 s quiet.
+        for _ in 0..3 {
+            tokio::time::sleep(IDLE_TIMEOUT * 2 / 3).await;
+            client.write_all(b"x").await.unwrap();
+            assert_eq!(
+                server.read(&mut byte).await.unwrap(),
+                1,
+                "an active connection was closed"
+            );
+        }
+
+        let quiet_from = tokio::time::Instant::now();
+        let closed = server.read(&mut byte).await.unwrap_err();
+        assert_eq!(closed.kind(), std::io::ErrorKind::TimedOut, "{closed}");
+        assert!(
+            quiet_from.elapsed() >= IDLE_TIMEOUT,
+            "closed after {:?}",
+            quiet_from.elapsed()
+        );
+    }
+}
