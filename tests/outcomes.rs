@@ -238,7 +238,10 @@ async fn a_step_that_blocks_past_its_timeout_is_timed_out_whatever_it_returned(e
             }
         },
     );
-    let worker = env.start_with(&[], registry).await;
+    // The block stalls this test's one runtime thread, heartbeat included: a deadline well past
+    // the block keeps a loaded machine from fencing the worker, which would hand the job back
+    // (another fault, tested in the fault suite) instead of recording this attempt.
+    let worker = env.start_with(&[("WORKER_DEADLINE_MS", "10000")], registry).await;
     env.push(r#"{"id":"block-1","step":"native.block","timeout_ms":200,"max_retries":1}"#)
         .await;
     let row = env.wait_result("block-1", WAIT).await;
