@@ -4,6 +4,12 @@
 //! while the worker waits for Redis or Postgres (a platform would otherwise restart a worker that
 //! is correctly waiting out an outage). Until the worker has started, `/health` answers 503 naming
 //! what it waits for. It shuts down with the worker's shutdown token.
+//!
+//! The server runs on a thread of its own, with its own single-threaded runtime, at a lower
+//! scheduling priority: a flood of requests then costs at most that one thread's share of the
+//! CPU, which the job path's threads outrank, while an idle machine still answers at once. Work
+//! that uses Redis or Postgres goes back to the worker's runtime ([`AppState::io`]), which owns
+//! those connections.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +43,10 @@ const GAUGE_REFRESH: Duration = Duration::from_secs(5);
 const SCRAPE_REUSE: Duration = Duration::from_secs(1);
 /// Postgres counts as proven by any successful operation this recent; otherwise a probe pings it.
 const POSTGRES_PROVEN_FOR: Duration = Duration::from_secs(10);
+/// The HTTP thread's nice value (0 is the default, 19 the lowest priority). At 10 its weight is
+/// about a tenth of a default thread's (the kernel's weight table), so under a flood the job path
+/// keeps ~90 % of a contended core, and a probe waits at most a few scheduler slices.
+const HTTP_THREAD_NICE: i32 = 10;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -49,6 +59,20 @@ pub struct AppState {
     /// The jobs this worker holds (not the slot its waiting claim reserves).
     pub inflight: Arc<InFlight>,
     pub pause: Arc<crate::pause::Pause>,
+    /// The worker's runtime: Redis and Postgres connections belong to it (a connection opened on
+    /// the HTTP thread would fail once that thread's runtime stops, in the middle of a drain).
+    pub io: tokio::runtime::Handle,
+}
+
+impl AppState {
+    /// Runs `work` on the worker's runtime and waits for it. `None` if it panicked or that
+    /// runtime is shutting down.
+    pub async fn on_io<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> Option<T> {
+        self.io.spawn(work).await.ok()
+    }
 }
 
 /// The running server: the bound address, and the routes it serves (the starting routes until
@@ -59,8 +83,9 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds `host` and `port` (see [`bind`]) and serves the starting routes until `stop` is
-    /// cancelled. Errors: the port cannot be bound.
+    /// Binds `host` and `port` (see [`bind`]) and serves the starting routes, on the HTTP thread,
+    /// until `stop` is cancelled. Errors: the port cannot be bound, or the thread or its runtime
+    /// cannot be started.
     pub async fn start(
         host: Option<std::net::IpAddr>,
         port: u16,
@@ -69,12 +94,17 @@ impl Server {
     ) -> std::io::Result<Server> {
         let listener = bind(host, port).await?;
         let addr = listener.local_addr()?;
+        // Moved to the thread as a std listener: a tokio one is tied to the runtime it was made on.
+        let listener = listener.into_std()?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let (routes, current) = watch::channel(starting_router(health));
-        tokio::spawn(async move {
-            if let Err(e) = serve(listener, current, stop).await {
+        std::thread::Builder::new().name("http".to_owned()).spawn(move || {
+            lower_priority();
+            let served = runtime.block_on(async move { serve(TcpListener::from_std(listener)?, current, stop).await });
+            if let Err(e) = served {
                 tracing::error!(error = %e, "the HTTP server stopped");
             }
-        });
+        })?;
         Ok(Server { addr, routes })
     }
 
@@ -112,9 +142,30 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/health/live", get(live))
         .route("/metrics", get(metrics))
-        .route("/jobs", axum::routing::post(crate::http_jobs::enqueue))
-        .route("/jobs/{id}", get(crate::http_jobs::result))
+        // Both use Redis or Postgres: they run on the worker's runtime.
+        .route(
+            "/jobs",
+            axum::routing::post(|s: State<AppState>, headers, body| async move {
+                let io = s.io.clone();
+                on_io_or_503(io.spawn(crate::http_jobs::enqueue(s, headers, body)).await)
+            }),
+        )
+        .route(
+            "/jobs/{id}",
+            get(|s: State<AppState>, headers, id| async move {
+                let io = s.io.clone();
+                on_io_or_503(io.spawn(crate::http_jobs::result(s, headers, id)).await)
+            }),
+        )
         .with_state(state)
+}
+
+/// The response of a handler run on the worker's runtime, or 503 if that runtime is stopping.
+fn on_io_or_503(joined: Result<Response, tokio::task::JoinError>) -> Response {
+    joined.unwrap_or_else(|_| {
+        let body = json!({ "error": "the worker is stopping" });
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    })
 }
 
 /// Listens on `host`, or with `None` on every address, IPv6 and IPv4 (platform private networks
@@ -126,6 +177,20 @@ pub async fn bind(host: Option<std::net::IpAddr>, port: u16) -> std::io::Result<
     match TcpListener::bind(("::", port)).await {
         Ok(l) => Ok(l),
         Err(_) => TcpListener::bind(("0.0.0.0", port)).await,
+    }
+}
+
+/// Gives the calling thread the nice value [`HTTP_THREAD_NICE`]. Lowering one's own priority
+/// needs no privilege; where it fails anyway the server runs at the default priority.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: setpriority reads its integer arguments only; on Linux, PRIO_PROCESS with a
+        // thread id sets that one thread's nice value.
+        let tid = unsafe { libc::gettid() };
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, HTTP_THREAD_NICE) } != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "the HTTP thread keeps the default priority");
+        }
     }
 }
 
@@ -154,23 +219,7 @@ async fn health(State(s): State<AppState>) -> Response {
         .redis_check(s.config.heartbeat_interval * 2 + Duration::from_secs(1));
     let postgres = match s.health.postgres_check(POSTGRES_PROVEN_FOR) {
         Some(c) if c.ok => c,
-        _ => match tokio::time::timeout(PROBE_TIMEOUT, s.store.ping()).await {
-            Ok(Ok(())) => {
-                s.health.postgres_ok();
-                Check { ok: true, error: None }
-            }
-            Ok(Err(e)) => {
-                s.health.postgres_failed(&e);
-                Check {
-                    ok: false,
-                    error: Some(e.to_string()),
-                }
-            }
-            Err(_) => Check {
-                ok: false,
-                error: Some("ping timed out".to_owned()),
-            },
-        },
+        _ => ping(&s).await,
     };
     let claim = s.health.claim_check(s.config.claim_block + Duration::from_secs(15));
     let started = s.health.is_started();
@@ -242,14 +291,39 @@ async fn metrics(State(s): State<AppState>, headers: axum::http::HeaderMap) -> R
     // from Redis and Postgres (on the job path's connections) are refreshed at most once per
     // GAUGE_REFRESH, by the scrape that finds them stale; every other scrape is served from memory.
     if s.metrics.gauges_due(GAUGE_REFRESH) {
-        refresh_gauges(&s).await;
+        let state = s.clone();
+        let _refreshed = s.on_io(async move { refresh_gauges(&state).await }).await;
     }
     s.metrics.in_flight.set(s.inflight.len() as i64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        s.metrics.render_shared(SCRAPE_REUSE).to_string(),
+        s.metrics.render_shared(SCRAPE_REUSE),
     )
         .into_response()
+}
+
+/// Pings Postgres from the worker's runtime, within [`PROBE_TIMEOUT`], and records the answer.
+async fn ping(s: &AppState) -> Check {
+    let store = s.store.clone();
+    let pinged = s
+        .on_io(async move { tokio::time::timeout(PROBE_TIMEOUT, store.ping()).await })
+        .await;
+    let error = match pinged {
+        Some(Ok(Ok(()))) => {
+            s.health.postgres_ok();
+            return Check { ok: true, error: None };
+        }
+        Some(Ok(Err(e))) => {
+            s.health.postgres_failed(&e);
+            e.to_string()
+        }
+        Some(Err(_)) => "ping timed out".to_owned(),
+        None => "the worker's runtime is stopping".to_owned(),
+    };
+    Check {
+        ok: false,
+        error: Some(error),
+    }
 }
 
 /// Reads the queue depths, live workers and pending dead letters into their gauges.

@@ -27,7 +27,7 @@ pub struct Metrics {
     /// When the gauges read from Redis and Postgres were last refreshed (see [`Self::gauges_due`]).
     gauges_refreshed: std::sync::Mutex<Option<std::time::Instant>>,
     /// The last exposition and when it was rendered (see [`Self::render_shared`]).
-    rendered: std::sync::Mutex<Option<(std::time::Instant, std::sync::Arc<str>)>>,
+    rendered: std::sync::Mutex<Option<(std::time::Instant, axum::body::Bytes)>>,
     /// Set while one caller renders, so a flood of scrapes renders once, not once each.
     rendering: std::sync::atomic::AtomicBool,
     /// Attempts by step and outcome (succeeded, failed, timed_out, panicked, dead, requeued, ...).
@@ -290,8 +290,9 @@ impl Metrics {
     /// The exposition for a scrape: rendered at most once per `max_age`, and while one caller
     /// renders, the others get the previous text instead of rendering too. Rendering walks every
     /// series and reads `/proc`, on the runtime threads that also run the job path, so a flood of
-    /// scrapes from anyone who reaches the port must cost one render, not one each.
-    pub fn render_shared(&self, max_age: std::time::Duration) -> std::sync::Arc<str> {
+    /// scrapes from anyone who reaches the port must cost one render, not one each. The text is
+    /// shared, not copied, by every response that sends it.
+    pub fn render_shared(&self, max_age: std::time::Duration) -> axum::body::Bytes {
         use std::sync::atomic::Ordering;
         let cached = self.rendered.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some((at, text)) = &cached
@@ -305,7 +306,7 @@ impl Metrics {
             return text;
         }
         // The lock is not held while rendering: a blocked runtime thread would stall jobs.
-        let text: std::sync::Arc<str> = self.render().into();
+        let text = axum::body::Bytes::from(self.render());
         *self.rendered.lock().unwrap_or_else(|e| e.into_inner()) = Some((std::time::Instant::now(), text.clone()));
         self.rendering.store(false, Ordering::Release);
         text
@@ -332,7 +333,6 @@ fn cgroup_memory_limit() -> Option<i64> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
     use std::time::Duration;
 
     use super::Metrics;
@@ -343,8 +343,9 @@ mod tests {
         let first = m.render_shared(Duration::from_secs(60));
         m.job("s", "succeeded");
         let second = m.render_shared(Duration::from_secs(60));
-        assert!(Arc::ptr_eq(&first, &second), "rendered again inside the window");
+        assert_eq!(first.as_ptr(), second.as_ptr(), "rendered again inside the window");
         let fresh = m.render_shared(Duration::ZERO);
+        let fresh = String::from_utf8_lossy(&fresh);
         assert!(
             fresh.contains(r#"step_worker_jobs_total{outcome="succeeded",step="s"} 1"#),
             "{fresh}"

@@ -189,6 +189,7 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
             lease: lease.clone(),
             inflight: inflight.clone(),
             pause: pause.clone(),
+            io: tokio::runtime::Handle::current(),
         });
     }
 
