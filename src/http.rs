@@ -195,15 +195,23 @@ fn lower_priority() {
 }
 
 /// Serves until `stop` is cancelled, each request with the routes `current` holds then, over
-/// a listener that bounds open connections and their idle time.
+/// a listener that bounds open connections and their idle time; every request but `/jobs` is
+/// paced ([`crate::http_pace`]).
 async fn serve(
     listener: TcpListener,
     current: watch::Receiver<Router>,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
+    let pacer = Arc::new(crate::http_pace::Pacer::default());
     let service = tower::service_fn(move |req: Request| {
         let routes = current.borrow().clone();
-        routes.oneshot(req)
+        let pacer = (!req.uri().path().starts_with("/jobs")).then(|| pacer.clone());
+        async move {
+            if let Some(pacer) = pacer {
+                pacer.wait().await;
+            }
+            routes.oneshot(req).await
+        }
     });
     axum::serve(
         crate::http_conn::BoundedListener::new(listener),

@@ -35,6 +35,7 @@ pub mod health;
 pub mod http;
 pub mod http_conn;
 pub mod http_jobs;
+pub mod http_pace;
 pub mod http_step;
 pub mod inflight;
 pub mod job;

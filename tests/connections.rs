@@ -132,3 +132,42 @@ async fn metrics_token_protects_metrics_as_prometheus_authorization_sends_it() {
     assert_eq!(code, 200);
     worker.stop().await.unwrap();
 }
+
+/// Probes and scrapes past the pace (200 a second after a burst of 50) wait their turn and are
+/// all answered; `/jobs` does not queue behind them.
+#[tokio::test]
+async fn a_flood_of_probes_is_paced_not_refused_and_jobs_do_not_wait_behind_it() {
+    let env = common::TestEnv::memory().await;
+    let worker = env.start(&[]).await;
+    let addr = worker.http_addr.unwrap();
+    let client = reqwest::Client::new();
+    let started = std::time::Instant::now();
+    let probes = (0..300).map(move |_| {
+        let (client, url) = (client.clone(), format!("http://{addr}/health/live"));
+        async move {
+            let code = client.get(url).send().await.unwrap().status().as_u16();
+            (code, started.elapsed())
+        }
+    });
+    let flood = tokio::spawn(futures::StreamExt::collect::<Vec<_>>(
+        futures::StreamExt::buffer_unordered(futures::stream::iter(probes), 50),
+    ));
+    // Once the burst is spent, a job lookup is answered ahead of the probes still waiting.
+    common::wait_for("the burst to be spent", Duration::from_secs(10), || async {
+        started.elapsed() > Duration::from_millis(300)
+    })
+    .await;
+    let (code, _) = common::get(&format!("http://{addr}/jobs/no-such-job")).await;
+    let job_answered = started.elapsed();
+    assert_eq!(code, 404);
+    let answers = flood.await.unwrap();
+    assert!(answers.iter().all(|(code, _)| *code == 200), "{answers:?}");
+    let last = answers.iter().map(|(_, at)| *at).max().unwrap();
+    // 300 probes: 51 at once, then one each 5 ms.
+    assert!(last >= Duration::from_millis(1200), "300 probes answered in {last:?}");
+    assert!(
+        job_answered < last,
+        "the job lookup at {job_answered:?} waited behind the probes ({last:?})"
+    );
+    worker.stop().await.unwrap();
+}
