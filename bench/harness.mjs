@@ -1,9 +1,10 @@
 // step-worker against the Node workers it replaces, side by side on one machine in one run.
-// Usage: bench/run [--n 50000] [--reps 2] [--systems step-worker,node-list,bullmq]
+// Usage: bench/run [--n 50000] [--reps 2] [--systems step-worker,node-list,node-list-pool64,bullmq]
 //                  [--scenarios noop,sleep,paced,rss,cmds,idle,startup] [--quick] [--no-quiet]
 //        bench/run --scenarios flood [--n 20000] [--reps 3] [--flood-clients 50] [--flood-max 2000000]
 //        (step-worker's noop backlog without, then with, a flood of GET /metrics and /health)
-// Prints markdown tables (min / median over the repetitions) and step-worker / peer ratios.
+// Prints markdown tables (min / median over the repetitions) and step-worker / peer ratios, each
+// against the peer's best configuration for that figure (see lib/report.mjs).
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';

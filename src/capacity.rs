@@ -1,13 +1,16 @@
 //! How much work this worker takes on: a run slot for each step that may run at once
-//! (`WORKER_CONCURRENCY`), and a hold for every job claimed and not yet settled.
+//! (`WORKER_CONCURRENCY`), and a hold for every job claimed and not yet settled
+//! (`WORKER_CONCURRENCY + COMMIT_BACKLOG` of them).
 //!
 //! Both are taken before a job is claimed, so the worker never claims a job it cannot start at
 //! once. The run slot frees when the step's attempt ends; the hold frees only when the job has
 //! been settled in Redis, after its outcome is committed. Finished jobs therefore wait for their
-//! Postgres commit without keeping the next steps from starting, up to one persist batch of them
-//! (`PERSIST_BATCH_SIZE`) beyond the running ones. Fast steps are committed in group batches as
-//! large as the commit latency calls for, instead of `WORKER_CONCURRENCY` per round trip; and
-//! while Postgres is down the holds run out and claiming stops by itself.
+//! Postgres commit without keeping the next steps from starting, up to `COMMIT_BACKLOG` of them
+//! beyond the running ones. Fast steps are committed in group batches as large as the commit
+//! latency calls for, instead of `WORKER_CONCURRENCY` per round trip; and while Postgres is down
+//! the holds run out and claiming stops by itself, after at most
+//! `WORKER_CONCURRENCY + COMMIT_BACKLOG` completions. The holds are also the bound on this
+//! worker's in-flight list, so on what a SIGKILL sends round again.
 //!
 //! A suspected poison pill (see `claim.lua`) runs with *every* slot: [`Capacity::acquire_all`]
 //! waits until every other job has finished and been settled, so a crash takes no bystander down
@@ -39,7 +42,9 @@ impl Slot {
 }
 
 impl Capacity {
-    /// `concurrency` steps at once; at most `backlog` finished jobs waiting to be settled.
+    /// `concurrency` steps at once; at most `backlog` finished jobs waiting to be settled beside
+    /// them (`backlog` 0: a job keeps its run slot's worth of hold until it is settled, so at
+    /// most `concurrency` jobs are held, running or not).
     pub fn new(concurrency: usize, backlog: usize) -> Self {
         let hold_max = concurrency + backlog;
         Capacity {
@@ -118,6 +123,59 @@ mod tests {
     use futures::FutureExt;
 
     use super::*;
+
+    #[tokio::test]
+    async fn a_finished_job_awaiting_its_settle_frees_its_run_slot_within_the_backlog() {
+        let capacity = Capacity::new(1, 3);
+        let mut finished = Vec::new();
+        for n in 0..4 {
+            let mut slot = capacity.try_acquire().unwrap_or_else(|| panic!("job {n} can start"));
+            assert!(capacity.try_acquire().is_none(), "one step runs at once");
+            slot.step_ended();
+            finished.push(slot);
+        }
+        assert_eq!(capacity.held(), 4, "concurrency + backlog jobs held");
+        assert!(capacity.try_acquire().is_none(), "the backlog is full: no fifth claim");
+        let fifth = capacity.acquire();
+        tokio::pin!(fifth);
+        assert!((&mut fifth).now_or_never().is_none());
+        finished.remove(0);
+        assert!((&mut fifth).now_or_never().is_some(), "a settle makes room");
+    }
+
+    #[tokio::test]
+    async fn without_a_backlog_a_finished_job_keeps_the_worker_from_claiming_until_settled() {
+        let capacity = Capacity::new(1, 0);
+        let mut slot = capacity.try_acquire().expect("a free slot");
+        slot.step_ended();
+        assert!(capacity.try_acquire().is_none());
+        assert_eq!(capacity.held(), 1);
+        drop(slot);
+        assert!(capacity.try_acquire().is_some());
+    }
+
+    #[tokio::test]
+    async fn acquire_all_waits_for_every_finished_job_of_the_backlog() {
+        let capacity = Capacity::new(1, 3);
+        let mut finished = Vec::new();
+        for n in 0..3 {
+            // Not `acquire`: without the backlog this would wait for ever instead of failing.
+            let mut slot = capacity.try_acquire().unwrap_or_else(|| panic!("job {n} can start"));
+            slot.step_ended();
+            finished.push(slot);
+        }
+        let all = capacity.acquire_all();
+        tokio::pin!(all);
+        while finished.len() > 1 {
+            finished.pop();
+            assert!((&mut all).now_or_never().is_none(), "a finished job is not settled yet");
+        }
+        finished.pop();
+        let slots = all.await;
+        assert_eq!(slots.len(), 1);
+        assert_eq!(capacity.held(), 4, "every hold, the backlog's included");
+        assert!(capacity.try_acquire().is_none());
+    }
 
     #[tokio::test]
     async fn acquire_all_waits_until_every_job_is_settled_then_takes_every_slot() {

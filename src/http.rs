@@ -267,6 +267,7 @@ async fn health(State(s): State<AppState>) -> Response {
         "paused_steps": s.pause.paused_steps(),
         "in_flight": s.inflight.len(),
         "concurrency": s.config.concurrency,
+        "commit_backlog": s.config.commit_backlog,
     });
     let code = if ok {
         StatusCode::OK

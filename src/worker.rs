@@ -152,10 +152,11 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
     ));
     let inflight = Arc::new(InFlight::default());
     let promoter = Arc::new(Promoter::default());
-    // No backlog of finished-but-unsettled jobs beyond the slots: a worker never holds more jobs
-    // than it can run (the contract of WORKER_CONCURRENCY), and a Postgres outage stops claiming
-    // after at most WORKER_CONCURRENCY completions.
-    let capacity = Arc::new(Capacity::new(config.concurrency, 0));
+    // WORKER_CONCURRENCY counts steps running; finished jobs waiting for their commit and settle
+    // are bounded apart, by COMMIT_BACKLOG. A worker holds at most the sum (in its Redis list, in
+    // /health's in_flight, in what a SIGKILL makes run again), and a Postgres outage stops
+    // claiming after at most that many completions.
+    let capacity = Arc::new(Capacity::new(config.concurrency, config.commit_backlog));
     let pause = Arc::new(crate::pause::Pause::default());
     let blocking_id = Arc::new(AtomicI64::new(0));
     let maintenance = Arc::new(Maintenance {
@@ -253,7 +254,7 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
     let claimer_task = tokio::spawn(claimer.run(claim_stop.clone()));
     health.set_started();
     let http = http_addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
-    tracing::info!(worker_id = %worker_id, queue = %config.queue_key, concurrency = config.concurrency, http = %http, "worker started");
+    tracing::info!(worker_id = %worker_id, queue = %config.queue_key, concurrency = config.concurrency, commit_backlog = config.commit_backlog, http = %http, "worker started");
 
     http_guard.disarm();
     let drain = Drain {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use common::TestEnv;
 use redis::AsyncCommands;
 use serde_json::json;
+use sqlx::Connection;
 use step_worker::queue::{BeatMode, BeatStatus, Counters, Payload, RedisQueue, SettleOp, Suspects, sha1_hex};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -78,6 +79,55 @@ async fn jobs_of_a_killed_worker_are_completed_by_another_exactly_once() {
     assert_eq!(env.ready_len().await, 0);
     let (_, metrics) = common::get(&format!("http://{}/metrics", rescuer.http_addr.unwrap())).await;
     assert_eq!(common::metric(&metrics, "step_worker_recovered_jobs_total"), Some(5.0));
+    rescuer.stop().await.unwrap();
+}
+
+/// A killed worker's finished jobs whose commit had not happened yet run again too: the re-run
+/// window is every job it held, `WORKER_CONCURRENCY + COMMIT_BACKLOG`, not only the running ones.
+#[tokio::test]
+async fn finished_jobs_awaiting_their_commit_rerun_after_their_worker_is_killed() {
+    let env = TestEnv::new().await;
+    let mut doomed = WorkerProcess::spawn(&env, &[("WORKER_CONCURRENCY", "1"), ("COMMIT_BACKLOG", "2")]);
+    // Registered means migrated: the lock below cannot stall the worker's migrations.
+    common::wait_for("the doomed worker to register", WAIT, || async {
+        env.live_workers().await == 1
+    })
+    .await;
+    let mut locker = sqlx::PgConnection::connect(&env.database_url).await.unwrap();
+    sqlx::raw_sql("BEGIN; LOCK TABLE step_results IN EXCLUSIVE MODE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    for i in 0..5 {
+        env.push_job(&format!("held-{i}"), "builtin.noop", json!({})).await;
+    }
+    // One run slot: three jobs held means two of them finished their step and wait for a commit.
+    common::wait_for("the doomed worker to hold 1 + 2 jobs", WAIT, || async {
+        env.in_flight_len().await == 3 && env.ready_len().await == 2
+    })
+    .await;
+    doomed.kill();
+    sqlx::raw_sql("ROLLBACK").execute(&mut locker).await.unwrap();
+    locker.close().await.unwrap();
+
+    let rescuer = env.start(&[]).await;
+    env.wait_count("five rows", "SELECT count(*) FROM step_results", 5, WAIT)
+        .await;
+    common::wait_for("redis drained", WAIT, || async {
+        env.in_flight_len().await == 0 && env.ready_len().await == 0
+    })
+    .await;
+    assert_eq!(env.count("SELECT count(DISTINCT job_id) FROM step_results").await, 5);
+    for i in 0..5 {
+        let row = env.result(&format!("held-{i}")).await.unwrap();
+        assert_eq!((row.status.as_str(), row.attempts), ("succeeded", 1), "held-{i}");
+    }
+    let (_, metrics) = common::get(&format!("http://{}/metrics", rescuer.http_addr.unwrap())).await;
+    assert_eq!(
+        common::metric(&metrics, "step_worker_recovered_jobs_total"),
+        Some(3.0),
+        "every job the killed worker held was returned, finished ones included"
+    );
     rescuer.stop().await.unwrap();
 }
 

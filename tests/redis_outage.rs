@@ -58,9 +58,9 @@ async fn a_redis_restart_longer_than_the_deadline_makes_no_worker_reap_another()
 }
 
 #[tokio::test]
-async fn concurrency_never_exceeds_the_configured_slots() {
+async fn held_jobs_never_exceed_concurrency_plus_the_commit_backlog() {
     let env = TestEnv::new().await;
-    let worker = env.start(&[("WORKER_CONCURRENCY", "3")]).await;
+    let worker = env.start(&[("WORKER_CONCURRENCY", "3"), ("COMMIT_BACKLOG", "2")]).await;
     for i in 0..15 {
         env.push_job(&format!("slot-{i}"), "builtin.sleep", json!({"ms": 60}))
             .await;
@@ -73,7 +73,10 @@ async fn concurrency_never_exceeds_the_configured_slots() {
     })
     .await;
     let max_seen = max.into_inner();
-    assert!(max_seen <= 3, "held {max_seen} jobs with 3 slots");
-    assert_eq!(max_seen, 3, "all slots were used");
+    assert!(
+        max_seen <= 3 + 2,
+        "held {max_seen} jobs with 3 run slots and a backlog of 2"
+    );
+    assert!(max_seen >= 3, "all run slots were used (held at most {max_seen})");
     worker.stop().await.unwrap();
 }

@@ -1,9 +1,12 @@
 // Markdown tables from the runs: min / median per figure over the repetitions, and
-// step-worker / peer ratios of the medians from the same invocation.
+// step-worker / peer ratios of the medians from the same invocation. A peer run in several
+// configurations (node-list, node-list-pool64) is compared at its best for each figure: a
+// ratio against a peer's untuned default would flatter step-worker.
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { median, min, max } from './util.mjs';
+import { familyOf } from './systems.mjs';
 
 export function machine() {
   const sh = (cmd, args) => {
@@ -56,17 +59,31 @@ function table(head, rows) {
 function ratios(by, cols) {
   const sw = by.get('step-worker');
   if (!sw) return '';
-  const lines = [];
+  const families = new Map();
   for (const [sys, runs] of by) {
     if (sys === 'step-worker') continue;
+    const family = familyOf(sys);
+    if (!families.has(family)) families.set(family, []);
+    families.get(family).push([sys, runs]);
+  }
+  const lines = [];
+  for (const configs of families.values()) {
+    const several = configs.length > 1;
     const parts = cols.map(([k, name, better]) => {
       const a = median(sw.map((r) => r[k]));
-      const b = median(runs.map((r) => r[k]));
-      if (!Number.isFinite(a) || !Number.isFinite(b) || b === 0) return null;
-      const x = a / b;
-      return `${name} ×${fmt(x, x < 0.1 ? 3 : 2)}${better === 'high' ? (x >= 1 ? '' : ' (worse)') : x <= 1 ? '' : ' (worse)'}`;
+      // The peer's best configuration for this figure: the highest median where higher is
+      // better, the lowest where lower is.
+      const [best] = configs
+        .map(([sys, runs]) => [sys, median(runs.map((r) => r[k]))])
+        .filter(([, b]) => Number.isFinite(b))
+        .sort(([, x], [, y]) => (better === 'high' ? y - x : x - y));
+      if (!Number.isFinite(a) || !best || best[1] === 0) return null;
+      const x = a / best[1];
+      const worse = better === 'high' ? (x >= 1 ? '' : ' (worse)') : x <= 1 ? '' : ' (worse)';
+      return `${name} ×${fmt(x, x < 0.1 ? 3 : 2)}${worse}${several ? ` (${best[0]})` : ''}`;
     }).filter(Boolean);
-    lines.push(`- step-worker / ${sys}: ${parts.join(', ')}`);
+    const peer = several ? `best of ${configs.map(([sys]) => sys).join(', ')}` : configs[0][0];
+    lines.push(`- step-worker / ${peer}: ${parts.join(', ')}`);
   }
   return lines.join('\n');
 }

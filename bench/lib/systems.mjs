@@ -10,6 +10,8 @@ import { freePort, waitFor, log } from './util.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const CHUNK = 1000;
+/** The largest `pg` pool a peer gets: see ListWorkerPooledSystem. */
+const MAX_PEER_POOL = 64;
 
 /** A worker process we started; stopped by its pid only. */
 class Proc {
@@ -91,6 +93,7 @@ class ListQueueSystem {
 
 export class StepWorkerSystem extends ListQueueSystem {
   static label = 'step-worker';
+  static family = 'step-worker';
 
   async start(logPath, extraEnv = {}) {
     const port = await freePort();
@@ -139,7 +142,7 @@ export class StepWorkerSystem extends ListQueueSystem {
 }
 
 class NodeWorkerSystem {
-  async spawnNode(script, logPath) {
+  async spawnNode(script, logPath, extraEnv = {}) {
     const child = spawn(process.execPath, [join(here, '..', 'peers', script)], {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: {
@@ -148,6 +151,7 @@ class NodeWorkerSystem {
         DATABASE_URL: this.ctx.dbUrl,
         QUEUE_KEY: this.ctx.queueKey,
         CONCURRENCY: String(this.ctx.concurrency),
+        ...extraEnv,
       },
     });
     this.proc = new Proc(child, logPath);
@@ -161,9 +165,18 @@ class NodeWorkerSystem {
 
 export class ListWorkerSystem extends ListQueueSystem {
   static label = 'node-list';
+  /** Configurations of one peer share a family; the report compares step-worker with its best. */
+  static family = 'node-list';
+
+  /** `pg`'s pool size; `undefined` keeps the peer's default (10, `pg`'s own). */
+  poolSize() {
+    return undefined;
+  }
 
   async start(logPath) {
-    return NodeWorkerSystem.prototype.spawnNode.call(this, 'list-worker.mjs', logPath);
+    const pool = this.poolSize();
+    const extra = pool === undefined ? {} : { PG_POOL_SIZE: String(pool) };
+    return NodeWorkerSystem.prototype.spawnNode.call(this, 'list-worker.mjs', logPath, extra);
   }
 
   async drained() {
@@ -173,8 +186,23 @@ export class ListWorkerSystem extends ListQueueSystem {
   }
 }
 
+/**
+ * The list worker as a team tunes it first: a `pg` pool as large as its concurrency, so no loop
+ * waits for a connection to write its row. Capped at 64 (the default concurrency): Postgres's
+ * default `max_connections` is 100, and at concurrency 256 a pool of 256 would be refused.
+ */
+export class ListWorkerPooledSystem extends ListWorkerSystem {
+  static label = 'node-list-pool64';
+  static family = 'node-list';
+
+  poolSize() {
+    return Math.min(this.ctx.concurrency, MAX_PEER_POOL);
+  }
+}
+
 export class BullSystem {
   static label = 'bullmq';
+  static family = 'bullmq';
 
   constructor(ctx) {
     this.ctx = ctx;
@@ -217,5 +245,11 @@ export class BullSystem {
 export const SYSTEMS = {
   'step-worker': StepWorkerSystem,
   'node-list': ListWorkerSystem,
+  'node-list-pool64': ListWorkerPooledSystem,
   bullmq: BullSystem,
 };
+
+/** The family of a system's label (its configurations share one): the label itself if unknown. */
+export function familyOf(label) {
+  return Object.values(SYSTEMS).find((s) => s.label === label)?.family ?? label;
+}

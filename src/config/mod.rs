@@ -62,6 +62,7 @@ struct RawEnv {
     claim_block_ms: Option<String>,
     claim_batch_size: Option<String>,
     persist_batch_size: Option<String>,
+    commit_backlog: Option<String>,
     step_handler_url: Option<String>,
     step_handler_token: Option<String>,
     step_routes: Option<String>,
@@ -140,6 +141,12 @@ pub struct Config {
     pub claim_block: Duration,
     pub claim_batch_size: usize,
     pub persist_batch_size: usize,
+    /// `COMMIT_BACKLOG`: the most finished jobs one worker holds awaiting their Postgres commit and
+    /// Redis settle, beyond the `concurrency` running ones, 0 to 10000. A worker therefore holds at
+    /// most `concurrency + commit_backlog` jobs, and that many re-run after it is killed. Unset,
+    /// it is `persist_batch_size`: one full batch can wait for its commit while steps keep
+    /// running. 0 makes a finished job keep its run slot until it is settled.
+    pub commit_backlog: usize,
     /// Dispatch of steps without a native handler to HTTP endpoints (off unless routed).
     pub http_steps: HttpSteps,
     pub notify: Notify,
@@ -272,6 +279,8 @@ impl Config {
                 &queue_key,
             ));
         }
+        let persist_batch_size =
+            parse_int("PERSIST_BATCH_SIZE", raw.persist_batch_size.as_deref(), 500, 1, 10_000)? as usize;
         Ok(Config {
             app_env,
             queue_driver,
@@ -327,8 +336,14 @@ impl Config {
             max_recoveries: parse_int("MAX_RECOVERIES", raw.max_recoveries.as_deref(), 3, 0, 1_000)? as u32,
             claim_block: ms("CLAIM_BLOCK_MS", &raw.claim_block_ms, 30_000, 100, 300_000)?,
             claim_batch_size: parse_int("CLAIM_BATCH_SIZE", raw.claim_batch_size.as_deref(), 64, 1, 1_000)? as usize,
-            persist_batch_size: parse_int("PERSIST_BATCH_SIZE", raw.persist_batch_size.as_deref(), 500, 1, 10_000)?
-                as usize,
+            persist_batch_size,
+            commit_backlog: parse_int(
+                "COMMIT_BACKLOG",
+                raw.commit_backlog.as_deref(),
+                persist_batch_size as u64,
+                0,
+                10_000,
+            )? as usize,
             http_steps,
             notify,
         })
@@ -387,6 +402,7 @@ impl Config {
             ("CLAIM_BLOCK_MS", ms(self.claim_block)),
             ("CLAIM_BATCH_SIZE", self.claim_batch_size.to_string()),
             ("PERSIST_BATCH_SIZE", self.persist_batch_size.to_string()),
+            ("COMMIT_BACKLOG", self.commit_backlog.to_string()),
         ];
         lines.extend(self.http_steps.describe());
         lines.extend(self.notify.describe());

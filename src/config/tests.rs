@@ -69,6 +69,19 @@ fn zero_concurrency_is_rejected() {
 }
 
 #[test]
+fn commit_backlog_follows_the_persist_batch_size_unless_set() {
+    assert_eq!(config(&[]).unwrap().commit_backlog, 500);
+    assert_eq!(config(&[("PERSIST_BATCH_SIZE", "40")]).unwrap().commit_backlog, 40);
+    let c = config(&[("PERSIST_BATCH_SIZE", "40"), ("COMMIT_BACKLOG", "0")]).unwrap();
+    assert_eq!(c.commit_backlog, 0, "0 is the old behaviour, not unset");
+    for bad in ["-1", "10001", "some"] {
+        let err = config(&[("COMMIT_BACKLOG", bad)]).unwrap_err();
+        assert_eq!(err.variable, "COMMIT_BACKLOG");
+        assert!(err.to_string().contains("an integer from 0 to 10000"), "{err}");
+    }
+}
+
+#[test]
 fn invalid_boolean_and_enum_values_are_rejected_by_name() {
     assert_eq!(
         config(&[("HEALTH_CHECK_ENABLED", "maybe")]).unwrap_err().variable,

@@ -23,6 +23,9 @@ use crate::proxy::Proxy;
 pub struct Opts {
     pub replicas: usize,
     pub concurrency: usize,
+    /// `COMMIT_BACKLOG`: finished jobs a replica holds awaiting their commit beyond the running
+    /// ones. A replica holds at most [`Opts::held_max`] jobs, and that many re-run when it dies.
+    pub commit_backlog: usize,
     pub heartbeat_ms: u64,
     pub deadline_ms: u64,
     pub shutdown_timeout_ms: u64,
@@ -50,6 +53,10 @@ impl Default for Opts {
         Opts {
             replicas: 3,
             concurrency: 8,
+            // The worker's own default, so the suite runs what is deployed.
+            commit_backlog: step_worker::Config::from_vars(Vec::<(String, String)>::new())
+                .expect("the defaults are valid")
+                .commit_backlog,
             // The full run keeps the production defaults; the fast subset scales them down.
             heartbeat_ms: crate::scale(500, 5_000),
             deadline_ms: crate::scale(3_000, 30_000),
@@ -66,6 +73,11 @@ impl Default for Opts {
 }
 
 impl Opts {
+    /// The most jobs one replica holds (claimed, not yet settled): running plus the backlog.
+    pub fn held_max(&self) -> usize {
+        self.concurrency + self.commit_backlog
+    }
+
     pub fn deadline(&self) -> Duration {
         Duration::from_millis(self.deadline_ms)
     }
@@ -220,6 +232,7 @@ impl Cluster {
             ("QUEUE_KEY", self.queue_key.clone()),
             ("HEALTH_CHECK_PORT", port.to_string()),
             ("WORKER_CONCURRENCY", o.concurrency.to_string()),
+            ("COMMIT_BACKLOG", o.commit_backlog.to_string()),
             ("HEARTBEAT_INTERVAL_MS", o.heartbeat_ms.to_string()),
             ("WORKER_DEADLINE_MS", o.deadline_ms.to_string()),
             ("SHUTDOWN_TIMEOUT_MS", o.shutdown_timeout_ms.to_string()),

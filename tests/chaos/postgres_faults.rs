@@ -23,9 +23,11 @@ async fn postgres_outage_stops_claiming_acks_nothing_and_loses_nothing() {
     w.push(&c.redis_conn, &c.queue_key).await;
     oracle::wait_results(&c, 100).await;
     c.pg.stop("fast");
-    let slots = (opts.replicas * opts.concurrency) as i64;
+    // Claiming stops once every replica holds its running steps plus its commit backlog, all
+    // finished and waiting for a commit that cannot happen.
+    let slots = (opts.replicas * opts.held_max()) as i64;
     let before = until(
-        "every slot to fill with finished, unpersisted jobs",
+        "every hold to fill with finished, unpersisted jobs",
         Duration::from_secs(20),
         || async {
             let state = oracle::redis_state(&c).await.unwrap();
@@ -63,7 +65,7 @@ async fn postgres_outage_stops_claiming_acks_nothing_and_loses_nothing() {
     );
     assert!(
         during.ready >= before.ready,
-        "jobs were claimed while every slot was taken"
+        "jobs were claimed while every hold was taken"
     );
     assert_eq!(live, opts.replicas, "heartbeats stopped during the outage");
     assert_eq!(v.redis.reaped, 0, "a worker was reaped during the outage");

@@ -77,7 +77,10 @@ async fn sigkilled_replicas_lose_no_job_and_their_jobs_rerun_within_the_deadline
         duplicates: log.duplicates(),
         overlaps: overlaps.len(),
         recovery: format!("max {} (bound {})", secs(worst), secs(bound)),
-        notes: format!("{kills} kills, R={} C={}", opts.replicas, opts.concurrency),
+        notes: format!(
+            "{kills} kills, R={} C={} B={}",
+            opts.replicas, opts.concurrency, opts.commit_backlog
+        ),
         pass: v.clean() && overlaps.is_empty() && worst <= bound && never.is_empty() && restarts == 0,
     };
     row.emit();
@@ -96,9 +99,11 @@ async fn sigkilled_replicas_lose_no_job_and_their_jobs_rerun_within_the_deadline
         secs(bound)
     );
     assert_eq!(restarts, 0, "a replica crashed by itself");
+    // A killed replica's re-runs are the jobs it held: running ones and finished ones whose
+    // commit had not happened yet.
     assert!(
-        log.duplicates() <= kills * opts.concurrency,
-        "duplicates beyond kills × C"
+        log.duplicates() <= kills * opts.held_max(),
+        "duplicates beyond kills × (C + B)"
     );
 }
 
@@ -189,10 +194,19 @@ async fn poison_pill_on_a_lone_replica_takes_no_bystander_with_it() {
             "pill ran {runs}× (limit {}), {restarts} crashes, up to {worst_crash} jobs per crash, {alone} runs alone, {innocents} other jobs dead",
             MAX_RECOVERIES + 1
         ),
-        pass: v.clean() && runs == MAX_RECOVERIES + 1 && innocents == 0 && worst_crash > 1,
+        pass: v.clean()
+            && runs == MAX_RECOVERIES + 1
+            && innocents == 0
+            && worst_crash > 1
+            && worst_crash <= opts.held_max() as u64,
     };
     row.emit();
     assert!(worst_crash > 1, "the pill never had company: nothing was tested");
+    assert!(
+        worst_crash <= opts.held_max() as u64,
+        "a crash took {worst_crash} jobs down, more than the {} a replica holds",
+        opts.held_max()
+    );
     assert_eq!(innocents, 0, "jobs dead-lettered for the pill's crashes");
     v.assert_clean();
     assert_eq!(runs, MAX_RECOVERIES + 1, "the pill runs once plus MAX_RECOVERIES times");
