@@ -16,7 +16,7 @@ import { log, waitQuiet } from './lib/util.mjs';
 import { machine, report } from './lib/report.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
-const { values: o } = parseArgs({
+const { values: o } = parseOptions({
   options: {
     n: { type: 'string', default: '50000' },
     reps: { type: 'string', default: '2' },
@@ -35,8 +35,24 @@ const { values: o } = parseArgs({
     'quiet-max-wait': { type: 'string', default: '900' },
     'quiet-run-wait': { type: 'string', default: '120' },
     keep: { type: 'boolean', default: false },
+    help: { type: 'boolean', short: 'h', default: false },
   },
 });
+function parseOptions(config) {
+  try {
+    return parseArgs(config);
+  } catch (e) {
+    console.error(`bench/run: ${e.message} (bench/run --help lists the options)`);
+    process.exit(2);
+  }
+}
+if (o.help) {
+  // The usage is the comment at the top of this file.
+  const { readFileSync } = await import('node:fs');
+  const head = readFileSync(fileURLToPath(import.meta.url), 'utf8').split('\n').filter((l) => l.startsWith('//'));
+  console.log(head.slice(0, 6).map((l) => l.replace(/^\/\/ ?/, '')).join('\n'));
+  process.exit(0);
+}
 if (o.quick) {
   Object.assign(o, { n: '300', reps: '1', systems: 'step-worker', scenarios: 'noop,sleep,paced', rates: '200',
     'paced-seconds': '2', 'no-quiet': true });
