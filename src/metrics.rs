@@ -37,6 +37,9 @@ pub struct Metrics {
     pub queue_depth: IntGaugeVec,
     pub in_flight: IntGauge,
     pub concurrency: IntGauge,
+    /// Steps running now: at most `concurrency`. `in_flight` also counts finished jobs awaiting
+    /// their commit, so only this one tells a full worker from one whose commits are slow.
+    pub steps_running: IntGauge,
     pub redis_errors: IntCounterVec,
     pub postgres_errors: IntCounterVec,
     pub recovered: IntCounter,
@@ -106,6 +109,11 @@ impl Metrics {
         let concurrency = IntGauge::new(
             "step_worker_concurrency",
             "Configured WORKER_CONCURRENCY of this worker.",
+        )
+        .unwrap();
+        let steps_running = IntGauge::new(
+            "step_worker_steps_running",
+            "Steps running now on this worker: at most step_worker_concurrency.",
         )
         .unwrap();
         let redis_errors = IntCounterVec::new(
@@ -215,6 +223,7 @@ impl Metrics {
             Box::new(queue_depth.clone()),
             Box::new(in_flight.clone()),
             Box::new(concurrency.clone()),
+            Box::new(steps_running.clone()),
             Box::new(redis_errors.clone()),
             Box::new(postgres_errors.clone()),
             Box::new(recovered.clone()),
@@ -247,6 +256,7 @@ impl Metrics {
             queue_depth,
             in_flight,
             concurrency,
+            steps_running,
             redis_errors,
             postgres_errors,
             recovered,
@@ -329,6 +339,22 @@ fn cgroup_memory_limit() -> Option<i64> {
     .and_then(|s| s.trim().parse::<i64>().ok())
     // cgroup v1 reports "unlimited" as a huge page-aligned number.
     .filter(|n| *n > 0 && *n < i64::MAX / 2)
+}
+
+/// Counts one step in `step_worker_steps_running` for as long as it lives (a panic included).
+pub struct Running<'a>(&'a IntGauge);
+
+impl<'a> Running<'a> {
+    pub fn start(gauge: &'a IntGauge) -> Self {
+        gauge.inc();
+        Running(gauge)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 #[cfg(test)]

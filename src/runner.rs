@@ -160,6 +160,7 @@ impl Runner {
         };
         let started_at = Utc::now();
         let clock = std::time::Instant::now();
+        let running = crate::metrics::Running::start(&self.metrics.steps_running);
         // The input is handed over, not copied: nothing below reads it.
         let input = std::mem::take(&mut job.input);
         let run = AssertUnwindSafe(handler.run(ctx, input)).catch_unwind();
@@ -181,6 +182,7 @@ impl Runner {
             _ = cancel.cancelled() => Attempt::Interrupted,
         };
         let elapsed = clock.elapsed();
+        drop(running);
         // A step that blocks its thread cannot be stopped by the timeout (nor by the fence): it
         // returns when it returns. Past its timeout, whatever it returned, the attempt timed out,
         // as it would have had it yielded.

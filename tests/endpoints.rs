@@ -279,14 +279,15 @@ async fn health_turns_unavailable_naming_the_reason_when_claims_keep_failing() {
     worker.stop().await.unwrap();
 }
 
-/// The claim waiting for a job reserves a slot; that is not a job.
+/// The claim waiting for a job reserves a slot; that is neither a job nor a running step.
 async fn an_idle_worker_reports_no_job_in_flight(env: TestEnv) {
     let worker = env.start(&[("CLAIM_BLOCK_MS", "60000")]).await;
     let addr = worker.http_addr.unwrap();
     let in_flight = || async move {
         let (_, metrics) = common::get(&format!("http://{addr}/metrics")).await;
         let gauge = sample(&metrics, "step_worker_in_flight", &[]).unwrap();
-        (health(addr).await.1["in_flight"].as_i64().unwrap(), gauge)
+        let running = sample(&metrics, "step_worker_steps_running", &[]).unwrap();
+        (health(addr).await.1["in_flight"].as_i64().unwrap(), gauge, running)
     };
     // Idle: the claim loop has found the queue empty and waits in its blocking claim.
     wait_health(addr, 200).await;
@@ -296,7 +297,7 @@ async fn an_idle_worker_reports_no_job_in_flight(env: TestEnv) {
     .await;
     // A scrape may reuse a rendering up to a second old, so both readings are waited for.
     common::wait_for("idle: no job in flight", WAIT, || async {
-        in_flight().await == (0, 0.0)
+        in_flight().await == (0, 0.0, 0.0)
     })
     .await;
     env.push_job("held", "builtin.sleep", json!({"ms": 60000})).await;
@@ -304,7 +305,10 @@ async fn an_idle_worker_reports_no_job_in_flight(env: TestEnv) {
         env.in_flight_len().await == 1
     })
     .await;
-    common::wait_for("one job in flight", WAIT, || async { in_flight().await == (1, 1.0) }).await;
+    common::wait_for("one job in flight, its step running", WAIT, || async {
+        in_flight().await == (1, 1.0, 1.0)
+    })
+    .await;
     worker.stop().await.unwrap();
 }
 
