@@ -39,7 +39,9 @@ async fn frozen_replica_back_after_its_tombstone_is_trimmed_is_fenced_and_left_n
     c.signal(slot, libc::SIGSTOP);
     let mut redis = c.redis_conn.clone();
     let reaped_key = c.key("reaped");
-    until("the frozen replica to be reaped", Duration::from_secs(30), || {
+    // Reaped once its deadline has passed and a reaper's scan comes round: the full run uses the
+    // production deadline (30 s), so the wait is counted in deadlines, not seconds.
+    until("the frozen replica to be reaped", opts.deadline() * 3, || {
         let (mut redis, key, wid) = (redis.clone(), reaped_key.clone(), old_wid.clone());
         async move {
             let at: Option<f64> = redis::cmd("ZSCORE")
