@@ -146,23 +146,21 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/jobs",
             axum::routing::post(|s: State<AppState>, headers, body| async move {
-                let io = s.io.clone();
-                on_io_or_503(io.spawn(crate::http_jobs::enqueue(s, headers, body)).await)
+                or_stopping(s.on_io(crate::http_jobs::enqueue(s.clone(), headers, body)).await)
             }),
         )
         .route(
             "/jobs/{id}",
             get(|s: State<AppState>, headers, id| async move {
-                let io = s.io.clone();
-                on_io_or_503(io.spawn(crate::http_jobs::result(s, headers, id)).await)
+                or_stopping(s.on_io(crate::http_jobs::result(s.clone(), headers, id)).await)
             }),
         )
         .with_state(state)
 }
 
 /// The response of a handler run on the worker's runtime, or 503 if that runtime is stopping.
-fn on_io_or_503(joined: Result<Response, tokio::task::JoinError>) -> Response {
-    joined.unwrap_or_else(|_| {
+fn or_stopping(answered: Option<Response>) -> Response {
+    answered.unwrap_or_else(|| {
         let body = json!({ "error": "the worker is stopping" });
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     })

@@ -82,13 +82,7 @@ fn registry(log: Arc<ExecLog>) -> Registry {
 fn block(log: &Arc<ExecLog>, ctx: StepContext, input: Value) -> StepResult {
     let ms = input.get("ms").and_then(Value::as_u64).unwrap_or(0);
     let pid = std::process::id();
-    log.line(&format!("S {} {} {pid} {}", ctx.job_id, ctx.attempt, now_us()));
-    let mut end = EndGuard {
-        log: log.clone(),
-        job: ctx.job_id.clone(),
-        attempt: ctx.attempt,
-        outcome: "dropped",
-    };
+    let mut end = EndGuard::started(log, &ctx);
     std::thread::sleep(Duration::from_millis(ms));
     end.outcome = "ok";
     Ok(json!({ "job": ctx.job_id, "attempt": ctx.attempt, "pid": pid }))
@@ -110,13 +104,7 @@ async fn exec(log: &Arc<ExecLog>, ctx: StepContext, input: Value) -> StepResult 
     let ms = input.get("ms").and_then(Value::as_u64).unwrap_or(0);
     let fail = input.get("fail").and_then(Value::as_u64).unwrap_or(0);
     let pid = std::process::id();
-    log.line(&format!("S {} {} {pid} {}", ctx.job_id, ctx.attempt, now_us()));
-    let mut end = EndGuard {
-        log: log.clone(),
-        job: ctx.job_id.clone(),
-        attempt: ctx.attempt,
-        outcome: "dropped",
-    };
+    let mut end = EndGuard::started(log, &ctx);
     tokio::select! {
         _ = tokio::time::sleep(Duration::from_millis(ms)) => {}
         _ = ctx.cancel.cancelled() => return Err(StepError::retryable("cancelled")),
@@ -139,6 +127,20 @@ struct EndGuard {
     job: String,
     attempt: u32,
     outcome: &'static str,
+}
+
+impl EndGuard {
+    /// Writes the attempt's start line, and guards its end line (`dropped` unless set).
+    fn started(log: &Arc<ExecLog>, ctx: &StepContext) -> Self {
+        let pid = std::process::id();
+        log.line(&format!("S {} {} {pid} {}", ctx.job_id, ctx.attempt, now_us()));
+        EndGuard {
+            log: log.clone(),
+            job: ctx.job_id.clone(),
+            attempt: ctx.attempt,
+            outcome: "dropped",
+        }
+    }
 }
 
 impl Drop for EndGuard {
