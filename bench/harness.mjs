@@ -1,10 +1,12 @@
 // step-worker against the Node workers it replaces, side by side on one machine in one run.
 // Usage: bench/run [--n 50000] [--reps 2] [--systems step-worker,node-list,node-list-pool64,bullmq]
-//                  [--scenarios noop,sleep,paced,rss,cmds,idle,startup] [--quick] [--no-quiet]
+//                  [--scenarios noop,bound,sleep,paced,rss,cmds,idle,startup] [--quick] [--no-quiet]
 //        bench/run --scenarios flood [--n 20000] [--reps 3] [--flood-clients 50] [--flood-max 2000000]
 //        (step-worker's noop backlog without, then with, a flood of GET /metrics and /health)
 // Prints markdown tables (min / median over the repetitions) and step-worker / peer ratios, each
-// against the peer's best configuration for that figure (see lib/report.mjs).
+// against the peer's best configuration for that figure (see lib/report.mjs). `bound` measures
+// Postgres alone (pgbench) and Redis alone (redis-benchmark) doing the worker's work, after the
+// noop runs, and reports step-worker's rate as a fraction of each (lib/bound.mjs).
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -12,7 +14,8 @@ import { parseArgs } from 'node:util';
 import { RedisAdmin, Postgres, startRedis } from './lib/services.mjs';
 import { SYSTEMS } from './lib/systems.mjs';
 import { backlog, paced, idle, startup } from './lib/scenarios.mjs';
-import { log, waitQuiet } from './lib/util.mjs';
+import { bound } from './lib/bound.mjs';
+import { log, median, waitQuiet } from './lib/util.mjs';
 import { machine, report } from './lib/report.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -21,7 +24,9 @@ const { values: o } = parseOptions({
     n: { type: 'string', default: '50000' },
     reps: { type: 'string', default: '2' },
     systems: { type: 'string', default: Object.keys(SYSTEMS).join(',') },
-    scenarios: { type: 'string', default: 'noop,sleep,paced,rss,cmds,idle,startup' },
+    scenarios: { type: 'string', default: 'noop,bound,sleep,paced,rss,cmds,idle,startup' },
+    'bound-seconds': { type: 'string', default: '10' },
+    'bound-redis-calls': { type: 'string', default: '20000' },
     concurrency: { type: 'string', default: '64' },
     rates: { type: 'string', default: '500,half' },
     'paced-seconds': { type: 'string', default: '10' },
@@ -50,12 +55,12 @@ if (o.help) {
   // The usage is the comment at the top of this file.
   const { readFileSync } = await import('node:fs');
   const head = readFileSync(fileURLToPath(import.meta.url), 'utf8').split('\n').filter((l) => l.startsWith('//'));
-  console.log(head.slice(0, 6).map((l) => l.replace(/^\/\/ ?/, '')).join('\n'));
+  console.log(head.slice(0, 9).map((l) => l.replace(/^\/\/ ?/, '')).join('\n'));
   process.exit(0);
 }
 if (o.quick) {
-  Object.assign(o, { n: '300', reps: '1', systems: 'step-worker', scenarios: 'noop,sleep,paced', rates: '200',
-    'paced-seconds': '2', 'no-quiet': true });
+  Object.assign(o, { n: '300', reps: '1', systems: 'step-worker', scenarios: 'noop,bound,sleep,paced', rates: '200',
+    'paced-seconds': '2', 'bound-seconds': '1', 'bound-redis-calls': '200', 'no-quiet': true });
 }
 
 const bin = process.env.STEP_WORKER_BIN ?? join(here, '..', 'target', 'release', 'step-worker');
@@ -108,6 +113,15 @@ try {
         record(await backlog(env, sys, { scenario: 'c256-1k', rep, n, step: 'builtin.noop', input: kibInput, concurrency: 256 }));
       }
     }
+  }
+  if (scenarios.has('bound')) {
+    // At the worker's own mean batch from the noop runs, and at its largest (PERSIST_BATCH_SIZE's
+    // default, 500).
+    const means = results.runs.filter((r) => r.system === 'step-worker' && r.scenario === 'noop')
+      .map((r) => r.meanBatch).filter(Number.isFinite);
+    const sizes = [500, ...(means.length ? [Math.max(1, Math.round(median(means)))] : [])];
+    record(await bound(env, { batchSizes: sizes, seconds: Number(o['bound-seconds']),
+      redisCalls: Number(o['bound-redis-calls']) }));
   }
   if (scenarios.has('flood')) {
     // Without and with the flood alternately, so a drift of the shared machine hits both alike.

@@ -36,3 +36,13 @@ export function histogramQuantile(h, q) {
   }
   return prevLe;
 }
+
+/** The mean of the observations made between the two scrapes (`_sum` over `_count`), or NaN. */
+export function histogramMean(before, after, name) {
+  const total = (text, suffix) => {
+    const re = new RegExp(`^${name}_${suffix}(?:\\{[^}]*\\})? (\\S+)$`, 'gm');
+    return [...text.matchAll(re)].reduce((s, m) => s + Number(m[1]), 0);
+  };
+  const count = total(after, 'count') - total(before, 'count');
+  return count > 0 ? (total(after, 'sum') - total(before, 'sum')) / count : NaN;
+}

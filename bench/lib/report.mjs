@@ -141,6 +141,36 @@ function floodSection(runs) {
     + `${ratio >= 0.9 ? 'Within' : 'Not within'} 10 % of the throughput without.\n`;
 }
 
+/**
+ * The bound from each server alone (bench/lib/bound.mjs) beside step-worker's noop backlog of
+ * the same run (median), and the bound the run's own CPU figures give: all cores divided by the
+ * worker's, Redis' and Postgres' CPU seconds per job together.
+ */
+function boundSection(runs, nproc) {
+  const b = runs.find((r) => r.kind === 'bound');
+  if (!b) return '';
+  const noop = runs.filter((r) => r.system === 'step-worker' && r.scenario === 'noop');
+  const rate = noop.length ? median(noop.map((r) => r.throughput)) : NaN;
+  const pct = (x) => (Number.isFinite(rate) && x > 0 ? `${fmt((100 * rate) / x, 0)} %` : '–');
+  const rows = b.postgres.map((p) => [`Postgres alone: the persist statement, all-success batches of ${p.batch} rows, 2 connections (pgbench)`,
+    `${fmt(p.rowsPerS, 0)} rows/s (${fmt(p.tps, 0)} statements/s)`, pct(p.rowsPerS)]);
+  rows.push([`Redis alone: push, claim and settle of 64 noop jobs a script call, 2 connections (redis-benchmark)`,
+    `${fmt(b.redis.jobsPerS, 0)} jobs/s`, pct(b.redis.jobsPerS)]);
+  const cpuPerJob = median(noop.map((r) => (r.cpuPer10k + r.redisCpuPer10k + r.pgCpuPer10k) / 10_000));
+  const cpuBound = Number(nproc) / cpuPerJob;
+  rows.push([`CPU budget: ${nproc} cores / (worker + Redis + Postgres CPU per job of the noop runs, ${fmt(cpuPerJob * 1e6, 1)} µs)`,
+    `${fmt(cpuBound, 0)} jobs/s`, pct(cpuBound)]);
+  const batches = noop.map((r) => r.meanBatch).filter(Number.isFinite);
+  return `### The machine's bound, same run
+
+${table(['bound', 'rate', 'step-worker noop backlog '
+    + `(${fmt(rate, 0)} jobs/s) as a fraction`], rows)}
+
+The worker's mean persist batch in the noop runs: `
+    + `${batches.length ? batches.map((x) => fmt(x, 0)).join(', ') : '–'} rows. Each server alone has the machine `
+    + 'to itself; in the worker\'s run the three share it with the load generator, so the CPU budget is the tighter bound.\n';
+}
+
 function topCommands(by) {
   return Object.entries(by ?? {}).sort((a, b) => b[1] - a[1]).slice(0, 4).map(([c, k]) => `${c} ${k}`).join(', ');
 }
@@ -164,6 +194,7 @@ export function report(results) {
   for (const s of [...new Set(runs.filter((r) => r.scenario?.startsWith('paced-')).map((r) => r.scenario))]) {
     out.push(pacedSection(runs, s));
   }
+  out.push(boundSection(runs, m.nproc));
   out.push(floodSection(runs));
   const cmds = runs.filter((r) => r.scenario === 'cmds');
   if (cmds.length) {

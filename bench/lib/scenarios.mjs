@@ -3,7 +3,7 @@
 import { join } from 'node:path';
 import { cpuSeconds, peakRssMiB, sleep, waitFor, waitQuiet, log } from './util.mjs';
 import { MonitorCounter } from './services.mjs';
-import { histogramDelta, histogramQuantile } from './prom.mjs';
+import { histogramDelta, histogramMean, histogramQuantile } from './prom.mjs';
 import { startFlood } from './flood.mjs';
 
 let seq = 0;
@@ -114,6 +114,7 @@ function figures(env, s, n, before, after, stats, extra = {}) {
       r.ovP50 = histogramQuantile(h, 0.5) * 1000;
       r.ovP99 = histogramQuantile(h, 0.99) * 1000;
     }
+    r.meanBatch = histogramMean(before.metrics, after.metrics, 'step_worker_persist_batch_size');
   }
   return r;
 }
