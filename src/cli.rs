@@ -59,6 +59,11 @@ pub enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Delete stored outcomes permanently (what RESULT_RETENTION does on a schedule).
+    Results {
+        #[command(subcommand)]
+        command: ResultsCommand,
+    },
     /// Stop every worker from claiming (running steps finish), or only jobs of one step.
     Pause {
         #[arg(long)]
@@ -147,6 +152,22 @@ pub enum DlqCommand {
         /// Only dead letters older than this (e.g. 30d).
         #[arg(long, value_parser = humantime::parse_duration)]
         older_than: Option<Duration>,
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ResultsCommand {
+    /// Delete result rows finished longer ago than --older-than; without --status, also the
+    /// failed-attempt rows (step_attempts) as old. Dead letters are `dlq purge`'s.
+    Purge {
+        /// Only rows finished longer ago than this (e.g. 30d, 12h).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: Duration,
+        /// Only result rows of this status.
+        #[arg(long, value_parser = ["succeeded", "cancelled", "dead"])]
+        status: Option<String>,
         #[arg(long)]
         yes: bool,
     },

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 use crate::admin::{self, Admin};
-use crate::cli::{Command, DlqCommand, DlqFilter};
+use crate::cli::{Command, DlqCommand, DlqFilter, ResultsCommand};
 use crate::config::Config;
 use crate::store::Store;
 use crate::store::dead_letters::Filter;
@@ -117,6 +117,14 @@ pub async fn admin(config: Config, command: Command) -> anyhow::Result<()> {
             .await
         }
         Command::Dlq { command } => dlq(&admin, command).await,
+        Command::Results {
+            command:
+                ResultsCommand::Purge {
+                    older_than,
+                    status,
+                    yes,
+                },
+        } => admin::results::purge(&admin, older_than, status.as_deref(), yes).await,
         Command::Run | Command::Migrate { .. } | Command::Config { .. } | Command::Healthcheck { .. } => {
             unreachable!("dispatched by main")
         }

@@ -27,6 +27,7 @@ use crate::store::Store;
 
 mod poison;
 mod promoter;
+pub mod retention;
 
 pub use promoter::Promoter;
 

@@ -46,6 +46,8 @@ pub struct Metrics {
     pub poisoned: IntCounter,
     pub duplicate_completions: IntCounter,
     pub fenced: IntCounter,
+    /// Rows deleted by `RESULT_RETENTION`, per table (three values).
+    pub pruned_rows: IntCounterVec,
     pub persist_batch: Histogram,
     pub job_overhead: Histogram,
     /// The overhead split where it is spent, to find what makes its tail.
@@ -152,6 +154,18 @@ impl Metrics {
             "Times this worker stopped its running jobs because it lost its lease (no heartbeat, or reaped).",
         )
         .unwrap();
+        let pruned_rows = IntCounterVec::new(
+            Opts::new(
+                "step_worker_pruned_rows_total",
+                "Rows this worker deleted because RESULT_RETENTION expired them, per table.",
+            ),
+            &["table"],
+        )
+        .unwrap();
+        // Each table's series exists from the start, so a rate over it is 0, not absent.
+        for table in ["step_results", "step_attempts", "step_dead_letters"] {
+            pruned_rows.with_label_values(&[table]);
+        }
         let persist_batch = Histogram::with_opts(
             HistogramOpts::new(
                 "step_worker_persist_batch_size",
@@ -230,6 +244,7 @@ impl Metrics {
             Box::new(poisoned.clone()),
             Box::new(duplicate_completions.clone()),
             Box::new(fenced.clone()),
+            Box::new(pruned_rows.clone()),
             Box::new(persist_batch.clone()),
             Box::new(job_overhead.clone()),
             Box::new(job_overhead_phase.clone()),
@@ -263,6 +278,7 @@ impl Metrics {
             poisoned,
             duplicate_completions,
             fenced,
+            pruned_rows,
             persist_batch,
             job_overhead,
             overhead_phases: OverheadPhases {

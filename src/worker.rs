@@ -202,6 +202,16 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
         let (m, stop) = (maintenance.clone(), background.clone());
         tokio::spawn(async move { m.run_duties(stop).await })
     };
+    if config.retention.is_enabled() {
+        // Not awaited by the drain: a prune statement cut short at exit rolls back, and the
+        // next check, on any replica, deletes what it would have.
+        let retainer = crate::maintenance::retention::Retainer {
+            store: store.clone(),
+            retention: config.retention.clone(),
+            metrics: metrics.clone(),
+        };
+        tokio::spawn(retainer.run(background.clone()));
+    }
     {
         let m = metrics.clone();
         crate::lease::watchdog(&lease, background.clone(), move |since| {

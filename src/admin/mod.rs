@@ -11,6 +11,7 @@ pub mod control;
 pub mod dlq;
 pub mod enqueue;
 pub mod load;
+pub mod results;
 pub mod stats;
 
 use std::io::{BufRead, IsTerminal, Write};

@@ -8,6 +8,7 @@
 mod http_steps;
 mod notify;
 mod parse;
+mod retention;
 mod secret;
 
 use std::time::Duration;
@@ -18,6 +19,7 @@ pub use http_steps::HttpSteps;
 pub use notify::Notify;
 pub use parse::{ConfigError, MIN_TOKEN_LEN};
 use parse::{Var, parse_bool, parse_int, parse_one_of, parse_token};
+pub use retention::Retention;
 pub use secret::{Secret, redact_url, redact_url_path};
 
 /// The raw environment, as envy sees it: every variable optional, every value a string.
@@ -58,6 +60,8 @@ struct RawEnv {
     pii_redact_keys: Option<String>,
     heartbeat_interval_ms: Option<String>,
     worker_deadline_ms: Option<String>,
+    result_retention: Option<String>,
+    retention_check_ms: Option<String>,
     max_recoveries: Option<String>,
     claim_block_ms: Option<String>,
     claim_batch_size: Option<String>,
@@ -149,6 +153,8 @@ pub struct Config {
     pub commit_backlog: usize,
     /// Dispatch of steps without a native handler to HTTP endpoints (off unless routed).
     pub http_steps: HttpSteps,
+    /// `RESULT_RETENTION` and `RETENTION_CHECK_MS`.
+    pub retention: Retention,
     pub notify: Notify,
 }
 
@@ -192,6 +198,7 @@ impl Config {
         // Before the fields below are moved out of `raw`.
         let http_steps = http_steps::parse(&raw)?;
         let notify = notify::parse(&raw)?;
+        let retention = retention::parse(&raw)?;
         let queue_driver = parse_queue_driver(raw.queue_driver.as_deref(), raw.redis_url.is_some(), production)?;
         let redis_url = url_var(
             "REDIS_URL",
@@ -345,6 +352,7 @@ impl Config {
                 10_000,
             )? as usize,
             http_steps,
+            retention,
             notify,
         })
     }
@@ -406,6 +414,7 @@ impl Config {
         ];
         lines.extend(self.http_steps.describe());
         lines.extend(self.notify.describe());
+        lines.extend(self.retention.describe());
         lines
     }
 }

@@ -336,3 +336,42 @@ fn the_http_server_listens_on_loopback_while_post_jobs_is_open() {
     let err = config(&[("HEALTH_CHECK_HOST", "localhost")]).unwrap_err();
     assert_eq!(err.variable, "HEALTH_CHECK_HOST");
 }
+
+#[test]
+fn result_retention_is_off_by_default_and_parsed_per_kind() {
+    let c = config(&[]).unwrap();
+    assert!(!c.retention.is_enabled());
+    assert_eq!(c.retention.check_every, Duration::from_secs(60));
+    let c = config(&[
+        (
+            "RESULT_RETENTION",
+            "succeeded=7d, dead=30d,attempts=36h,dead_letters=90d,cancelled=1s",
+        ),
+        ("RETENTION_CHECK_MS", "500"),
+    ])
+    .unwrap();
+    let day = Duration::from_secs(86_400);
+    assert_eq!(c.retention.succeeded, Some(day * 7));
+    assert_eq!(c.retention.dead, Some(day * 30));
+    assert_eq!(c.retention.attempts, Some(Duration::from_secs(36 * 3600)));
+    assert_eq!(c.retention.dead_letters, Some(day * 90));
+    assert_eq!(c.retention.cancelled, Some(Duration::from_secs(1)));
+    assert_eq!(c.retention.check_every, Duration::from_millis(500));
+}
+
+#[test]
+fn a_bad_result_retention_entry_is_named() {
+    for bad in [
+        "succeeded",
+        "succeeded=forever",
+        "finished=7d",
+        "succeeded=500ms",
+        "dead=1d,dead=2d",
+    ] {
+        let err = config(&[("RESULT_RETENTION", bad)]).unwrap_err();
+        assert_eq!(err.variable, "RESULT_RETENTION", "{bad}");
+        assert!(bad.contains(err.got.as_str()), "the bad entry is quoted: {err}");
+    }
+    let err = config(&[("RETENTION_CHECK_MS", "0")]).unwrap_err();
+    assert_eq!(err.variable, "RETENTION_CHECK_MS");
+}

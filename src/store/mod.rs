@@ -7,6 +7,7 @@ mod batch;
 pub mod dead_letters;
 mod migrate;
 mod pg;
+mod prune;
 mod sqlite;
 
 use std::str::FromStr;
@@ -17,6 +18,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 pub use batch::{AttemptRecord, Batch, DeadLetterRecord, ResultRecord, Status, stored_json};
 pub use migrate::MIGRATE_STATEMENT_TIMEOUT;
 pub use pg::{Pg, Scope};
+pub use prune::{PRUNE_BATCH, Prune};
 
 /// Embedded, reversible migrations (`migrations/*.up.sql` / `*.down.sql`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

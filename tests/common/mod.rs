@@ -98,7 +98,8 @@ pub struct TestEnv {
     pub pg: PgPool,
     /// The memory queue and the SQLite store, in a memory environment.
     memory: Option<MemoryQueue>,
-    sqlite: Option<SqlitePool>,
+    /// The SQLite store, in a memory environment (read it through `on_store!`).
+    pub sqlite: Option<SqlitePool>,
     sqlite_file: Option<std::path::PathBuf>,
 }
 
