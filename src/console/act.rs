@@ -42,7 +42,7 @@ pub(super) async fn replay(
     body: Result<Json<ReplayRequest>, JsonRejection>,
 ) -> Response {
     if let Err(refusal) = c.admit(&headers, true) {
-        return refusal;
+        return *refusal;
     }
     let Json(req) = match body {
         Ok(b) => b,
@@ -147,7 +147,7 @@ async fn switch(
     pause: bool,
 ) -> Response {
     if let Err(refusal) = c.admit(&headers, true) {
-        return refusal;
+        return *refusal;
     }
     let Json(req) = match body {
         Ok(b) => b,

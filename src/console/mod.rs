@@ -82,10 +82,11 @@ async fn common_headers(mut response: Response) -> Response {
 
 impl Console {
     /// The `ADMIN_TOKEN` rule, and for a POST the browser-origin rule too.
-    fn admit(&self, headers: &HeaderMap, post: bool) -> Result<(), Response> {
-        crate::http_jobs::authorize(&self.app, headers).map_err(|r| *r)?;
+    /// `Err` is the refusal to send (boxed, as in [`crate::http_jobs`]).
+    fn admit(&self, headers: &HeaderMap, post: bool) -> Result<(), Box<Response>> {
+        crate::http_jobs::authorize(&self.app, headers)?;
         if post {
-            crate::http_jobs::browser_safe(headers).map_err(|r| *r)?;
+            crate::http_jobs::browser_safe(headers)?;
         }
         Ok(())
     }

@@ -30,7 +30,7 @@ pub(super) type Snapshot = (Instant, Value);
 
 pub(super) async fn overview(State(c): State<Console>, headers: HeaderMap) -> Response {
     if let Err(refusal) = c.admit(&headers, false) {
-        return refusal;
+        return *refusal;
     }
     let cached = c.overview.lock().unwrap_or_else(|e| e.into_inner()).clone();
     if let Some((at, body)) = cached
@@ -45,27 +45,28 @@ pub(super) async fn overview(State(c): State<Console>, headers: HeaderMap) -> Re
                 *console.overview.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), body.clone()));
                 json(StatusCode::OK, body)
             }
-            Ok(Err(refusal)) => refusal,
+            Ok(Err(refusal)) => *refusal,
             Err(_) => unavailable("reading the queue", "timed out"),
         }
     })
     .await
 }
 
-async fn read_overview(c: &Console) -> Result<Value, Response> {
+/// `Err` is the answer to send instead (boxed: a response is large).
+async fn read_overview(c: &Console) -> Result<Value, Box<Response>> {
     let s = &c.app;
-    let d = s.queue.depths().await.map_err(|e| unavailable("reading Redis", e))?;
+    let d = s.queue.depths().await.map_err(|e| failed("reading Redis", e))?;
     let dead = s
         .store
         .pending_dead_letters()
         .await
-        .map_err(|e| unavailable("reading the results store", e))?;
+        .map_err(|e| failed("reading the results store", e))?;
     let (workers, paused_steps) = match s.queue.redis() {
         Some(r) => (
             r.workers(s.config.worker_deadline)
                 .await
-                .map_err(|e| unavailable("reading the workers", e))?,
-            r.paused_steps().await.map_err(|e| unavailable("reading Redis", e))?,
+                .map_err(|e| failed("reading the workers", e))?,
+            r.paused_steps().await.map_err(|e| failed("reading Redis", e))?,
         ),
         // The memory queue is this process alone, and it has no pause switch.
         None => (
@@ -99,6 +100,10 @@ async fn read_overview(c: &Console) -> Result<Value, Response> {
     }))
 }
 
+fn failed(what: &str, e: impl std::fmt::Display) -> Box<Response> {
+    Box::new(unavailable(what, e))
+}
+
 /// `step_worker_jobs_total` of this worker, one object per step with each outcome's count.
 fn step_counts(counts: &[(String, String, u64)]) -> Vec<Value> {
     let mut steps: BTreeMap<&str, BTreeMap<&str, u64>> = BTreeMap::new();
@@ -121,7 +126,7 @@ pub(super) struct ListQuery {
 /// The most recent dead letters not yet replayed (newest first), with how many match.
 pub(super) async fn dead_letters(State(c): State<Console>, headers: HeaderMap, Query(q): Query<ListQuery>) -> Response {
     if let Err(refusal) = c.admit(&headers, false) {
-        return refusal;
+        return *refusal;
     }
     let Some(pg) = c.app.store.postgres().cloned() else {
         return needs_postgres("listing dead letters");
@@ -150,7 +155,7 @@ pub(super) async fn dead_letters(State(c): State<Console>, headers: HeaderMap, Q
 /// One job: its result row (once it has one) and its failed attempts.
 pub(super) async fn job(State(c): State<Console>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     if let Err(refusal) = c.admit(&headers, false) {
-        return refusal;
+        return *refusal;
     }
     if !crate::job::valid_id(&id) {
         return error(StatusCode::NOT_FOUND, "no job can have this id");
