@@ -81,7 +81,8 @@ pub(super) async fn replay(
                 let count = body
                     .get("replayed")
                     .or(body.get("would_replay"))
-                    .and_then(|v| v.as_i64());
+                    .and_then(|v| v.as_i64())
+                    .unwrap_or_default();
                 let before = filter.before.unwrap_or(as_of).to_rfc3339();
                 let did = if dry_run { "counted for a replay" } else { "replayed" };
                 tracing::info!(
@@ -91,8 +92,8 @@ pub(super) async fn replay(
                     ?step,
                     ?reason,
                     before,
-                    ?count,
-                    "console: dead letters {did}"
+                    count,
+                    "console: {count} dead letter(s) {did}"
                 );
                 if !dry_run {
                     console.invalidate();
