@@ -58,3 +58,28 @@ ensure_postgres() {
 ensure_pgbouncer() {
   command -v pgbouncer >/dev/null || apt_install pgbouncer
 }
+
+# The console's browser test: Debian's Chromium, and playwright-core (which drives it and
+# downloads no browser of its own) from tests/console/package-lock.json. Where Chromium cannot be
+# installed, STEP_WORKER_BROWSER_SKIP says why, and the browser test is skipped saying so loudly;
+# anywhere else a missing browser fails that test.
+ensure_console_browser() {
+  local why=""
+  if [ ! -x /usr/bin/chromium ] && [ -z "${CHROMIUM:-}" ]; then
+    apt_install chromium || why="apt-get install chromium failed"
+  fi
+  if [ -z "$why" ]; then
+    if ! command -v npm >/dev/null; then
+      apt_install nodejs npm || why="Node.js and npm could not be installed"
+    fi
+  fi
+  if [ -z "$why" ]; then
+    (cd tests/console && npm ci --no-audit --no-fund --loglevel=error >/dev/null) || why="npm ci in tests/console failed"
+  fi
+  if [ -n "$why" ]; then
+    printf '\n%s\nWARNING: the console browser test will be SKIPPED: %s\n%s\n\n' \
+      "########################################################################" "$why" \
+      "########################################################################" >&2
+    export STEP_WORKER_BROWSER_SKIP="$why"
+  fi
+}

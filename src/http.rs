@@ -1,5 +1,5 @@
 //! The embedded HTTP server: `/health` (readiness, probed by the platform), `/health/live`
-//! (liveness), `/metrics` (Prometheus). It is bound before anything else at startup, so a port
+//! (liveness), `/metrics` (Prometheus), `/jobs`, and the web console ([`crate::console`]). It is bound before anything else at startup, so a port
 //! that cannot be bound stops the worker before it registers, and the liveness probe is answered
 //! while the worker waits for Redis or Postgres (a platform would otherwise restart a worker that
 //! is correctly waiting out an outage). Until the worker has started, `/health` answers 503 naming
@@ -155,11 +155,12 @@ pub fn router(state: AppState) -> Router {
                 or_stopping(s.on_io(crate::http_jobs::result(s.clone(), headers, id)).await)
             }),
         )
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(crate::console::router(state))
 }
 
 /// The response of a handler run on the worker's runtime, or 503 if that runtime is stopping.
-fn or_stopping(answered: Option<Response>) -> Response {
+pub(crate) fn or_stopping(answered: Option<Response>) -> Response {
     answered.unwrap_or_else(|| {
         let body = json!({ "error": "the worker is stopping" });
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
@@ -194,16 +195,26 @@ fn lower_priority() {
 
 /// Serves until `stop` is cancelled, each request with the routes `current` holds then, over
 /// a listener that bounds open connections and their idle time; every request but `/jobs` is
-/// paced ([`crate::http_pace`]).
+/// paced ([`crate::http_pace`]), the console's on a schedule of its own, so an operator's page
+/// (or a flood aimed at it) never delays the platform's probes.
 async fn serve(
     listener: TcpListener,
     current: watch::Receiver<Router>,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    let pacer = Arc::new(crate::http_pace::Pacer::default());
+    let probes = Arc::new(crate::http_pace::Pacer::default());
+    let console = Arc::new(crate::http_pace::Pacer::new(
+        crate::console::RATE_PER_SEC,
+        crate::console::BURST,
+    ));
     let service = tower::service_fn(move |req: Request| {
         let routes = current.borrow().clone();
-        let pacer = (!req.uri().path().starts_with("/jobs")).then(|| pacer.clone());
+        let path = req.uri().path();
+        let pacer = if crate::console::is_console_path(path) {
+            Some(console.clone())
+        } else {
+            (!path.starts_with("/jobs")).then(|| probes.clone())
+        };
         async move {
             if let Some(pacer) = pacer {
                 pacer.wait().await;

@@ -108,13 +108,14 @@ pub async fn result(State(s): State<AppState>, headers: HeaderMap, Path(id): Pat
     }
 }
 
-/// `Err` is the refusal to send (boxed: a response is large and refusals are rare).
-fn authorize(s: &AppState, headers: &HeaderMap) -> Result<(), Box<Response>> {
+/// The `ADMIN_TOKEN` rule of every admin endpoint (`/jobs` and the console's `/api`). `Err` is
+/// the refusal to send (boxed: a response is large and refusals are rare).
+pub(crate) fn authorize(s: &AppState, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let Some(token) = &s.config.admin_token else {
         return match s.config.app_env {
             AppEnv::Production => Err(Box::new(error(
                 StatusCode::FORBIDDEN,
-                "the /jobs endpoints are disabled: set ADMIN_TOKEN to enable them".into(),
+                "the admin endpoints (/jobs, the console's /api) are disabled in production: set ADMIN_TOKEN to enable them".into(),
                 None,
             ))),
             _ => Ok(()),
@@ -136,14 +137,16 @@ fn authorize(s: &AppState, headers: &HeaderMap) -> Result<(), Box<Response>> {
 
 /// Refuses what a web page on another origin can make a browser send. A page can POST
 /// `text/plain` or a form anywhere without asking; `application/json` needs a CORS preflight,
-/// which this server never grants. The origin headers catch the rest.
-fn browser_safe(headers: &HeaderMap) -> Result<(), Box<Response>> {
+/// which this server never grants. The origin headers catch the rest. Every admin POST (the
+/// console's actions too) passes here, so even without a token (outside production) no other
+/// site's page can drive them.
+pub(crate) fn browser_safe(headers: &HeaderMap) -> Result<(), Box<Response>> {
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
     let json = text("content-type").and_then(|v| v.split(';').next()).map(str::trim);
     if !json.is_some_and(|v| v.eq_ignore_ascii_case("application/json")) {
         return Err(Box::new(error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "POST /jobs takes a JSON body with `Content-Type: application/json`".into(),
+            "this POST takes a JSON body with `Content-Type: application/json`".into(),
             None,
         )));
     }
@@ -155,7 +158,7 @@ fn browser_safe(headers: &HeaderMap) -> Result<(), Box<Response>> {
     if cross_site || foreign_origin {
         return Err(Box::new(error(
             StatusCode::FORBIDDEN,
-            "POST /jobs refuses requests a web page on another origin made a browser send".into(),
+            "admin POSTs refuse requests a web page on another origin made a browser send".into(),
             None,
         )));
     }
@@ -186,7 +189,7 @@ pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn error(status: StatusCode, message: String, index: Option<usize>) -> Response {
+pub(crate) fn error(status: StatusCode, message: String, index: Option<usize>) -> Response {
     let mut body = json!({ "error": message });
     if let Some(i) = index {
         body["index"] = json!(i);

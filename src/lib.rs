@@ -4,7 +4,8 @@
 //! [`runner`] (run the step under its timeout) → [`pipeline`] (persist to Postgres, then settle
 //! in Redis). [`queue`] is the Redis protocol, [`store`] the Postgres schema, [`lease`] and
 //! [`maintenance`] keep workers honest (heartbeat, fencing, reaping, retries). [`worker`] wires
-//! it together and [`drain`] takes it apart at shutdown; [`http`] serves health and metrics.
+//! it together and [`drain`] takes it apart at shutdown; [`http`] serves health and metrics,
+//! and [`console`] the operators' web console on the same port.
 //! [`http_step`] runs steps that have no native handler by calling their HTTP endpoint
 //! (docs/http-steps.md).
 //!
@@ -28,6 +29,7 @@ pub mod claimer;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod console;
 pub mod drain;
 pub mod failpoint;
 pub mod handler;

@@ -341,6 +341,26 @@ impl Metrics {
     pub fn job(&self, step: &str, outcome: &str) {
         self.jobs.with_label_values(&[step, outcome]).inc();
     }
+
+    /// Every `(step, outcome, count)` of `step_worker_jobs_total` in this process, for the
+    /// console: read from the counters themselves, so it always agrees with `/metrics`.
+    pub fn job_counts(&self) -> Vec<(String, String, u64)> {
+        use prometheus::core::Collector;
+        let mut out = Vec::new();
+        for family in self.jobs.collect() {
+            for m in family.get_metric() {
+                let label = |name: &str| {
+                    m.get_label()
+                        .iter()
+                        .find(|l| l.name() == name)
+                        .map(|l| l.value().to_owned())
+                        .unwrap_or_default()
+                };
+                out.push((label("step"), label("outcome"), m.get_counter().get_value() as u64));
+            }
+        }
+        out
+    }
 }
 
 /// The cgroup memory limit (v2 `memory.max`, else v1 `memory.limit_in_bytes`); `None` when
@@ -391,6 +411,20 @@ mod tests {
         assert!(
             fresh.contains(r#"step_worker_jobs_total{outcome="succeeded",step="s"} 1"#),
             "{fresh}"
+        );
+    }
+
+    #[test]
+    fn job_counts_read_the_jobs_counter_by_step_and_outcome() {
+        let m = Metrics::new("w");
+        m.job("a", "succeeded");
+        m.job("a", "succeeded");
+        m.job("b", "dead");
+        let mut counts = m.job_counts();
+        counts.sort();
+        assert_eq!(
+            counts,
+            [("a".into(), "succeeded".into(), 2), ("b".into(), "dead".into(), 1)]
         );
     }
 }

@@ -4,7 +4,9 @@ use anyhow::bail;
 use uuid::Uuid;
 
 use super::{Admin, confirm, progress};
+use crate::queue::RedisQueue;
 use crate::redact::printable;
+use crate::store::Pg;
 use crate::store::dead_letters::{self, DeadLetter, Filter};
 
 /// Dead letters replayed per transaction.
@@ -88,23 +90,37 @@ pub async fn replay(admin: &Admin, f: &Filter, dry_run: bool) -> anyhow::Result<
         return Ok(());
     }
     let bar = progress(total as u64, "replay");
-    let mut replayed = 0;
+    let replayed = replay_matching(&admin.pg, &admin.queue, &f, |n| bar.inc(n as u64)).await?;
+    bar.finish_and_clear();
+    println!("replayed {replayed} dead letter(s) onto {}", admin.config.queue_key);
+    Ok(())
+}
+
+/// Replays the not yet replayed letters `f` matches, in batches: each batch is marked replayed,
+/// its counters reset and its payloads pushed, then committed, so a failure leaves letters
+/// unreplayed rather than jobs lost. `replayed` hears each batch's size. Shared by
+/// `dlq replay` and the console.
+pub async fn replay_matching(
+    pg: &Pg,
+    queue: &RedisQueue,
+    f: &Filter,
+    mut replayed: impl FnMut(usize),
+) -> anyhow::Result<usize> {
+    let mut total = 0;
     loop {
-        let mut tx = admin.pg.transaction().await?;
-        let letters = dead_letters::take_for_replay(&mut tx, &f, REPLAY_BATCH).await?;
+        let mut tx = pg.transaction().await?;
+        let letters = dead_letters::take_for_replay(&mut tx, f, REPLAY_BATCH).await?;
         if letters.is_empty() {
             break;
         }
         let payloads: Vec<Vec<u8>> = letters.iter().map(|l| l.payload.clone()).collect();
-        admin.queue.reset_counters(&payloads).await?;
-        admin.queue.push_many(&payloads).await?;
+        queue.reset_counters(&payloads).await?;
+        queue.push_many(&payloads).await?;
         tx.finish().await?;
-        replayed += letters.len();
-        bar.inc(letters.len() as u64);
+        total += letters.len();
+        replayed(letters.len());
     }
-    bar.finish_and_clear();
-    println!("replayed {replayed} dead letter(s) onto {}", admin.config.queue_key);
-    Ok(())
+    Ok(total)
 }
 
 pub async fn purge(admin: &Admin, f: &Filter, yes: bool) -> anyhow::Result<()> {

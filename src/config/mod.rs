@@ -125,8 +125,8 @@ pub struct Config {
     pub health_check_enabled: bool,
     pub health_check_port: u16,
     /// `HEALTH_CHECK_HOST`: the address the HTTP server listens on; `None` is every interface.
-    /// Unset, it is loopback outside production without `ADMIN_TOKEN`, since `POST /jobs` is
-    /// then open to anyone who can reach it.
+    /// Unset, it is loopback outside production without `ADMIN_TOKEN`, since `POST /jobs` and
+    /// the console's actions are then open to anyone who can reach it.
     pub health_check_host: Option<std::net::IpAddr>,
     pub queue_key: String,
     /// Start in production even when Redis may evict keys (an explicit, documented risk).
@@ -134,8 +134,8 @@ pub struct Config {
     /// `REDIS_CA_FILE`: the path and PEM contents of the CA that signed a private Redis's TLS
     /// certificate (public CAs, as Upstash uses, need nothing).
     pub redis_ca: Option<(String, Vec<u8>)>,
-    /// `ADMIN_TOKEN`: bearer token for `POST /jobs` (without it the endpoint is open outside
-    /// production and disabled in production).
+    /// `ADMIN_TOKEN`: bearer token for `/jobs` and the console's `/api/` (without it they are
+    /// open outside production and disabled in production).
     pub admin_token: Option<Secret>,
     /// `METRICS_TOKEN`: bearer token `/metrics` requires when set (open without it).
     pub metrics_token: Option<Secret>,

@@ -180,6 +180,27 @@ impl Store {
         }
     }
 
+    /// A job's failed attempts (`step_attempts`), oldest first, at most `limit` of them (the
+    /// console's job view).
+    pub async fn attempts(&self, job_id: &str, limit: i64) -> Result<Vec<Attempt>, sqlx::Error> {
+        const SQL: &str = "SELECT attempt, outcome, error, started_at, finished_at, worker_id \
+            FROM step_attempts WHERE job_id = $1 ORDER BY started_at, attempt LIMIT $2";
+        match &self.db {
+            Db::Postgres(p) => {
+                let mut s = p.scope().await?;
+                let rows = sqlx::query_as(SQL)
+                    .bind(job_id)
+                    .bind(limit)
+                    .persistent(s.cache())
+                    .fetch_all(s.conn())
+                    .await?;
+                s.finish().await?;
+                Ok(rows)
+            }
+            Db::Sqlite(p) => sqlx::query_as(SQL).bind(job_id).bind(limit).fetch_all(p).await,
+        }
+    }
+
     /// Writes a batch of outcomes atomically; returns the job ids whose result row this batch
     /// wrote (ids missing from it were already settled by an earlier run).
     pub async fn persist(&self, batch: &Batch) -> Result<Vec<String>, sqlx::Error> {
@@ -207,6 +228,17 @@ pub struct JobResult {
     /// The step's output as JSON text.
     pub output: Option<String>,
     pub error: Option<String>,
+    pub finished_at: chrono::DateTime<chrono::Utc>,
+    pub worker_id: String,
+}
+
+/// One failed, timed-out or panicked attempt as stored in `step_attempts`.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct Attempt {
+    pub attempt: i32,
+    pub outcome: String,
+    pub error: Option<String>,
+    pub started_at: chrono::DateTime<chrono::Utc>,
     pub finished_at: chrono::DateTime<chrono::Utc>,
     pub worker_id: String,
 }
