@@ -36,10 +36,11 @@ fn main() -> ExitCode {
         let _entered = runtime.enter();
         telemetry::init(&config)
     });
+    let shutdown = Shutdown::new();
     let result = runtime.block_on(async {
         match command {
             Command::Run => {
-                let shutdown = Shutdown::new();
+                let shutdown = shutdown.clone();
                 shutdown.listen_for_signals()?;
                 step_worker::worker::run(config, Registry::new(), shutdown).await
             }
@@ -51,9 +52,10 @@ fn main() -> ExitCode {
             other => commands::admin(config, other).await,
         }
     });
-    // Queued spans are flushed (bounded) while the runtime still runs, from this thread.
+    // Queued spans are flushed (bounded) while the runtime still runs, from this thread; not
+    // after a second signal, which asks for the exit now.
     if let Some(telemetry) = telemetry {
-        telemetry.shutdown();
+        telemetry.shutdown(!shutdown.hard.is_cancelled());
     }
     // Dropping the runtime would wait for every blocking task (a DNS lookup of an unreachable
     // resolver, a step that never yields): the drain has already bounded the exit, so this does

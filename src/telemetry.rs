@@ -25,11 +25,12 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Flushes queued spans (bounded by [`crate::trace::export::SHUTDOWN_FLUSH`]). Call it off the
-    /// runtime's threads, before the runtime shuts down.
-    pub fn shutdown(self) {
+    /// Stops the trace export, first flushing queued spans (for at most
+    /// [`crate::trace::export::SHUTDOWN_FLUSH`]) when `flush`. Call it off the runtime's threads,
+    /// before the runtime shuts down.
+    pub fn shutdown(self, flush: bool) {
         if let Some(export) = self.export {
-            export.shutdown();
+            export.shutdown(flush);
         }
     }
 }

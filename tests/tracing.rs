@@ -363,3 +363,152 @@ async fn jobs_complete_while_the_grpc_collector_port_is_closed() {
 async fn jobs_complete_while_the_collector_never_answers() {
     an_unreachable_collector_costs_the_jobs_nothing("http/protobuf", Collector::black_hole()).await;
 }
+
+/// `POST /jobs` and `step-worker enqueue` keep a job's trace context, give the request's (or the
+/// command's) to jobs without one, and refuse a malformed one in a job; a malformed header is
+/// ignored, as a receiver of one must.
+#[tokio::test]
+async fn the_enqueue_paths_keep_the_trace_context() {
+    let env = TestEnv::new().await;
+    let vars: Vec<(String, String)> = env.vars();
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    // Paused, so what was enqueued stays in the ready list to be read.
+    assert!(common::step_worker(&vars, &["pause"]).status.success());
+    let worker = env.start(&[]).await;
+    let url = format!("http://{}/jobs", worker.http_addr.unwrap());
+    let post = |body: serde_json::Value, traceparent: String| {
+        let url = url.clone();
+        async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .header("traceparent", traceparent)
+                .header("tracestate", "vendor=req")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let header = format!("00-{PRODUCER_TRACE}-{PRODUCER_SPAN}-01");
+    let own = "00-11111111111111111111111111111111-2222222222222222-00";
+    let (code, body) = post(
+        json!([
+            {"id": "from-header", "step": "builtin.noop"},
+            {"id": "own", "step": "builtin.noop", "traceparent": own},
+        ]),
+        header.clone(),
+    )
+    .await;
+    assert_eq!(code, 202, "{body}");
+    let (code, body) = post(
+        json!({"id": "bad", "step": "builtin.noop", "traceparent": "00-nope"}),
+        header.clone(),
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("traceparent"), "{body}");
+    let (code, body) = post(json!({"id": "bad-header", "step": "builtin.noop"}), "garbage".into()).await;
+    assert_eq!(code, 202, "{body}");
+
+    let cli = |extra: &[(&str, &str)], args: &[&str]| {
+        let mut all = vars.clone();
+        all.extend_from_slice(extra);
+        common::step_worker(&all, args)
+    };
+    let out = cli(&[("TRACEPARENT", &header)], &["enqueue", r#"{"id":"from-env","step":"builtin.noop"}"#]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cli(&[], &["enqueue", "--traceparent", "00-nope", r#"{"id":"refused","step":"builtin.noop"}"#]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--traceparent"));
+
+    let payloads: HashMap<String, serde_json::Value> = env
+        .ready_payloads()
+        .await
+        .iter()
+        .map(|p| serde_json::from_str::<serde_json::Value>(p).unwrap())
+        .map(|job| (job["id"].as_str().unwrap().to_owned(), job))
+        .collect();
+    assert_eq!(payloads["from-header"]["traceparent"], header.as_str());
+    assert_eq!(payloads["from-header"]["tracestate"], "vendor=req");
+    assert_eq!(payloads["own"]["traceparent"], own);
+    assert!(payloads["own"].get("tracestate").is_none());
+    assert!(payloads["bad-header"].get("traceparent").is_none());
+    assert_eq!(payloads["from-env"]["traceparent"], header.as_str());
+    assert!(!payloads.contains_key("bad") && !payloads.contains_key("refused"));
+    worker.stop().await.unwrap();
+}
+
+/// The throughput figure of docs/tracing.md: jobs a second with tracing off, and with every job
+/// traced to a collector whose port is closed or that never answers, in alternating rounds.
+/// A measurement, not a gate (`cargo test --test tracing -- --ignored --nocapture`): the
+/// assertion only catches an export that stalls the job path.
+#[tokio::test]
+#[ignore]
+async fn throughput_with_an_unreachable_collector_against_tracing_off() {
+    const JOBS: usize = 3000;
+    const ROUNDS: usize = 3;
+    let mut rates: HashMap<&str, Vec<f64>> = HashMap::new();
+    for _ in 0..ROUNDS {
+        for setup in ["off", "closed", "black_hole"] {
+            let env = TestEnv::new().await;
+            let collector = match setup {
+                "black_hole" => Some(Collector::black_hole()),
+                "closed" => Some(Collector::closed()),
+                _ => None,
+            };
+            let endpoint = collector.as_ref().map(|c| format!("http://{}", c.addr));
+            let mut vars = vec![("WORKER_CONCURRENCY", "50")];
+            if let Some(endpoint) = &endpoint {
+                vars.push(("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint));
+            }
+            let ids: Vec<String> = (0..JOBS).map(|i| format!("b{i}")).collect();
+            let payloads: Vec<String> = ids
+                .iter()
+                .map(|id| {
+                    json!({"id": id, "step": "builtin.noop", "traceparent": format!("00-{PRODUCER_TRACE}-{PRODUCER_SPAN}-01")})
+                        .to_string()
+                })
+                .collect();
+            // Enqueued before the worker starts, so the figure is the worker's rate alone.
+            let vars_env: Vec<(String, String)> = env.vars();
+            let mut conn = redis::Client::open(common::redis_url())
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            let queue = vars_env.iter().find(|(k, _)| k == "QUEUE_KEY").unwrap().1.clone();
+            for chunk in payloads.chunks(500) {
+                let _: i64 = redis::AsyncCommands::lpush(&mut conn, &queue, chunk).await.unwrap();
+            }
+            // From the moment it claims (startup and migrations are no part of the rate).
+            let worker = Worker::spawn(&env, &vars);
+            let started = Instant::now();
+            env.wait_count(
+                "every job to succeed",
+                "SELECT count(*) FROM step_results WHERE status = 'succeeded'",
+                JOBS as i64,
+                Duration::from_secs(120),
+            )
+            .await;
+            let rate = JOBS as f64 / started.elapsed().as_secs_f64();
+            rates.entry(setup).or_default().push(rate);
+            assert!(worker.stop().success());
+        }
+    }
+    let median = |v: &Vec<f64>| {
+        let mut v = v.clone();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let off = median(&rates["off"]);
+    for setup in ["off", "closed", "black_hole"] {
+        let m = median(&rates[setup]);
+        eprintln!(
+            "{setup:>10}: median {m:.0} jobs/s ({:+.1} % against off), rounds {:?}",
+            (m / off - 1.0) * 100.0,
+            rates[setup].iter().map(|r| r.round()).collect::<Vec<_>>()
+        );
+        assert!(m > off * 0.5, "{setup}: {m:.0} jobs/s against {off:.0} with tracing off");
+    }
+}
