@@ -120,10 +120,8 @@ pub fn decode(payload: &[u8]) -> Result<Job, (DecodeError, Salvage)> {
         None | Some(Value::Null) => None,
         Some(v) => Some(fields::timeout_ms(&v).map_err(envelope)?),
     };
-    let trace = crate::trace::context::from_fields(
-        map.remove("traceparent").as_ref(),
-        map.remove("tracestate").as_ref(),
-    );
+    let trace =
+        crate::trace::context::from_fields(map.remove("traceparent").as_ref(), map.remove("tracestate").as_ref());
     Ok(Job {
         id,
         step,

@@ -110,7 +110,10 @@ impl Runner {
             correlation_id = %job.correlation_id, attempt, trace_id = Empty, span_id = Empty, outcome = Empty,
             queue.wait_ms = Empty);
         attempt::begin(&span, job.trace.as_ref(), claimed.claimed_at.into());
-        let mut decided = self.run_job(claimed, job, attempt, cancel).instrument(span.clone()).await;
+        let mut decided = self
+            .run_job(claimed, job, attempt, cancel)
+            .instrument(span.clone())
+            .await;
         decided.span = span;
         decided
     }

@@ -18,8 +18,8 @@ use axum::http::HeaderMap;
 use axum::routing::post;
 use common::{KillOnDrop, TestEnv};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use serde_json::json;
@@ -28,13 +28,15 @@ const WAIT: Duration = Duration::from_secs(30);
 const PRODUCER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PRODUCER_SPAN: &str = "00f067aa0ba902b7";
 
+/// `traceparent` and `tracestate` of each step call, by the job id in its body.
+type StepCalls = Arc<Mutex<HashMap<String, (Option<String>, Option<String>)>>>;
+
 /// What the test's collector and step endpoint received.
 #[derive(Clone, Default)]
 struct Received {
     /// Every exported span, with its resource's `service.name`.
     spans: Arc<Mutex<Vec<(String, Span)>>>,
-    /// `traceparent` and `tracestate` of each step call, by the job id in its body.
-    step_calls: Arc<Mutex<HashMap<String, (Option<String>, Option<String>)>>>,
+    step_calls: StepCalls,
 }
 
 impl Received {
@@ -142,7 +144,11 @@ impl Worker {
         // Migrated and claiming: the tests read the results tables from then on.
         let started = Instant::now();
         while !worker.logs().iter().any(|l| l.contains("worker started")) {
-            assert!(started.elapsed() < WAIT, "the worker did not start: {:#?}", worker.logs());
+            assert!(
+                started.elapsed() < WAIT,
+                "the worker did not start: {:#?}",
+                worker.logs()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         worker
@@ -163,7 +169,10 @@ impl Worker {
     /// SIGTERM, then waits for the exit (with its bounded flush of queued spans).
     fn stop(mut self) -> std::process::ExitStatus {
         let pid = self.child.0.id().to_string();
-        std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.0.try_wait().unwrap() {
@@ -194,9 +203,12 @@ async fn attempt_spans_join_the_producers_trace_and_the_step_passes_it_on() {
         ],
     );
     let traceparent = format!("00-{PRODUCER_TRACE}-{PRODUCER_SPAN}-01");
-    env.push(&json!({"id": "traced", "step": "charge", "traceparent": traceparent, "tracestate": "vendor=abc"}).to_string())
+    env.push(
+        &json!({"id": "traced", "step": "charge", "traceparent": traceparent, "tracestate": "vendor=abc"}).to_string(),
+    )
+    .await;
+    env.push(&json!({"id": "untraced", "step": "nowhere"}).to_string())
         .await;
-    env.push(&json!({"id": "untraced", "step": "builtin.noop"}).to_string()).await;
     env.push(&json!({"id": "malformed", "step": "builtin.noop", "traceparent": "00-XYZ-01"}).to_string())
         .await;
     for id in ["traced", "untraced", "malformed"] {
@@ -230,7 +242,10 @@ async fn attempt_spans_join_the_producers_trace_and_the_step_passes_it_on() {
             .map(|(_, s)| s)
             .find(|s| s.name == "step" && s.parent_span_id == job.span_id)
     };
-    common::wait_for("the step span under the attempt", WAIT, || async { step_of(&job).is_some() }).await;
+    common::wait_for("the step span under the attempt", WAIT, || async {
+        step_of(&job).is_some()
+    })
+    .await;
     let step = step_of(&job).unwrap();
     assert_eq!(step.trace_id, job.trace_id);
     assert!(job.end_time_unix_nano >= step.end_time_unix_nano);
@@ -306,7 +321,11 @@ async fn an_unreachable_collector_costs_the_jobs_nothing(protocol: &str, collect
     // would take minutes, not seconds.
     assert!(took < Duration::from_secs(20), "{jobs} jobs took {took:?}");
     eprintln!("{jobs} jobs with an unreachable collector ({protocol}) took {took:?}");
-    let reason = if collector.answers_nothing { "queue_full" } else { "export_failed" };
+    let reason = if collector.answers_nothing {
+        "queue_full"
+    } else {
+        "export_failed"
+    };
     let line = format!(r#"step_worker_trace_spans_dropped_total{{reason="{reason}"}}"#);
     common::wait_for("the undeliverable spans to be counted", WAIT, || async {
         common::metric(&worker.metrics().await, &line).unwrap_or(0.0) >= 1.0
@@ -315,7 +334,11 @@ async fn an_unreachable_collector_costs_the_jobs_nothing(protocol: &str, collect
     // Exit stays bounded: at most the flush's few seconds beyond the drain.
     let stopping = Instant::now();
     assert!(worker.stop().success());
-    assert!(stopping.elapsed() < Duration::from_secs(15), "exit took {:?}", stopping.elapsed());
+    assert!(
+        stopping.elapsed() < Duration::from_secs(15),
+        "exit took {:?}",
+        stopping.elapsed()
+    );
 }
 
 struct Collector {
@@ -372,8 +395,8 @@ async fn the_enqueue_paths_keep_the_trace_context() {
     let env = TestEnv::new().await;
     let vars: Vec<(String, String)> = env.vars();
     let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    // Paused, so what was enqueued stays in the ready list to be read.
-    assert!(common::step_worker(&vars, &["pause"]).status.success());
+    // The jobs name a step nothing handles: each is dead-lettered at once with its payload as
+    // enqueued, which is what this test reads.
     let worker = env.start(&[]).await;
     let url = format!("http://{}/jobs", worker.http_addr.unwrap());
     let post = |body: serde_json::Value, traceparent: String| {
@@ -394,21 +417,21 @@ async fn the_enqueue_paths_keep_the_trace_context() {
     let own = "00-11111111111111111111111111111111-2222222222222222-00";
     let (code, body) = post(
         json!([
-            {"id": "from-header", "step": "builtin.noop"},
-            {"id": "own", "step": "builtin.noop", "traceparent": own},
+            {"id": "from-header", "step": "nowhere"},
+            {"id": "own", "step": "nowhere", "traceparent": own},
         ]),
         header.clone(),
     )
     .await;
     assert_eq!(code, 202, "{body}");
     let (code, body) = post(
-        json!({"id": "bad", "step": "builtin.noop", "traceparent": "00-nope"}),
+        json!({"id": "bad", "step": "nowhere", "traceparent": "00-nope"}),
         header.clone(),
     )
     .await;
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("traceparent"), "{body}");
-    let (code, body) = post(json!({"id": "bad-header", "step": "builtin.noop"}), "garbage".into()).await;
+    let (code, body) = post(json!({"id": "bad-header", "step": "nowhere"}), "garbage".into()).await;
     assert_eq!(code, 202, "{body}");
 
     let cli = |extra: &[(&str, &str)], args: &[&str]| {
@@ -416,17 +439,32 @@ async fn the_enqueue_paths_keep_the_trace_context() {
         all.extend_from_slice(extra);
         common::step_worker(&all, args)
     };
-    let out = cli(&[("TRACEPARENT", &header)], &["enqueue", r#"{"id":"from-env","step":"builtin.noop"}"#]);
+    let out = cli(
+        &[("TRACEPARENT", &header)],
+        &["enqueue", r#"{"id":"from-env","step":"nowhere"}"#],
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = cli(&[], &["enqueue", "--traceparent", "00-nope", r#"{"id":"refused","step":"builtin.noop"}"#]);
+    let out = cli(
+        &[],
+        &[
+            "enqueue",
+            "--traceparent",
+            "00-nope",
+            r#"{"id":"refused","step":"nowhere"}"#,
+        ],
+    );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--traceparent"));
 
+    common::wait_for("the four accepted jobs' dead letters", WAIT, || async {
+        env.dead_letters().await.len() >= 4
+    })
+    .await;
     let payloads: HashMap<String, serde_json::Value> = env
-        .ready_payloads()
+        .dead_letters()
         .await
         .iter()
-        .map(|p| serde_json::from_str::<serde_json::Value>(p).unwrap())
+        .map(|d| serde_json::from_slice::<serde_json::Value>(&d.payload).unwrap())
         .map(|job| (job["id"].as_str().unwrap().to_owned(), job))
         .collect();
     assert_eq!(payloads["from-header"]["traceparent"], header.as_str());
@@ -509,6 +547,9 @@ async fn throughput_with_an_unreachable_collector_against_tracing_off() {
             (m / off - 1.0) * 100.0,
             rates[setup].iter().map(|r| r.round()).collect::<Vec<_>>()
         );
-        assert!(m > off * 0.5, "{setup}: {m:.0} jobs/s against {off:.0} with tracing off");
+        assert!(
+            m > off * 0.5,
+            "{setup}: {m:.0} jobs/s against {off:.0} with tracing off"
+        );
     }
 }

@@ -68,7 +68,11 @@ pub async fn run(admin: &Admin, e: Enqueue) -> anyhow::Result<()> {
             } else {
                 job.clone()
             };
-            vec![prepare_with(text.trim(), e.delay.unwrap_or_default(), e.trace.as_ref())?]
+            vec![prepare_with(
+                text.trim(),
+                e.delay.unwrap_or_default(),
+                e.trace.as_ref(),
+            )?]
         }
         (None, Some(path)) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -122,8 +126,9 @@ pub fn trace_arg(traceparent: Option<String>, tracestate: Option<String>) -> any
         );
     };
     let state = match &tracestate {
-        Some(s) => crate::trace::context::parse_tracestate(s)
-            .ok_or_else(|| anyhow!("--tracestate (TRACESTATE) must be a W3C tracestate (key=value pairs separated by commas)"))?,
+        Some(s) => crate::trace::context::parse_tracestate(s).ok_or_else(|| {
+            anyhow!("--tracestate (TRACESTATE) must be a W3C tracestate (key=value pairs separated by commas)")
+        })?,
         None => Default::default(),
     };
     Ok(Some(crate::trace::context::headers(trace_id, span_id, flags, &state)))

@@ -56,7 +56,9 @@ pub(super) fn parse(raw: &RawEnv) -> Result<Otel, ConfigError> {
         None => None,
         Some(v) => {
             let v = v.trim();
-            let parsed = reqwest::Url::parse(v).ok().filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host());
+            let parsed = reqwest::Url::parse(v)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host());
             if parsed.is_none() {
                 return Err(ConfigError::new(
                     "OTEL_EXPORTER_OTLP_ENDPOINT",
@@ -131,7 +133,8 @@ fn parse_headers(v: &str) -> Result<Vec<(String, Secret)>, ConfigError> {
         if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
             return Err(bad(&format!("the header name {name:?}")));
         }
-        let value = percent_decode(value.trim()).ok_or_else(|| bad(&format!("the value of {name} (not percent-encoded UTF-8)")))?;
+        let value = percent_decode(value.trim())
+            .ok_or_else(|| bad(&format!("the value of {name} (not percent-encoded UTF-8)")))?;
         if reqwest::header::HeaderValue::from_str(&value).is_err() {
             return Err(bad(&format!("the value of {name} (not a valid header value)")));
         }
@@ -215,7 +218,10 @@ mod tests {
         let o = otel(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317/"),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-            ("OTEL_EXPORTER_OTLP_HEADERS", "x-honeycomb-team=abc%3Ddef, Authorization=Bearer%20xyz"),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "x-honeycomb-team=abc%3Ddef, Authorization=Bearer%20xyz",
+            ),
             ("OTEL_SERVICE_NAME", "jobs"),
             ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
             ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
@@ -224,7 +230,10 @@ mod tests {
         assert_eq!(o.endpoint.as_deref(), Some("http://collector:4317"));
         assert_eq!(o.protocol, OtlpProtocol::Grpc);
         let headers: Vec<_> = o.headers.iter().map(|(k, v)| (k.as_str(), v.expose())).collect();
-        assert_eq!(headers, [("x-honeycomb-team", "abc=def"), ("authorization", "Bearer xyz")]);
+        assert_eq!(
+            headers,
+            [("x-honeycomb-team", "abc=def"), ("authorization", "Bearer xyz")]
+        );
         assert_eq!(o.service_name, "jobs");
         assert_eq!(o.sampler, Sampler::ParentBasedTraceIdRatio(0.25));
     }

@@ -92,7 +92,12 @@ impl Step {
         match &self.span {
             Some(span) => {
                 let ids = span.span_context();
-                Some(headers(ids.trace_id(), ids.span_id(), ids.trace_flags(), ids.trace_state()))
+                Some(headers(
+                    ids.trace_id(),
+                    ids.span_id(),
+                    ids.trace_flags(),
+                    ids.trace_state(),
+                ))
             }
             None => remote.map(Remote::headers),
         }

@@ -230,9 +230,16 @@ mod tests {
 
     #[test]
     fn a_bad_tracestate_is_dropped_and_the_traceparent_kept() {
-        for bad in [json!("no-equals-sign"), json!(7), json!(format!("k={}", "v".repeat(600)))] {
+        for bad in [
+            json!("no-equals-sign"),
+            json!(7),
+            json!(format!("k={}", "v".repeat(600))),
+        ] {
             let parsed = parse(json!(VALID), Some(bad.clone()));
-            assert!(parsed.remote.as_ref().is_some_and(|r| r.state == TraceState::default()), "{bad}");
+            assert!(
+                parsed.remote.as_ref().is_some_and(|r| r.state == TraceState::default()),
+                "{bad}"
+            );
             assert!(parsed.ignored.unwrap().contains("tracestate"), "{bad}");
         }
     }

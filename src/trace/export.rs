@@ -110,10 +110,7 @@ pub fn start(config: &Otel) -> anyhow::Result<Option<(SdkTracer, Export)>> {
     .with_batch_config(BatchConfigBuilder::default().with_max_queue_size(QUEUE).build())
     .build();
     let provider = SdkTracerProvider::builder()
-        .with_span_processor(Bounded {
-            inner: batch,
-            pending,
-        })
+        .with_span_processor(Bounded { inner: batch, pending })
         .with_sampler(sampler(config.sampler))
         .with_resource(
             Resource::builder()
