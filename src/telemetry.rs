@@ -82,6 +82,10 @@ pub fn init(config: &Config) -> Telemetry {
                 .with_location(false)
                 .with_target(false)
                 .with_tracked_inactivity(false)
+                // Nothing reads the OpenTelemetry context from the thread (the step span and the
+                // headers take the job span's context explicitly), and activating it costs a
+                // thread-local push on every poll of every job.
+                .with_context_activation(false)
                 // The worker's spans (the attempts) and, as their events, its log lines at info
                 // and above: nothing from libraries.
                 .with_filter(Targets::new().with_target("step_worker", LevelFilter::INFO));

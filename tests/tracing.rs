@@ -553,3 +553,32 @@ async fn throughput_with_an_unreachable_collector_against_tracing_off() {
         );
     }
 }
+
+/// With export off (no `OTEL_EXPORTER_OTLP_ENDPOINT`: this test's in-process worker installs no
+/// tracing layer), the worker records no span, and an HTTP step passes the producer's own
+/// context on unchanged so the endpoint still joins the producer's trace; a job without one
+/// sends none.
+#[tokio::test]
+async fn with_export_off_an_http_step_passes_the_producers_context_through() {
+    let env = TestEnv::new().await;
+    let (addr, received) = receiver().await;
+    let steps = format!("http://{addr}/steps/{{step}}");
+    let worker = env.start(&[("STEP_HANDLER_URL", &steps)]).await;
+    let traceparent = format!("00-{PRODUCER_TRACE}-{PRODUCER_SPAN}-01");
+    env.push(
+        &json!({"id": "through", "step": "charge", "traceparent": traceparent, "tracestate": "vendor=abc"}).to_string(),
+    )
+    .await;
+    env.push(&json!({"id": "none", "step": "charge"}).to_string()).await;
+    for id in ["through", "none"] {
+        assert_eq!(env.wait_result(id, WAIT).await.status, "succeeded");
+    }
+    let calls = received.step_calls.lock().unwrap().clone();
+    assert_eq!(
+        calls["through"],
+        (Some(traceparent.clone()), Some("vendor=abc".to_owned()))
+    );
+    assert_eq!(calls["none"], (None, None));
+    assert!(received.spans().is_empty(), "nothing is exported with export off");
+    worker.stop().await.unwrap();
+}
