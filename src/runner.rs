@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::outcome::{Claimed, Decided, Finished, Settle};
 use crate::redact::Redactor;
 use crate::store::{AttemptRecord, DeadLetterRecord, ResultRecord, Status, stored_json};
-use crate::trace::attempt;
+use crate::trace::attempt as trace;
 
 /// Metric label for payloads that could not be decoded.
 const INVALID: &str = "invalid";
@@ -105,11 +105,11 @@ impl Runner {
         };
         // Counts come from Redis and payloads: never let arithmetic on them panic or wrap.
         let attempt = claimed.failures.saturating_add(1);
-        // The trace fields are filled in by `attempt::begin`, the outcome and wait on the way.
+        // The trace fields are filled in by `trace::begin`, the outcome and wait on the way.
         let span = info_span!("job", job.id = %job.id, job.step = %job.step, run.id = job.run_id.as_deref(),
             correlation_id = %job.correlation_id, attempt, trace_id = Empty, span_id = Empty, outcome = Empty,
             queue.wait_ms = Empty);
-        attempt::begin(&span, job.trace.as_ref(), claimed.claimed_at.into());
+        trace::begin(&span, job.trace.as_ref(), claimed.claimed_at.into());
         let mut decided = self
             .run_job(claimed, job, attempt, cancel)
             .instrument(span.clone())
@@ -126,7 +126,7 @@ impl Runner {
         let Some(handler) = self.registry.resolve(&job.step) else {
             tracing::warn!("no handler for step; dead-lettered");
             let error = format!("unknown step `{}`: no handler is registered for it", job.step);
-            attempt::outcome(&Span::current(), "unknown_step", Some(&error));
+            trace::outcome(&Span::current(), "unknown_step", Some(&error));
             return self.dead(claimed, &job, UNKNOWN.into(), "unknown_step", error, 0, None);
         };
         // Step names come from payloads, and a fallback (HTTP steps) runs any of them: only names
@@ -140,7 +140,7 @@ impl Runner {
         };
         if self.pause.is_step_paused(&job.step) {
             tracing::info!("step paused by an operator; the job waits until it is resumed");
-            attempt::outcome(&Span::current(), "held", None);
+            trace::outcome(&Span::current(), "held", None);
             return Decided {
                 settle: Settle::Hold(job.step.clone()),
                 ..Decided::requeue(label)
@@ -165,7 +165,7 @@ impl Runner {
         let timeout = job
             .timeout
             .map_or(self.config.step_timeout, |t| t.min(self.config.step_timeout_max));
-        let step_span = attempt::Step::start(&Span::current());
+        let step_span = trace::Step::start(&Span::current());
         let ctx = StepContext {
             job_id: job.id.clone(),
             step: job.step.clone(),
@@ -237,7 +237,7 @@ impl Runner {
             Attempt::Interrupted => ("interrupted", None),
         };
         step_span.end(outcome_label, error);
-        attempt::outcome(&Span::current(), outcome_label, error);
+        trace::outcome(&Span::current(), outcome_label, error);
         self.metrics.job(&label, outcome_label);
         self.metrics
             .job_duration
