@@ -67,11 +67,15 @@ async fn reserve_stock(ctx: StepContext, input: Value) -> StepResult {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::from_env()?;
-    telemetry::init(&config);
+    let telemetry = telemetry::init(&config);
     let registry = Registry::new()
         .register("greet", greet)
         .register("stock.reserve", reserve_stock);
     let shutdown = Shutdown::new();
     shutdown.listen_for_signals()?;
-    step_worker::worker::run(config, registry, shutdown).await
+    let result = step_worker::worker::run(config, registry, shutdown).await;
+    // Queued spans (with OTEL_EXPORTER_OTLP_ENDPOINT set) are flushed, for a bounded time, off
+    // the runtime's threads.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown(true)).await;
+    result
 }

@@ -53,6 +53,13 @@ pub enum Command {
         /// Let the jobs enter the queue only after this long (e.g. 30s, 5m).
         #[arg(long, value_parser = humantime::parse_duration)]
         delay: Option<Duration>,
+        /// W3C trace context for jobs without a `traceparent` of their own: the jobs' spans join
+        /// this trace (TRACEPARENT is the OpenTelemetry convention for a process's parent).
+        #[arg(long, env = "TRACEPARENT")]
+        traceparent: Option<String>,
+        /// W3C tracestate to go with --traceparent.
+        #[arg(long, env = "TRACESTATE")]
+        tracestate: Option<String>,
     },
     /// Inspect, replay and purge dead letters.
     Dlq {

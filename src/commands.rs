@@ -83,8 +83,24 @@ pub async fn admin(config: Config, command: Command) -> anyhow::Result<()> {
     let admin = Admin::connect(config).await?;
     match command {
         Command::Stats { json } => admin::stats::run(&admin, json).await,
-        Command::Enqueue { job, file, delay } => {
-            admin::enqueue::run(&admin, admin::enqueue::Enqueue { job, file, delay }).await
+        Command::Enqueue {
+            job,
+            file,
+            delay,
+            traceparent,
+            tracestate,
+        } => {
+            let trace = admin::enqueue::trace_arg(traceparent, tracestate)?;
+            admin::enqueue::run(
+                &admin,
+                admin::enqueue::Enqueue {
+                    job,
+                    file,
+                    delay,
+                    trace,
+                },
+            )
+            .await
         }
         Command::Pause { step } => admin::control::pause(&admin, step.as_deref()).await,
         Command::Resume { step } => admin::control::resume(&admin, step.as_deref()).await,

@@ -27,6 +27,9 @@ pub struct StepContext {
     /// Cancelled when the worker must stop the attempt early (it lost its lease); cooperative
     /// handlers can select on it to clean up.
     pub cancel: CancellationToken,
+    /// The W3C `traceparent` and `tracestate` for the calls the step makes: its own span's while
+    /// trace export is on, else the producer's (`None` when the job carries none).
+    pub trace: Option<crate::trace::TraceHeaders>,
 }
 
 /// Whether a failed attempt may be tried again.

@@ -1,6 +1,8 @@
 //! `POST /jobs`: enqueue one job (a JSON object) or several (an array) over HTTP, validated against
 //! the job contract exactly as `step-worker enqueue` validates them. Either every job is accepted
-//! or none is. `GET /jobs/{id}`: the job's result row, once it has one. Both are protected by
+//! or none is. A request's W3C `traceparent` (and `tracestate`) header goes to the jobs that carry
+//! no `traceparent` field of their own, so an instrumented producer's jobs join its trace with no
+//! change to their bodies. `GET /jobs/{id}`: the job's result row, once it has one. Both are protected by
 //! `ADMIN_TOKEN` (bearer); without a token they are open outside production (the quickstart) and
 //! disabled in production.
 
@@ -31,13 +33,14 @@ pub async fn enqueue(State(s): State<AppState>, headers: HeaderMap, body: axum::
         Value::Array(items) => items,
         other => vec![other],
     };
+    let trace = request_trace(&headers);
     let mut payloads = Vec::with_capacity(jobs.len());
     let mut ids = Vec::with_capacity(jobs.len());
     // Index of each id's first job: a second job with the same id would run, but only the first
     // outcome is kept (the id is the result's primary key), so its output would vanish.
     let mut first = HashMap::with_capacity(jobs.len());
     for (i, job) in jobs.iter().enumerate() {
-        match crate::admin::enqueue::prepare(&job.to_string()) {
+        match crate::admin::enqueue::prepare_with(&job.to_string(), std::time::Duration::ZERO, trace.as_ref()) {
             Ok(p) => {
                 let id = job["id"].as_str().unwrap_or_default();
                 if let Some(earlier) = first.insert(id, i) {
@@ -106,6 +109,21 @@ pub async fn result(State(s): State<AppState>, headers: HeaderMap, Path(id): Pat
             )
         }
     }
+}
+
+/// The request's trace context headers, when the `traceparent` is valid. An invalid one is
+/// ignored, as the specification asks of a receiver: it comes from the producer's tracing
+/// library, and must not cost its jobs (a `tracestate` that does not parse is left out alone).
+fn request_trace(headers: &HeaderMap) -> Option<crate::trace::TraceHeaders> {
+    use crate::trace::context::{headers as trace_headers, parse_traceparent, parse_tracestate};
+    let text = headers.get("traceparent")?.to_str().ok()?;
+    let (trace_id, span_id, flags) = parse_traceparent(text)?;
+    let state = headers
+        .get("tracestate")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_tracestate)
+        .unwrap_or_default();
+    Some(trace_headers(trace_id, span_id, flags, &state))
 }
 
 /// The `ADMIN_TOKEN` rule of every admin endpoint (`/jobs` and the console's `/api`). `Err` is

@@ -30,6 +30,11 @@ pub struct Job {
     pub max_retries: Option<u32>,
     /// 1 ms to [`MAX_TIMEOUT_MS`].
     pub timeout: Option<Duration>,
+    /// The producer's trace context (`traceparent`, `tracestate`), the attempt's parent span.
+    pub trace: Option<crate::trace::Remote>,
+    /// Why the job's `traceparent` or `tracestate` was ignored: a malformed trace context is
+    /// logged and left out, never a reason to dead-letter a job whose work it does not touch.
+    pub trace_ignored: Option<String>,
     /// Fields the contract does not define, kept as the producer sent them.
     pub extra: Map<String, Value>,
 }
@@ -115,6 +120,8 @@ pub fn decode(payload: &[u8]) -> Result<Job, (DecodeError, Salvage)> {
         None | Some(Value::Null) => None,
         Some(v) => Some(fields::timeout_ms(&v).map_err(envelope)?),
     };
+    let trace =
+        crate::trace::context::from_fields(map.remove("traceparent").as_ref(), map.remove("tracestate").as_ref());
     Ok(Job {
         id,
         step,
@@ -124,6 +131,8 @@ pub fn decode(payload: &[u8]) -> Result<Job, (DecodeError, Salvage)> {
         enqueued_at,
         max_retries,
         timeout,
+        trace: trace.remote,
+        trace_ignored: trace.ignored,
         extra: map,
     })
 }

@@ -7,7 +7,8 @@
 //! it together and [`drain`] takes it apart at shutdown; [`http`] serves health and metrics,
 //! and [`console`] the operators' web console on the same port.
 //! [`http_step`] runs steps that have no native handler by calling their HTTP endpoint
-//! (docs/http-steps.md).
+//! (docs/http-steps.md). [`trace`] joins each attempt to its producer's trace and exports the
+//! spans over OTLP when configured (docs/tracing.md).
 //!
 //! Embedding native steps:
 //! ```no_run
@@ -55,6 +56,7 @@ pub mod runner;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod trace;
 pub mod worker;
 
 pub use config::Config;

@@ -31,13 +31,16 @@ fn main() -> ExitCode {
     let command = cli.command.unwrap_or(Command::Run);
     // The daemon and `migrate` (a platform's release command) log; the other commands print.
     let logs = matches!(command, Command::Run | Command::Migrate { .. });
-    if logs {
-        telemetry::init(&config);
-    }
+    // Entered for the gRPC trace exporter, whose channel runs on this runtime.
+    let telemetry = logs.then(|| {
+        let _entered = runtime.enter();
+        telemetry::init(&config)
+    });
+    let shutdown = Shutdown::new();
     let result = runtime.block_on(async {
         match command {
             Command::Run => {
-                let shutdown = Shutdown::new();
+                let shutdown = shutdown.clone();
                 shutdown.listen_for_signals()?;
                 step_worker::worker::run(config, Registry::new(), shutdown).await
             }
@@ -49,6 +52,11 @@ fn main() -> ExitCode {
             other => commands::admin(config, other).await,
         }
     });
+    // Queued spans are flushed (bounded) while the runtime still runs, from this thread; not
+    // after a second signal, which asks for the exit now.
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown(!shutdown.hard.is_cancelled());
+    }
     // Dropping the runtime would wait for every blocking task (a DNS lookup of an unreachable
     // resolver, a step that never yields): the drain has already bounded the exit, so this does
     // not wait longer.

@@ -253,6 +253,7 @@ impl Metrics {
             Box::new(http_step_responses.clone()),
             Box::new(memory_limit),
             Box::new(build_info),
+            Box::new(trace_spans_dropped().clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -361,6 +362,28 @@ impl Metrics {
         }
         out
     }
+}
+
+/// `step_worker_trace_spans_dropped_total`: one counter for the process, not one per [`Metrics`],
+/// because trace export starts with logging, before any worker (and its registry) exists, and
+/// serves every worker the process runs. Each registry exposes the same counter.
+pub fn trace_spans_dropped() -> &'static IntCounterVec {
+    static DROPPED: std::sync::LazyLock<IntCounterVec> = std::sync::LazyLock::new(|| {
+        let dropped = IntCounterVec::new(
+            Opts::new(
+                "step_worker_trace_spans_dropped_total",
+                "Spans not exported, by reason: queue_full (the export queue was full: the collector is slow or unreachable), export_failed (the collector refused or never answered their batch).",
+            ),
+            &["reason"],
+        )
+        .unwrap();
+        // Both series exist from the start, at 0, so a rate() over them works before the first drop.
+        for reason in ["queue_full", "export_failed"] {
+            dropped.with_label_values(&[reason]);
+        }
+        dropped
+    });
+    &DROPPED
 }
 
 /// The cgroup memory limit (v2 `memory.max`, else v1 `memory.limit_in_bytes`); `None` when

@@ -50,6 +50,9 @@ pub struct Finished {
     pub step_label: Arc<str>,
     /// How long the attempt ran (zero when nothing ran): the step's share of the job's time.
     pub ran_for: Duration,
+    /// The attempt's span, kept open until the job is settled, so the commit and the settle are
+    /// part of it ([`crate::trace::attempt`]).
+    pub span: tracing::Span,
 }
 
 /// What the runner decided for a job, before it is joined to the claim it came from (kept apart
@@ -62,6 +65,7 @@ pub struct Decided {
     pub attempt: Option<AttemptRecord>,
     pub step_label: Arc<str>,
     pub ran_for: Duration,
+    pub span: tracing::Span,
 }
 
 impl Decided {
@@ -74,6 +78,7 @@ impl Decided {
             attempt: None,
             step_label,
             ran_for: Duration::ZERO,
+            span: tracing::Span::none(),
         }
     }
 
@@ -86,6 +91,7 @@ impl Decided {
             attempt: self.attempt,
             step_label: self.step_label,
             ran_for: self.ran_for,
+            span: self.span,
         }
     }
 }

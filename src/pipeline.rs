@@ -86,6 +86,10 @@ impl Pipeline {
             } else {
                 crate::failpoint::after_commit();
                 committed = Some(Instant::now());
+                let jobs = items.iter().filter(|f| f.has_rows()).count();
+                for item in items.iter().filter(|f| f.has_rows()) {
+                    crate::trace::attempt::committed(&item.span, jobs);
+                }
             }
         }
         self.settle(items, give_up, committed).await;
@@ -198,6 +202,7 @@ impl Pipeline {
     }
 
     fn count(&self, f: &Finished, owned: bool, committed: Option<Instant>) {
+        crate::trace::attempt::settled(&f.span, if owned { settle_name(&f.settle) } else { "gone" });
         if !owned {
             tracing::debug!(step = %f.step_label, "settle found the job gone from our list (settled before, or rescued)");
             return;
@@ -230,6 +235,16 @@ impl Pipeline {
             Settle::Requeue => self.metrics.job(&f.step_label, "requeued"),
             Settle::Hold(_) => self.metrics.job(&f.step_label, "held"),
         }
+    }
+}
+
+/// How a job left this worker's list, as its span's `settled` event says.
+fn settle_name(settle: &Settle) -> &'static str {
+    match settle {
+        Settle::Done => "done",
+        Settle::Retry(_) => "retry",
+        Settle::Requeue => "requeue",
+        Settle::Hold(_) => "hold",
     }
 }
 

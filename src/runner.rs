@@ -10,7 +10,8 @@ use chrono::Utc;
 use futures::FutureExt;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info_span};
+use tracing::field::Empty;
+use tracing::{Instrument, Span, info_span};
 use uuid::Uuid;
 
 use crate::backoff::retry_delay;
@@ -21,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::outcome::{Claimed, Decided, Finished, Settle};
 use crate::redact::Redactor;
 use crate::store::{AttemptRecord, DeadLetterRecord, ResultRecord, Status, stored_json};
+use crate::trace::attempt as trace;
 
 /// Metric label for payloads that could not be decoded.
 const INVALID: &str = "invalid";
@@ -97,21 +99,34 @@ impl Runner {
                     attempt: None,
                     step_label: INVALID.into(),
                     ran_for: Duration::ZERO,
+                    span: Span::none(),
                 };
             }
         };
         // Counts come from Redis and payloads: never let arithmetic on them panic or wrap.
         let attempt = claimed.failures.saturating_add(1);
+        // The trace fields are filled in by `trace::begin`, the outcome and wait on the way.
         let span = info_span!("job", job.id = %job.id, job.step = %job.step, run.id = job.run_id.as_deref(),
-            correlation_id = %job.correlation_id, attempt);
-        self.run_job(claimed, job, attempt, cancel).instrument(span).await
+            correlation_id = %job.correlation_id, attempt, trace_id = Empty, span_id = Empty, outcome = Empty,
+            queue.wait_ms = Empty);
+        trace::begin(&span, job.trace.as_ref(), claimed.claimed_at.into());
+        let mut decided = self
+            .run_job(claimed, job, attempt, cancel)
+            .instrument(span.clone())
+            .await;
+        decided.span = span;
+        decided
     }
 
     async fn run_job(&self, claimed: &Claimed, mut job: Job, attempt: u32, cancel: CancellationToken) -> Decided {
         crate::failpoint::before_step();
+        if let Some(why) = &job.trace_ignored {
+            tracing::warn!(reason = %why, "the job's trace context, or part of it, was ignored");
+        }
         let Some(handler) = self.registry.resolve(&job.step) else {
             tracing::warn!("no handler for step; dead-lettered");
             let error = format!("unknown step `{}`: no handler is registered for it", job.step);
+            trace::outcome(&Span::current(), "unknown_step", Some(&error));
             return self.dead(claimed, &job, UNKNOWN.into(), "unknown_step", error, 0, None);
         };
         // Step names come from payloads, and a fallback (HTTP steps) runs any of them: only names
@@ -125,6 +140,7 @@ impl Runner {
         };
         if self.pause.is_step_paused(&job.step) {
             tracing::info!("step paused by an operator; the job waits until it is resumed");
+            trace::outcome(&Span::current(), "held", None);
             return Decided {
                 settle: Settle::Hold(job.step.clone()),
                 ..Decided::requeue(label)
@@ -139,6 +155,7 @@ impl Runner {
             .map(|enqueued| (claimed.claimed_at - enqueued).to_std().unwrap_or_default())
             .filter(|wait| *wait <= MAX_PLAUSIBLE_WAIT);
         if let Some(wait) = wait {
+            Span::current().record("queue.wait_ms", wait.as_millis() as u64);
             self.metrics
                 .queue_wait
                 .with_label_values(&[&label])
@@ -148,6 +165,7 @@ impl Runner {
         let timeout = job
             .timeout
             .map_or(self.config.step_timeout, |t| t.min(self.config.step_timeout_max));
+        let step_span = trace::Step::start(&Span::current());
         let ctx = StepContext {
             job_id: job.id.clone(),
             step: job.step.clone(),
@@ -157,6 +175,7 @@ impl Runner {
             max_attempts,
             timeout,
             cancel: cancel.clone(),
+            trace: step_span.headers(job.trace.as_ref()),
         };
         let started_at = Utc::now();
         let clock = std::time::Instant::now();
@@ -212,11 +231,13 @@ impl Runner {
             },
             other => other,
         };
-        let outcome_label = match &result {
-            Attempt::Succeeded(_) => "succeeded",
-            Attempt::Failed { outcome, .. } => outcome,
-            Attempt::Interrupted => "interrupted",
+        let (outcome_label, error) = match &result {
+            Attempt::Succeeded(_) => ("succeeded", None),
+            Attempt::Failed { outcome, error, .. } => (*outcome, Some(error.as_str())),
+            Attempt::Interrupted => ("interrupted", None),
         };
+        step_span.end(outcome_label, error);
+        trace::outcome(&Span::current(), outcome_label, error);
         self.metrics.job(&label, outcome_label);
         self.metrics
             .job_duration
@@ -246,6 +267,7 @@ impl Runner {
                     attempt: None,
                     step_label: label,
                     ran_for: Duration::ZERO,
+                    span: Span::none(),
                 }
             }
             Attempt::Interrupted => {
@@ -287,6 +309,7 @@ impl Runner {
                             attempt: Some(record),
                             step_label: label,
                             ran_for: Duration::ZERO,
+                            span: Span::none(),
                         }
                     }
                 }
@@ -344,6 +367,7 @@ impl Runner {
             attempt,
             step_label: label,
             ran_for: Duration::ZERO,
+            span: Span::none(),
         }
     }
 }

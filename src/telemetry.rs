@@ -1,11 +1,15 @@
 //! Logging setup: JSON lines in production, human-readable elsewhere, filtered by `LOG_LEVEL`;
-//! panics are logged through it too.
+//! panics are logged through it too. Trace export (OTLP) is installed here as one more layer
+//! when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, and only then.
+//!
+//! Each layer has its own filter: `LOG_LEVEL` decides what is logged, not what is traced, so a
+//! worker logging at `warn` still exports every attempt's span.
 
 use std::io::IsTerminal;
 
 use tracing::field::Field;
 use tracing_subscriber::field::MakeExt;
-use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::filter::{FilterExt, LevelFilter, Targets};
 use tracing_subscriber::fmt::FormatFields;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::prelude::*;
@@ -14,15 +18,42 @@ use tracing_subscriber::{EnvFilter, fmt};
 use crate::config::{Config, LogFormat};
 use crate::redact::{Redactor, printable};
 
+/// What [`init`] started that must be stopped at exit: the trace export, when on.
+#[must_use = "dropping it skips the bounded flush of queued spans at exit"]
+pub struct Telemetry {
+    export: Option<crate::trace::export::Export>,
+}
+
+impl Telemetry {
+    /// Stops the trace export, first flushing queued spans (for at most
+    /// [`crate::trace::export::SHUTDOWN_FLUSH`]) when `flush`. Call it off the runtime's threads,
+    /// before the runtime shuts down.
+    pub fn shutdown(self, flush: bool) {
+        if let Some(export) = self.export {
+            export.shutdown(flush);
+        }
+    }
+}
+
 /// Installs the global subscriber: the log format of `LOG_FORMAT`, filtered by `LOG_LEVEL`, plus
-/// a Sentry layer (errors become events, lower levels breadcrumbs) when `SENTRY_DSN` is set.
-/// Safe to call more than once (later calls are ignored), which tests rely on.
-pub fn init(config: &Config) {
-    let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let filter = quiet_server_notices(filter, &config.log_level);
+/// a Sentry layer (errors become events, lower levels breadcrumbs) when `SENTRY_DSN` is set, plus
+/// the OpenTelemetry layer when `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Safe to call more than once
+/// (later calls are ignored), which tests rely on. With gRPC export, call it with a Tokio runtime
+/// entered.
+pub fn init(config: &Config) -> Telemetry {
+    let logs = || {
+        let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+        quiet_server_notices(filter, &config.log_level)
+    };
     let (json, pretty) = match config.log_format {
         LogFormat::Json => (
-            Some(fmt::layer().json().with_current_span(true).with_span_list(false)),
+            Some(
+                fmt::layer()
+                    .json()
+                    .with_current_span(true)
+                    .with_span_list(false)
+                    .with_filter(logs()),
+            ),
             None,
         ),
         // Colour codes only for a terminal: in a file or a platform's log view they are noise.
@@ -32,22 +63,49 @@ pub fn init(config: &Config) {
                 fmt::layer()
                     .with_target(false)
                     .with_ansi(std::io::stdout().is_terminal())
-                    .fmt_fields(escaped_fields()),
+                    .fmt_fields(escaped_fields())
+                    .with_filter(logs()),
             ),
         ),
     };
     let sentry = config.notify.sentry_dsn.is_some().then(|| {
         sentry::integrations::tracing::ErrorLayer::new()
-            .with_filter(LevelFilter::ERROR)
-            .and_then(sentry::integrations::tracing::BreadcrumbLayer::new().with_filter(LevelFilter::INFO))
+            .with_filter(LevelFilter::ERROR.and(logs()))
+            .and_then(sentry::integrations::tracing::BreadcrumbLayer::new().with_filter(LevelFilter::INFO.and(logs())))
     });
+    let (otel, export) = match crate::trace::export::start(&config.otel) {
+        Ok(Some((tracer, export))) => {
+            let layer = tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                // The job's own fields are the attributes; thread and code locations are noise.
+                .with_threads(false)
+                .with_location(false)
+                .with_target(false)
+                .with_tracked_inactivity(false)
+                // Nothing reads the OpenTelemetry context from the thread (the step span and the
+                // headers take the job span's context explicitly), and activating it costs a
+                // thread-local push on every poll of every job.
+                .with_context_activation(false)
+                // The worker's spans (the attempts) and, as their events, its log lines at info
+                // and above: nothing from libraries.
+                .with_filter(Targets::new().with_target("step_worker", LevelFilter::INFO));
+            (Some(layer), Some(export))
+        }
+        Ok(None) => (None, None),
+        Err(e) => {
+            // Logging is not up yet; traces are an aid, never a reason not to run jobs.
+            eprintln!("trace export is off: {}", error_chain(e.as_ref()));
+            (None, None)
+        }
+    };
     let _ = tracing_subscriber::registry()
-        .with(filter)
+        .with(otel)
         .with(json)
         .with(pretty)
         .with(sentry)
         .try_init();
     install_panic_hook(Redactor::new(&config.notify.pii_keys));
+    Telemetry { export }
 }
 
 /// Field formatting for the human format: the default's `name=value` layout with control

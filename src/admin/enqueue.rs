@@ -3,10 +3,11 @@
 use std::io::Read;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use serde_json::Value;
 
 use super::Admin;
+use crate::trace::TraceHeaders;
 
 /// Jobs pushed per Redis command when enqueueing a file.
 const PUSH_BATCH: usize = 1000;
@@ -17,6 +18,9 @@ pub struct Enqueue {
     /// An NDJSON file: one job per line.
     pub file: Option<std::path::PathBuf>,
     pub delay: Option<Duration>,
+    /// `--traceparent` / `TRACEPARENT` (and `--tracestate` / `TRACESTATE`): the trace context
+    /// given to jobs that carry none of their own.
+    pub trace: Option<TraceHeaders>,
 }
 
 /// Validates one job and returns the payload to push: the job as given, with `enqueued_at`
@@ -27,11 +31,26 @@ pub fn prepare(text: &str) -> anyhow::Result<Vec<u8>> {
 }
 
 pub fn prepare_at(text: &str, delay: Duration) -> anyhow::Result<Vec<u8>> {
-    if let Err((e, _)) = crate::job::decode(text.as_bytes()) {
-        bail!("invalid job: {e}");
+    prepare_with(text, delay, None)
+}
+
+/// [`prepare_at`], giving `trace` to a job without a `traceparent` of its own. Unlike the worker,
+/// which ignores a malformed trace context, this refuses it: the producer is there to fix it.
+pub fn prepare_with(text: &str, delay: Duration, trace: Option<&TraceHeaders>) -> anyhow::Result<Vec<u8>> {
+    let job = crate::job::decode(text.as_bytes()).map_err(|(e, _)| anyhow!("invalid job: {e}"))?;
+    if let Some(why) = job.trace_ignored {
+        bail!("invalid job: {why}");
     }
     let mut value: Value = serde_json::from_str(text)?;
     let map = value.as_object_mut().expect("decode accepted an object");
+    if let Some(trace) = trace
+        && !map.contains_key("traceparent")
+    {
+        map.insert("traceparent".into(), trace.traceparent.clone().into());
+        if let Some(state) = &trace.tracestate {
+            map.insert("tracestate".into(), state.clone().into());
+        }
+    }
     map.entry("enqueued_at")
         .or_insert_with(|| Value::from(chrono::Utc::now().timestamp_millis() + delay.as_millis() as i64));
     Ok(serde_json::to_vec(&value)?)
@@ -49,14 +68,18 @@ pub async fn run(admin: &Admin, e: Enqueue) -> anyhow::Result<()> {
             } else {
                 job.clone()
             };
-            vec![prepare_at(text.trim(), e.delay.unwrap_or_default())?]
+            vec![prepare_with(
+                text.trim(),
+                e.delay.unwrap_or_default(),
+                e.trace.as_ref(),
+            )?]
         }
         (None, Some(path)) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
             let mut out = Vec::new();
             for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
                 out.push(
-                    prepare_at(line.trim(), e.delay.unwrap_or_default())
+                    prepare_with(line.trim(), e.delay.unwrap_or_default(), e.trace.as_ref())
                         .with_context(|| format!("{}: line {}", path.display(), n + 1))?,
                 );
             }
@@ -86,4 +109,27 @@ pub async fn run(admin: &Admin, e: Enqueue) -> anyhow::Result<()> {
         None => println!("enqueued {} job(s) on {}", payloads.len(), admin.config.queue_key),
     }
     Ok(())
+}
+
+/// The `--traceparent` and `--tracestate` given to `enqueue`, checked: a malformed one is refused
+/// rather than silently left out of every job.
+pub fn trace_arg(traceparent: Option<String>, tracestate: Option<String>) -> anyhow::Result<Option<TraceHeaders>> {
+    let Some(traceparent) = traceparent else {
+        if tracestate.is_some() {
+            bail!("--tracestate (TRACESTATE) needs a --traceparent (TRACEPARENT)");
+        }
+        return Ok(None);
+    };
+    let Some((trace_id, span_id, flags)) = crate::trace::context::parse_traceparent(&traceparent) else {
+        bail!(
+            "--traceparent (TRACEPARENT) must be a W3C traceparent, 00-<32 hex digits>-<16 hex digits>-<2 hex digits> in lower case, got {traceparent:?}"
+        );
+    };
+    let state = match &tracestate {
+        Some(s) => crate::trace::context::parse_tracestate(s).ok_or_else(|| {
+            anyhow!("--tracestate (TRACESTATE) must be a W3C tracestate (key=value pairs separated by commas)")
+        })?,
+        None => Default::default(),
+    };
+    Ok(Some(crate::trace::context::headers(trace_id, span_id, flags, &state)))
 }

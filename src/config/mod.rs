@@ -7,6 +7,7 @@
 
 mod http_steps;
 mod notify;
+mod otel;
 mod parse;
 mod retention;
 mod secret;
@@ -17,6 +18,7 @@ use serde::Deserialize;
 
 pub use http_steps::HttpSteps;
 pub use notify::Notify;
+pub use otel::{Otel, OtlpProtocol, Sampler};
 pub use parse::{ConfigError, MIN_TOKEN_LEN};
 use parse::{Var, parse_bool, parse_int, parse_one_of, parse_token};
 pub use retention::Retention;
@@ -75,6 +77,12 @@ struct RawEnv {
     step_signing_secret: Option<String>,
     step_response_max_bytes: Option<String>,
     metrics_steps: Option<String>,
+    otel_exporter_otlp_endpoint: Option<String>,
+    otel_exporter_otlp_protocol: Option<String>,
+    otel_exporter_otlp_headers: Option<String>,
+    otel_service_name: Option<String>,
+    otel_traces_sampler: Option<String>,
+    otel_traces_sampler_arg: Option<String>,
 }
 
 /// Where the process runs; production turns on JSON logs and refuses local defaults.
@@ -156,6 +164,8 @@ pub struct Config {
     /// `RESULT_RETENTION` and `RETENTION_CHECK_MS`.
     pub retention: Retention,
     pub notify: Notify,
+    /// Trace export over OTLP (off unless `OTEL_EXPORTER_OTLP_ENDPOINT` is set).
+    pub otel: Otel,
 }
 
 /// Local services on their standard ports: what `cargo run` and the test suite use.
@@ -199,6 +209,7 @@ impl Config {
         let http_steps = http_steps::parse(&raw)?;
         let notify = notify::parse(&raw)?;
         let retention = retention::parse(&raw)?;
+        let otel = otel::parse(&raw)?;
         let queue_driver = parse_queue_driver(raw.queue_driver.as_deref(), raw.redis_url.is_some(), production)?;
         let redis_url = url_var(
             "REDIS_URL",
@@ -354,6 +365,7 @@ impl Config {
             http_steps,
             retention,
             notify,
+            otel,
         })
     }
 
@@ -415,6 +427,7 @@ impl Config {
         lines.extend(self.http_steps.describe());
         lines.extend(self.notify.describe());
         lines.extend(self.retention.describe());
+        lines.extend(self.otel.describe());
         lines
     }
 }

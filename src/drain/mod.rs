@@ -42,7 +42,8 @@ use crate::shutdown::Shutdown;
 use crate::store::Store;
 
 /// How long after `SHUTDOWN_TIMEOUT_MS` the process has exited at the latest, whatever Redis and
-/// Postgres do: the sum of the waits after it (5 + 2 + 1 + 5 + 0.5 s) and the rest to spare. Platforms
+/// Postgres do: the sum of the waits after it (5 + 2 + 1 + 5 + 0.5 s), then in `main.rs` the trace
+/// export's last flush (1 s, when on) and the runtime's shutdown (0.3 s), and the rest to spare. Platforms
 /// must allow at least `SHUTDOWN_TIMEOUT_MS` + this before SIGKILL (docs/deploy.md).
 pub const EXIT_MARGIN: Duration = Duration::from_secs(15);
 /// After a second signal, the drain ends within this; with the runtime's own shutdown (see

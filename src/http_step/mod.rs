@@ -8,7 +8,8 @@
 //!   recognise a retry of work it already did;
 //! - the call gets the attempt's remaining timeout, and its answer is read against a size limit
 //!   ([`response`]);
-//! - native handlers keep precedence: this handler only sees names the registry does not know.
+//! - native handlers keep precedence: this handler only sees names the registry does not know;
+//! - the attempt's W3C `traceparent` (and `tracestate`) go with the call, beside `X-Correlation-Id`.
 
 mod response;
 pub mod route;
@@ -152,6 +153,14 @@ impl Dispatcher {
             .header("idempotency-key", header_value(&ctx.job_id))
             .header("x-correlation-id", header_value(&ctx.correlation_id))
             .header("x-step-attempt", ctx.attempt);
+        // The attempt's trace context, so the endpoint's own spans join the producer's trace.
+        // Both were checked (or made) by the worker: valid header values.
+        if let Some(trace) = &ctx.trace {
+            request = request.header("traceparent", &trace.traceparent);
+            if let Some(state) = &trace.tracestate {
+                request = request.header("tracestate", state);
+            }
+        }
         if let Some(authorization) = self.authorization(&url) {
             request = request.header(AUTHORIZATION, authorization.clone());
         }

@@ -208,3 +208,27 @@ fn fractional_epoch_millis_are_accepted_to_the_microsecond() {
     let negative = ok(r#"{"id":"j","step":"s","enqueued_at":-1.5}"#).enqueued_at.unwrap();
     assert_eq!(negative.timestamp_micros(), -1500);
 }
+
+#[test]
+fn a_traceparent_is_the_jobs_trace_context_not_an_extra_field() {
+    let job = ok(
+        r#"{"id":"j","step":"s","traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01","tracestate":"congo=t61rcWkgMzE"}"#,
+    );
+    let remote = job.trace.expect("a valid traceparent is kept");
+    assert_eq!(remote.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(remote.headers().tracestate.as_deref(), Some("congo=t61rcWkgMzE"));
+    assert_eq!(job.trace_ignored, None);
+    assert!(job.extra.is_empty());
+}
+
+#[test]
+fn a_malformed_trace_context_is_ignored_and_the_job_still_runs() {
+    for bad in [r#""not-a-traceparent""#, "42", r#"{"a":1}"#] {
+        let job = ok(&format!(r#"{{"id":"j","step":"s","traceparent":{bad}}}"#));
+        assert_eq!(job.trace, None, "{bad}");
+        assert!(
+            job.trace_ignored.is_some_and(|why| why.contains("traceparent")),
+            "{bad}"
+        );
+    }
+}
