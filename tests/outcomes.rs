@@ -241,9 +241,12 @@ async fn a_step_that_blocks_past_its_timeout_is_timed_out_whatever_it_returned(e
     // The block stalls this test's one runtime thread, heartbeat included: a deadline well past
     // the block keeps a loaded machine from fencing the worker, which would hand the job back
     // (another fault, tested in the fault suite) instead of recording this attempt.
-    let worker = env.start_with(&[("WORKER_DEADLINE_MS", "10000")], registry).await;
+    // Pushed before the worker starts: the block stalls this runtime, so a push made while it
+    // runs could time out at the client after the server took it, and the helper's one retry
+    // would queue the job twice (two ids alike run twice: a producer's duplicate, not this fault).
     env.push(r#"{"id":"block-1","step":"native.block","timeout_ms":200,"max_retries":1}"#)
         .await;
+    let worker = env.start_with(&[("WORKER_DEADLINE_MS", "10000")], registry).await;
     let row = env.wait_result("block-1", WAIT).await;
     assert_eq!((row.status.as_str(), row.attempts), ("succeeded", 2));
     let attempts = env.attempts("block-1").await;
