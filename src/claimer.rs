@@ -156,7 +156,9 @@ impl Claimer {
                 Ok(r) if r.fenced => return ClaimOutcome::Fenced,
                 Ok(r) => {
                     state.suspect_waiting = r.suspect_waiting;
-                    if !r.jobs.is_empty() || r.suspect_waiting {
+                    self.count_throttled(&r.throttled);
+                    // Jobs moved aside for a cap slot were ready: the queue may hold more.
+                    if !r.jobs.is_empty() || r.suspect_waiting || !r.throttled.is_empty() {
                         let n = r.jobs.len();
                         self.start(r.jobs, slots, &identity);
                         return ClaimOutcome::Claimed(n);
@@ -216,10 +218,22 @@ impl Claimer {
             Ok(r) => {
                 let counters = r.extra.first().copied().unwrap_or_default();
                 state.suspect_waiting = r.suspect_waiting;
+                self.count_throttled(&r.throttled);
                 // A short top-up emptied the queue: the next pass can block at once instead of
                 // first asking again (one command less per job when jobs trickle in). Not when it
-                // stopped short for a suspect.
-                state.queue_was_empty = wanted > 0 && r.jobs.len() < wanted && !r.suspect_waiting && !counters.suspect;
+                // stopped short for a suspect, nor when it moved jobs aside for a cap slot (its
+                // scan is bounded: more may be ready).
+                state.queue_was_empty = wanted > 0
+                    && r.jobs.len() < wanted
+                    && !r.suspect_waiting
+                    && !counters.suspect
+                    && r.throttled.is_empty();
+                if counters.throttled {
+                    // Its step's slots are all held: the claim moved it out of our list to wait.
+                    let n = r.jobs.len();
+                    self.start(r.jobs, slots, &identity);
+                    return ClaimOutcome::Claimed(n);
+                }
                 if counters.suspect {
                     return self.start_alone(payload, counters, slots, &identity, stop).await;
                 }
@@ -232,6 +246,12 @@ impl Claimer {
             }
             // The payload stays in our list unknown to memory; the self-audit hands it back.
             Err(e) => self.failed("claim", e),
+        }
+    }
+
+    fn count_throttled(&self, steps: &[String]) {
+        for step in steps {
+            self.metrics.throttled.with_label_values(&[step, "concurrency"]).inc();
         }
     }
 

@@ -6,6 +6,7 @@
 //! struct of raw strings; parsing happens here so each error can name its variable precisely.
 
 mod http_steps;
+mod limits;
 mod notify;
 mod parse;
 mod secret;
@@ -15,6 +16,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use http_steps::HttpSteps;
+pub use limits::Limits;
 pub use notify::Notify;
 pub use parse::{ConfigError, MIN_TOKEN_LEN};
 use parse::{Var, parse_bool, parse_int, parse_one_of, parse_token};
@@ -71,6 +73,7 @@ struct RawEnv {
     step_signing_secret: Option<String>,
     step_response_max_bytes: Option<String>,
     metrics_steps: Option<String>,
+    step_concurrency: Option<String>,
 }
 
 /// Where the process runs; production turns on JSON logs and refuses local defaults.
@@ -149,6 +152,8 @@ pub struct Config {
     pub commit_backlog: usize,
     /// Dispatch of steps without a native handler to HTTP endpoints (off unless routed).
     pub http_steps: HttpSteps,
+    /// `STEP_CONCURRENCY`: per-step caps across every replica.
+    pub limits: Limits,
     pub notify: Notify,
 }
 
@@ -192,6 +197,7 @@ impl Config {
         // Before the fields below are moved out of `raw`.
         let http_steps = http_steps::parse(&raw)?;
         let notify = notify::parse(&raw)?;
+        let limits = limits::parse(raw.step_concurrency.as_deref())?;
         let queue_driver = parse_queue_driver(raw.queue_driver.as_deref(), raw.redis_url.is_some(), production)?;
         let redis_url = url_var(
             "REDIS_URL",
@@ -345,6 +351,7 @@ impl Config {
                 10_000,
             )? as usize,
             http_steps,
+            limits,
             notify,
         })
     }
@@ -405,6 +412,7 @@ impl Config {
             ("COMMIT_BACKLOG", self.commit_backlog.to_string()),
         ];
         lines.extend(self.http_steps.describe());
+        lines.extend(self.limits.describe());
         lines.extend(self.notify.describe());
         lines
     }

@@ -30,6 +30,8 @@ pub struct Keys {
     /// STRING, a random value written once and never removed: only Redis data loss removes or
     /// replaces it, so a heartbeat can prove (not guess) that a registration was lost.
     pub epoch: String,
+    /// HASH step → cap slots held across every replica (`STEP_CONCURRENCY`).
+    pub cap_used: String,
     proc_prefix: String,
 }
 
@@ -48,6 +50,7 @@ impl Keys {
             paused: format!("{tag}:paused"),
             paused_steps: format!("{tag}:paused_steps"),
             epoch: format!("{tag}:epoch"),
+            cap_used: format!("{tag}:cap_used"),
             proc_prefix: format!("{tag}:proc:"),
         }
     }
@@ -60,6 +63,22 @@ impl Keys {
     /// Jobs of paused step `step`, waiting for `resume --step`.
     pub fn held(&self, step: &str) -> String {
         format!("{}{step}", self.held_prefix())
+    }
+
+    /// HASH of the cap slots worker `wid` holds: sha1(payload) → `<count> <step>`. Per worker,
+    /// so the reaper frees a dead worker's slots with its jobs.
+    pub fn slots(&self, wid: &str) -> String {
+        self.proc_prefix.replace(":proc:", ":slots:") + wid
+    }
+
+    /// The slots HASH of the worker whose in-flight list is `proc`.
+    pub fn slots_of_proc(&self, proc: &str) -> String {
+        self.slots(proc.strip_prefix(&self.proc_prefix).unwrap_or(proc))
+    }
+
+    /// Jobs of capped step `step` waiting for a slot (`STEP_CONCURRENCY`).
+    pub fn throttled(&self, step: &str) -> String {
+        format!("{}{step}", self.proc_prefix.replace(":proc:", ":throttled:"))
     }
 
     pub fn held_prefix(&self) -> String {
@@ -98,6 +117,9 @@ mod tests {
             &k.poison,
             &k.reaper_lock,
             &k.epoch,
+            &k.cap_used,
+            &k.slots("h:1:ab"),
+            &k.throttled("email.send"),
             &k.proc("h:1:ab"),
         ] {
             assert_eq!(hashed_part(key), "step.ready", "{key}");

@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
 
+use super::memory_caps::{Admission, Caps, SCAN_EXTRA};
 use super::{Beat, BeatMode, BeatStatus, ClaimReply, Counters, Depths, Keys, Payload, SettleOp};
 
 /// Due retries moved per promotion, as `scripts::PROMOTE_LIMIT` does for Redis.
@@ -67,6 +68,8 @@ struct State {
     seq: u64,
     /// Failed attempts per payload (the Redis driver keys them by the payload's SHA-1).
     attempts: HashMap<Payload, u32>,
+    /// `STEP_CONCURRENCY`: slots held and jobs waiting for one.
+    caps: Caps,
 }
 
 /// Every memory queue of this process, by queue key, so producers in the process (the HTTP
@@ -106,6 +109,12 @@ impl MemoryQueue {
         self.inner.max_jobs.store(max, Ordering::Relaxed);
     }
 
+    /// Enforces `STEP_CONCURRENCY` on this queue's claims, as `RedisQueue::with_caps` does.
+    pub fn set_caps(&self, limits: &crate::config::Limits) {
+        let caps = limits.concurrency.iter().map(|(s, n)| (s.clone(), *n)).collect();
+        self.state().caps.set(caps);
+    }
+
     // A panic while holding the lock cannot leave the state half-changed in a way that matters
     // more than stopping the whole queue would, so a poisoned lock is simply taken over.
     fn state(&self) -> MutexGuard<'_, State> {
@@ -140,6 +149,9 @@ impl MemoryQueue {
                 ..ClaimReply::default()
             };
         }
+        if !s.caps.is_empty() {
+            return s.claim_capped(proc, n, extra);
+        }
         let mut taken = Vec::with_capacity(n);
         while taken.len() < n {
             let Some(p) = s.ready.pop_back() else { break };
@@ -162,6 +174,7 @@ impl MemoryQueue {
             jobs,
             extra,
             suspect_waiting: false,
+            throttled: Vec::new(),
         }
     }
 
@@ -206,6 +219,10 @@ impl MemoryQueue {
                 };
                 if !s.remove_from(proc, p) {
                     return false;
+                }
+                if let Some(freed) = s.caps.release(proc, p) {
+                    s.ready.push_back(freed);
+                    woke = true;
                 }
                 match op {
                     SettleOp::Done(p) => {
@@ -285,6 +302,8 @@ impl MemoryQueue {
             poison: 0,
             held: 0,
             paused: false,
+            waiting: s.caps.waiting(),
+            caps: s.caps.usage(),
         }
     }
 
@@ -307,7 +326,10 @@ impl MemoryQueue {
     /// queue without room for all of them takes none.
     pub fn push_many<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<(), Full> {
         let mut s = self.state();
-        let held = s.ready.len() + s.delayed.len() + s.procs.values().map(VecDeque::len).sum::<usize>();
+        let held = s.ready.len()
+            + s.delayed.len()
+            + s.procs.values().map(VecDeque::len).sum::<usize>()
+            + s.caps.waiting_len();
         let max = self.inner.max_jobs.load(Ordering::Relaxed);
         if held.saturating_add(payloads.len()) > max {
             return Err(Full {
@@ -342,6 +364,62 @@ impl State {
         Counters {
             failures: self.attempts.get(p).copied().unwrap_or(0),
             suspect: false,
+            throttled: false,
+        }
+    }
+
+    /// claim.lua with caps: jobs over their step's cap wait aside, the batch goes on past them.
+    fn claim_capped(&mut self, proc: &str, n: usize, extra: &[Payload]) -> ClaimReply {
+        let mut throttled = Vec::new();
+        let mut extra_counters = Vec::with_capacity(extra.len());
+        for p in extra {
+            let mut c = self.counters(p);
+            match self.caps.admit(p) {
+                Admission::Free => {}
+                Admission::Slot(step) => self.caps.hold(proc, p, step),
+                Admission::Wait(step) => {
+                    self.remove_from(proc, p);
+                    self.caps.wait(step.clone(), p.clone());
+                    throttled.push(step);
+                    c.throttled = true;
+                }
+            }
+            extra_counters.push(c);
+        }
+        let mut taken = Vec::with_capacity(n);
+        let mut scanned = 0;
+        while taken.len() < n && scanned < n + SCAN_EXTRA {
+            let Some(p) = self.ready.pop_back() else { break };
+            scanned += 1;
+            match self.caps.admit(&p) {
+                Admission::Free => taken.push(p),
+                Admission::Slot(step) => {
+                    self.caps.hold(proc, &p, step);
+                    taken.push(p);
+                }
+                Admission::Wait(step) => {
+                    self.caps.wait(step.clone(), p);
+                    throttled.push(step);
+                }
+            }
+        }
+        let list = self.procs.entry(proc.to_owned()).or_default();
+        for p in &taken {
+            list.push_front(p.clone());
+        }
+        let jobs = taken
+            .into_iter()
+            .map(|p| {
+                let c = self.counters(&p);
+                (p, c)
+            })
+            .collect();
+        ClaimReply {
+            fenced: false,
+            jobs,
+            extra: extra_counters,
+            suspect_waiting: false,
+            throttled,
         }
     }
 

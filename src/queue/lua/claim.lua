@@ -3,11 +3,17 @@
 -- KEYS[1] ready LIST   KEYS[2] proc LIST (this worker's)   KEYS[3] workers ZSET
 -- KEYS[4] attempts HASH (sha1(payload) -> failed attempts so far)
 -- KEYS[5] interrupts HASH (sha1(payload) -> times recovered from a dead worker)
+-- KEYS[6] cap_used HASH (step -> cap slots held by every replica)
+-- KEYS[7] slots HASH (this worker's cap slots: sha1(payload) -> '<count> <step>')
+-- KEYS[8..7+k] throttled LIST of each capped step, in the order of ARGV's pairs
 -- ARGV[1] wid   ARGV[2] n   ARGV[3] suspect threshold (0: no payload is a suspect)
 -- ARGV[4] alone (1: the caller runs nothing else and holds every slot)
--- ARGV[5..] sha1 hex of payloads claimed by BLMOVE
--- Returns {fenced (0|1), {payload, attempts, suspect, ...}, {attempts, suspect for ARGV[5..]},
---          suspect_waiting (0|1)}; suspect is 0|1.
+-- ARGV[5] k, the number of capped steps   ARGV[6..5+2k] (step, cap) pairs
+-- ARGV[6+2k..] the payloads claimed by BLMOVE: their sha1 hex when k = 0, the payloads
+--   themselves when k > 0 (their step decides whether they may run)
+-- Returns {fenced (0|1), {payload, attempts, suspect, ...}, {attempts, suspect, throttled for each
+--          BLMOVE'd payload}, suspect_waiting (0|1), {step of each job moved aside for a slot}};
+--          suspect and throttled are 0|1.
 -- A reaped worker (no longer registered) claims nothing: fencing at the door.
 --
 -- Suspects. A payload recovered from dead workers at least `threshold` times is a suspect: it may
@@ -26,21 +32,73 @@
 -- only reads (one HMGET for the candidates and the BLMOVE'd payloads), so it comes before the
 -- trim. The script is atomic, so nothing can see the payloads between the trim and the push.
 -- The attempt counters are read with one HMGET for the whole batch.
-local err = guard({KEYS[1], 'list', KEYS[2], 'list', KEYS[3], 'zset', KEYS[4], 'hash', KEYS[5], 'hash'})
+--
+-- Caps (STEP_CONCURRENCY). With k = 0 nothing below reads or checks a cap key: the claim costs
+-- what it did before caps existed. With caps, each candidate's step is read with cjson (a payload
+-- that does not decode has no step and so no cap: the runner dead-letters it). A job of a capped
+-- step whose slots are all held is not claimed and is not an attempt: it moves to its step's
+-- throttled list, and the batch goes on past it, so other steps keep flowing. A slot taken is
+-- recorded under the payload's sha1 in this worker's slots hash: settle.lua frees it (and moves
+-- one waiting job of the step back to ready) when the job leaves our list, reap.lua frees all of
+-- a dead worker's slots. The scan looks up to SCAN_EXTRA candidates beyond n, so a backlog of
+-- waiting jobs ahead of other work is moved aside in a few claims, not one per claim.
+-- A BLMOVE'd payload over its cap leaves our list for the throttled list (reply: throttled = 1).
+local SCAN_EXTRA = 256
+local k = tonumber(ARGV[5])
+local wanted = {KEYS[1], 'list', KEYS[2], 'list', KEYS[3], 'zset', KEYS[4], 'hash', KEYS[5], 'hash'}
+if k > 0 then
+  wanted[#wanted + 1] = KEYS[6]
+  wanted[#wanted + 1] = 'hash'
+  wanted[#wanted + 1] = KEYS[7]
+  wanted[#wanted + 1] = 'hash'
+  for i = 1, k do
+    wanted[#wanted + 1] = KEYS[7 + i]
+    wanted[#wanted + 1] = 'list'
+  end
+end
+local err = guard(wanted)
 if err then return err end
-if not redis.call('ZSCORE', KEYS[3], ARGV[1]) then return {1, {}, {}, 0} end
+if not redis.call('ZSCORE', KEYS[3], ARGV[1]) then return {1, {}, {}, 0, {}} end
 local n = tonumber(ARGV[2])
 local threshold = tonumber(ARGV[3])
 local alone = ARGV[4] == '1'
+local caps = {}
+for i = 1, k do
+  caps[ARGV[4 + 2 * i]] = {cap = tonumber(ARGV[5 + 2 * i]), list = KEYS[7 + i]}
+end
+-- The cap of a payload's step, or nil: uncapped, or no step to read.
+local function cap_of(p)
+  local ok, job = pcall(cjson.decode, p)
+  if ok and type(job) == 'table' and type(job.step) == 'string' then
+    local c = caps[job.step]
+    if c then
+      c.step = job.step
+      if not c.used then c.used = tonumber(redis.call('HGET', KEYS[6], job.step) or '0') end
+    end
+    return c
+  end
+end
+-- Whether a payload may run now; counts the slot it takes.
+local function admit(c)
+  if not c then return true end
+  if c.used >= c.cap then return false end
+  c.used = c.used + 1
+  return true
+end
 local candidates = {}
 if n > 0 then
-  local tail = redis.call('LRANGE', KEYS[1], -n, -1)
+  local scan = n
+  if k > 0 then scan = n + SCAN_EXTRA end
+  local tail = redis.call('LRANGE', KEYS[1], -scan, -1)
   -- tail[#tail] is the rightmost (oldest) payload: it is claimed first.
   for i = #tail, 1, -1 do candidates[#candidates + 1] = tail[i] end
 end
+local first_extra = 6 + 2 * k
 local sums = {}
 for i, p in ipairs(candidates) do sums[i] = redis.sha1hex(p) end
-for i = 5, #ARGV do sums[#sums + 1] = ARGV[i] end
+for i = first_extra, #ARGV do
+  if k > 0 then sums[#sums + 1] = redis.sha1hex(ARGV[i]) else sums[#sums + 1] = ARGV[i] end
+end
 local suspect = {}
 if threshold > 0 and #sums > 0 then
   local counts = redis.call('HMGET', KEYS[5], unpack(sums))
@@ -48,42 +106,86 @@ if threshold > 0 and #sums > 0 then
 end
 -- The BLMOVE'd payloads are the batch's first members.
 local blmoved, blmoved_suspect = #sums - #candidates, false
+local slotted, waits, extra_waits = {}, {}, {}
 for i = #candidates + 1, #sums do
   if suspect[i] then blmoved_suspect = true end
+  if k > 0 then
+    local p = ARGV[first_extra + i - #candidates - 1]
+    local c = cap_of(p)
+    if admit(c) then
+      if c then slotted[#slotted + 1] = {i, c} end
+    else
+      extra_waits[i] = true
+      waits[#waits + 1] = {p, c}
+    end
+  end
 end
-local taken, waiting = {}, 0
+-- taken: candidate indexes, oldest first; consumed: candidates leaving ready (taken or waiting).
+local taken, consumed, waiting = {}, 0, 0
 if not blmoved_suspect then
   for i, p in ipairs(candidates) do
+    if #taken >= n then break end
+    local c
+    if k > 0 then c = cap_of(p) end
     if suspect[i] then
       if alone and blmoved == 0 and #taken == 0 then
-        taken[1] = p
+        if admit(c) then
+          taken[1] = i
+          if c then slotted[#slotted + 1] = {i, c} end
+        else
+          waits[#waits + 1] = {p, c}
+        end
+        consumed = i
       else
         waiting = 1
       end
       break
     end
-    taken[#taken + 1] = p
+    if admit(c) then
+      taken[#taken + 1] = i
+      if c then slotted[#slotted + 1] = {i, c} end
+    else
+      waits[#waits + 1] = {p, c}
+    end
+    consumed = i
   end
 end
+for i in pairs(extra_waits) do
+  redis.call('LREM', KEYS[2], 1, ARGV[first_extra + i - #candidates - 1])
+end
+if consumed > 0 then redis.call('LTRIM', KEYS[1], 0, -consumed - 1) end
 if #taken > 0 then
-  redis.call('LTRIM', KEYS[1], 0, -#taken - 1)
-  redis.call('LPUSH', KEYS[2], unpack(taken))
+  local payloads = {}
+  for j, i in ipairs(taken) do payloads[j] = candidates[i] end
+  redis.call('LPUSH', KEYS[2], unpack(payloads))
+end
+local throttled = {}
+for _, w in ipairs(waits) do
+  redis.call('LPUSH', w[2].list, w[1])
+  throttled[#throttled + 1] = w[2].step
+end
+for _, s in ipairs(slotted) do
+  local sum, step = sums[s[1]], s[2].step
+  redis.call('HINCRBY', KEYS[6], step, 1)
+  local held = tonumber(string.match(redis.call('HGET', KEYS[7], sum) or '0', '^%d+') or '0')
+  redis.call('HSET', KEYS[7], sum, (held + 1) .. ' ' .. step)
 end
 local fields = {}
-for i = 1, #taken do fields[i] = sums[i] end
+for j, i in ipairs(taken) do fields[j] = sums[i] end
 for i = #candidates + 1, #sums do fields[#fields + 1] = sums[i] end
 local counts = {}
 if #fields > 0 then counts = redis.call('HMGET', KEYS[4], unpack(fields)) end
 local function flag(i) return suspect[i] and 1 or 0 end
 local out = {}
-for i, p in ipairs(taken) do
-  out[#out + 1] = p
-  out[#out + 1] = tonumber(counts[i] or '0')
+for j, i in ipairs(taken) do
+  out[#out + 1] = candidates[i]
+  out[#out + 1] = tonumber(counts[j] or '0')
   out[#out + 1] = flag(i)
 end
 local extra = {}
 for i = #candidates + 1, #sums do
   extra[#extra + 1] = tonumber(counts[#taken + i - #candidates] or '0')
   extra[#extra + 1] = flag(i)
+  extra[#extra + 1] = extra_waits[i] and 1 or 0
 end
-return {0, out, extra, waiting}
+return {0, out, extra, waiting, throttled}
