@@ -35,7 +35,7 @@ use crate::inflight::InFlight;
 use crate::lease::{Identity, Lease};
 use crate::metrics::Metrics;
 use crate::outcome::{Claimed, Finished};
-use crate::queue::{Blocking, Counters, Payload, Queue, SettleOp, Suspects};
+use crate::queue::{Blocking, ClaimReply, Counters, Payload, Queue, SettleOp, Suspects};
 use crate::runner::Runner;
 
 /// Pause after a failed claim before trying again.
@@ -60,6 +60,8 @@ pub struct Claimer {
     /// The blocking connection's server-side id, for `CLIENT UNBLOCK` at shutdown (0: none).
     pub blocking_id: Arc<AtomicI64>,
     pub pause: Arc<crate::pause::Pause>,
+    /// Told when jobs moved aside for a rate may start, so they are woken on time.
+    pub promoter: Arc<crate::maintenance::Promoter>,
 }
 
 /// What the claim loop carries from one pass to the next.
@@ -156,7 +158,7 @@ impl Claimer {
                 Ok(r) if r.fenced => return ClaimOutcome::Fenced,
                 Ok(r) => {
                     state.suspect_waiting = r.suspect_waiting;
-                    self.count_throttled(&r.throttled);
+                    self.count_throttled(&r);
                     // Jobs moved aside for a cap slot were ready: the queue may hold more.
                     if !r.jobs.is_empty() || r.suspect_waiting || !r.throttled.is_empty() {
                         let n = r.jobs.len();
@@ -218,7 +220,7 @@ impl Claimer {
             Ok(r) => {
                 let counters = r.extra.first().copied().unwrap_or_default();
                 state.suspect_waiting = r.suspect_waiting;
-                self.count_throttled(&r.throttled);
+                self.count_throttled(&r);
                 // A short top-up emptied the queue: the next pass can block at once instead of
                 // first asking again (one command less per job when jobs trickle in). Not when it
                 // stopped short for a suspect, nor when it moved jobs aside for a cap slot (its
@@ -249,9 +251,13 @@ impl Claimer {
         }
     }
 
-    fn count_throttled(&self, steps: &[String]) {
-        for step in steps {
-            self.metrics.throttled.with_label_values(&[step, "concurrency"]).inc();
+    /// Counts the jobs a claim moved aside, and wakes the promoter when a rate lets them start.
+    fn count_throttled(&self, r: &ClaimReply) {
+        for (step, reason) in &r.throttled {
+            self.metrics.throttled.with_label_values(&[step, reason]).inc();
+        }
+        if let Some(wake) = r.rate_wake {
+            self.promoter.schedule(wake);
         }
     }
 

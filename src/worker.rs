@@ -250,6 +250,7 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
         tasks: tasks.clone(),
         blocking_id: blocking_id.clone(),
         pause,
+        promoter: promoter.clone(),
     };
     let claim_stop = CancellationToken::new();
     let claimer_task = tokio::spawn(claimer.run(claim_stop.clone()));

@@ -205,7 +205,6 @@ async fn a_capped_step_waits_for_its_slot_while_other_steps_run(env: TestEnv) {
     worker.stop().await.unwrap();
 }
 
-on_each_driver!(a_capped_step_waits_for_its_slot_while_other_steps_run);
 
 #[test]
 fn an_invalid_cap_stops_startup_naming_the_variable_and_the_entry() {
@@ -219,3 +218,71 @@ fn an_invalid_cap_stops_startup_naming_the_variable_and_the_entry() {
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(stdout.contains("STEP_CONCURRENCY=charge=2,email.send=5"), "{stdout}");
 }
+
+/// The most starts in any window of `window` beginning at a start.
+fn busiest_window(intervals: &[(DateTime<Utc>, DateTime<Utc>)], window: Duration) -> usize {
+    let starts: Vec<DateTime<Utc>> = intervals.iter().map(|(s, _)| *s).collect();
+    let window = chrono::Duration::from_std(window).unwrap();
+    starts
+        .iter()
+        .map(|s| starts.iter().filter(|t| **t >= *s && **t < *s + window).count())
+        .max()
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_rate_limited_step_starts_at_its_rate_across_three_replicas() {
+    let env = TestEnv::new().await;
+    let limit = [("STEP_RATE_LIMITS", "builtin.noop=20/1s")];
+    let replicas: Vec<Replica> = (0..3).map(|_| Replica::spawn(&env, &limit)).collect();
+    common::wait_for("three replicas to register", WAIT, || async { env.live_workers().await == 3 }).await;
+    for i in 0..200 {
+        env.push_job(&format!("noop-{i}"), "builtin.noop", json!({})).await;
+    }
+    env.wait_count("200 results", "SELECT count(*) FROM step_results", 200, WAIT)
+        .await;
+    drop(replicas);
+    let starts = intervals(&env, "builtin.noop").await;
+    // 20 a second with a burst of 2 (a tenth of a second's starts): any second holds at most
+    // 20 + 2 - 1 starts as Redis admits them, plus one for the few ms between admission and the
+    // recorded start.
+    let busiest = busiest_window(&starts, Duration::from_secs(1));
+    assert!(busiest <= 22, "{busiest} starts in one second");
+    assert!(busiest >= 19, "the rate is used: {busiest} starts in the busiest second");
+    // Two at once, then one every 50 ms: the last start 198 × 50 ms = 9.9 s after the first.
+    let took = (starts.last().unwrap().0 - starts[0].0).to_std().unwrap();
+    eprintln!("200 starts at 20/s across 3 replicas: {took:?}, busiest second {busiest}");
+    assert!(
+        took >= Duration::from_millis(8_910) && took <= Duration::from_millis(10_890),
+        "200 starts at 20/s took {took:?}"
+    );
+    assert_eq!(env.count("SELECT count(*) FROM step_attempts").await, 0, "waiting is not an attempt");
+}
+
+/// The rate on either driver, with one worker.
+async fn a_rate_limited_step_waits_for_its_start(env: TestEnv) {
+    let worker = env.start(&[("STEP_RATE_LIMITS", "builtin.noop=20/1s")]).await;
+    for i in 0..30 {
+        env.push_job(&format!("noop-{i}"), "builtin.noop", json!({})).await;
+    }
+    env.push_job("sleep", "builtin.sleep", json!({"ms": 1})).await;
+    env.wait_count("31 results", "SELECT count(*) FROM step_results", 31, WAIT)
+        .await;
+    let starts = intervals(&env, "builtin.noop").await;
+    let took = (starts.last().unwrap().0 - starts[0].0).to_std().unwrap();
+    assert!(
+        took >= Duration::from_millis(1_260) && took <= Duration::from_millis(1_700),
+        "30 starts at 20/s took {took:?}"
+    );
+    assert!(busiest_window(&starts, Duration::from_secs(1)) <= 22);
+    let (_, metrics) = common::get(&format!("http://{}/metrics", worker.http_addr.unwrap())).await;
+    let throttled = common::metric(&metrics, "step_worker_throttled_total{reason=\"rate\",step=\"builtin.noop\"}")
+        .unwrap_or(0.0);
+    assert!(throttled >= 28.0, "{metrics}");
+    worker.stop().await.unwrap();
+}
+
+on_each_driver!(
+    a_capped_step_waits_for_its_slot_while_other_steps_run,
+    a_rate_limited_step_waits_for_its_start
+);

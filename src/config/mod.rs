@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use http_steps::HttpSteps;
-pub use limits::Limits;
+pub use limits::{Limits, Rate};
 pub use notify::Notify;
 pub use parse::{ConfigError, MIN_TOKEN_LEN};
 use parse::{Var, parse_bool, parse_int, parse_one_of, parse_token};
@@ -74,6 +74,7 @@ struct RawEnv {
     step_response_max_bytes: Option<String>,
     metrics_steps: Option<String>,
     step_concurrency: Option<String>,
+    step_rate_limits: Option<String>,
 }
 
 /// Where the process runs; production turns on JSON logs and refuses local defaults.
@@ -152,7 +153,7 @@ pub struct Config {
     pub commit_backlog: usize,
     /// Dispatch of steps without a native handler to HTTP endpoints (off unless routed).
     pub http_steps: HttpSteps,
-    /// `STEP_CONCURRENCY`: per-step caps across every replica.
+    /// `STEP_CONCURRENCY`, `STEP_RATE_LIMITS`: per-step caps and rates across every replica.
     pub limits: Limits,
     pub notify: Notify,
 }
@@ -197,7 +198,7 @@ impl Config {
         // Before the fields below are moved out of `raw`.
         let http_steps = http_steps::parse(&raw)?;
         let notify = notify::parse(&raw)?;
-        let limits = limits::parse(raw.step_concurrency.as_deref())?;
+        let limits = limits::parse(raw.step_concurrency.as_deref(), raw.step_rate_limits.as_deref())?;
         let queue_driver = parse_queue_driver(raw.queue_driver.as_deref(), raw.redis_url.is_some(), production)?;
         let redis_url = url_var(
             "REDIS_URL",

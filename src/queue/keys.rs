@@ -32,6 +32,10 @@ pub struct Keys {
     pub epoch: String,
     /// HASH step → cap slots held across every replica (`STEP_CONCURRENCY`).
     pub cap_used: String,
+    /// HASH step → GCRA theoretical arrival time, ms (`STEP_RATE_LIMITS`).
+    pub rate_tat: String,
+    /// ZSET step → when its jobs waiting on the rate are woken, ms.
+    pub rate_wake: String,
     proc_prefix: String,
 }
 
@@ -51,6 +55,8 @@ impl Keys {
             paused_steps: format!("{tag}:paused_steps"),
             epoch: format!("{tag}:epoch"),
             cap_used: format!("{tag}:cap_used"),
+            rate_tat: format!("{tag}:rate_tat"),
+            rate_wake: format!("{tag}:rate_wake"),
             proc_prefix: format!("{tag}:proc:"),
         }
     }
@@ -79,6 +85,11 @@ impl Keys {
     /// Jobs of capped step `step` waiting for a slot (`STEP_CONCURRENCY`).
     pub fn throttled(&self, step: &str) -> String {
         format!("{}{step}", self.proc_prefix.replace(":proc:", ":throttled:"))
+    }
+
+    /// Jobs of rate-limited step `step` waiting for their start (`STEP_RATE_LIMITS`).
+    pub fn rate_waiting(&self, step: &str) -> String {
+        format!("{}{step}", self.proc_prefix.replace(":proc:", ":rate_waiting:"))
     }
 
     pub fn held_prefix(&self) -> String {
@@ -118,6 +129,9 @@ mod tests {
             &k.reaper_lock,
             &k.epoch,
             &k.cap_used,
+            &k.rate_tat,
+            &k.rate_wake,
+            &k.rate_waiting("email.send"),
             &k.slots("h:1:ab"),
             &k.throttled("email.send"),
             &k.proc("h:1:ab"),

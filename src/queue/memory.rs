@@ -76,6 +76,13 @@ struct State {
 /// server, tests, an embedding application) reach the queue the worker claims from.
 static QUEUES: LazyLock<Mutex<HashMap<String, MemoryQueue>>> = LazyLock::new(Default::default);
 
+/// Now in ms with a fraction, for the rates' GCRA (an interval may be a fraction of a ms).
+fn now_ms_precise() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -111,8 +118,7 @@ impl MemoryQueue {
 
     /// Enforces `STEP_CONCURRENCY` on this queue's claims, as `RedisQueue::with_caps` does.
     pub fn set_caps(&self, limits: &crate::config::Limits) {
-        let caps = limits.concurrency.iter().map(|(s, n)| (s.clone(), *n)).collect();
-        self.state().caps.set(caps);
+        self.state().caps.set(limits);
     }
 
     // A panic while holding the lock cannot leave the state half-changed in a way that matters
@@ -175,6 +181,7 @@ impl MemoryQueue {
             extra,
             suspect_waiting: false,
             throttled: Vec::new(),
+            rate_wake: None,
         }
     }
 
@@ -370,17 +377,19 @@ impl State {
 
     /// claim.lua with caps: jobs over their step's cap wait aside, the batch goes on past them.
     fn claim_capped(&mut self, proc: &str, n: usize, extra: &[Payload]) -> ClaimReply {
+        let now = now_ms_precise();
+        let mut wake: Option<f64> = None;
         let mut throttled = Vec::new();
         let mut extra_counters = Vec::with_capacity(extra.len());
         for p in extra {
             let mut c = self.counters(p);
-            match self.caps.admit(p) {
+            match self.caps.admit(p, now) {
                 Admission::Free => {}
                 Admission::Slot(step) => self.caps.hold(proc, p, step),
-                Admission::Wait(step) => {
+                Admission::Wait(step, reason) => {
                     self.remove_from(proc, p);
-                    self.caps.wait(step.clone(), p.clone());
-                    throttled.push(step);
+                    self.park(step.clone(), reason, p.clone(), &mut wake);
+                    throttled.push((step, reason.to_owned()));
                     c.throttled = true;
                 }
             }
@@ -391,15 +400,15 @@ impl State {
         while taken.len() < n && scanned < n + SCAN_EXTRA {
             let Some(p) = self.ready.pop_back() else { break };
             scanned += 1;
-            match self.caps.admit(&p) {
+            match self.caps.admit(&p, now) {
                 Admission::Free => taken.push(p),
                 Admission::Slot(step) => {
                     self.caps.hold(proc, &p, step);
                     taken.push(p);
                 }
-                Admission::Wait(step) => {
-                    self.caps.wait(step.clone(), p);
-                    throttled.push(step);
+                Admission::Wait(step, reason) => {
+                    self.park(step.clone(), reason, p, &mut wake);
+                    throttled.push((step, reason.to_owned()));
                 }
             }
         }
@@ -420,6 +429,18 @@ impl State {
             extra: extra_counters,
             suspect_waiting: false,
             throttled,
+            rate_wake: wake.map(|at| Duration::from_micros(((at - now).max(0.0) * 1000.0) as u64)),
+        }
+    }
+
+    /// Parks a job that may not run now in its step's waiting list for `reason`.
+    fn park(&mut self, step: String, reason: &str, p: Payload, wake: &mut Option<f64>) {
+        match reason {
+            "rate" => {
+                let at = self.caps.wait_rate(step, p);
+                *wake = Some(wake.map_or(at, |w| w.min(at)));
+            }
+            _ => self.caps.wait(step, p),
         }
     }
 
@@ -444,6 +465,9 @@ impl State {
 
     /// Due retries go to the producer end: they wait behind jobs already queued.
     fn promote(&mut self, now: u64) -> usize {
+        let woken = self.caps.wake_rates(now_ms_precise());
+        let rate_woken = woken.len();
+        self.ready.extend(woken);
         let mut moved = 0;
         while moved < PROMOTE_LIMIT {
             match self.delayed.first_entry() {
@@ -455,14 +479,17 @@ impl State {
                 _ => break,
             }
         }
-        moved
+        moved + rate_woken
     }
 
     fn next_due(&self, now: u64) -> Option<Duration> {
-        self.delayed
-            .keys()
-            .next()
-            .map(|(due, _)| Duration::from_millis(due.saturating_sub(now)))
+        let retry = self.delayed.keys().next().map(|(due, _)| *due);
+        let wake = self.caps.next_wake().map(|at| at.ceil().max(0.0) as u64);
+        [retry, wake]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|due| Duration::from_millis(due.saturating_sub(now)))
     }
 }
 

@@ -114,9 +114,11 @@ pub struct ClaimReply {
     pub extra: Vec<Counters>,
     /// The next ready payload is a suspect the claim left in the queue: claim again alone.
     pub suspect_waiting: bool,
-    /// The step of each job the claim moved aside to wait for a cap slot (`STEP_CONCURRENCY`):
-    /// the ready list was not empty even if nothing was claimed.
-    pub throttled: Vec<String>,
+    /// The step and reason (`concurrency`, `rate`) of each job the claim moved aside to wait on
+    /// a flow limit: the ready list was not empty even if nothing was claimed.
+    pub throttled: Vec<(String, String)>,
+    /// When the jobs this claim moved aside for a rate may start: the promoter wakes then.
+    pub rate_wake: Option<Duration>,
 }
 
 /// One settle operation, applied only if the payload is still in the worker's list.
@@ -142,8 +144,8 @@ pub struct Depths {
     pub poison: u64,
     pub held: u64,
     pub paused: bool,
-    /// Jobs waiting for a cap slot, per capped step (`STEP_CONCURRENCY`).
-    pub waiting: Vec<(String, u64)>,
+    /// Jobs waiting on a flow limit, per limited step and reason (`concurrency`, `rate`).
+    pub waiting: Vec<(String, &'static str, u64)>,
     /// Per capped step: slots held across every replica, and the cap.
     pub caps: Vec<(String, u32, u32)>,
 }
@@ -159,6 +161,8 @@ pub struct RedisQueue {
     epoch: Arc<std::sync::Mutex<String>>,
     /// `STEP_CONCURRENCY`, as the scripts take it (empty: no cap, and the scripts skip caps).
     caps: Arc<Vec<(String, u32)>>,
+    /// `STEP_RATE_LIMITS` as (step, interval ms, burst) (empty: the scripts skip rates).
+    rates: Arc<Vec<(String, f64, u32)>>,
 }
 
 impl RedisQueue {
@@ -179,14 +183,26 @@ impl RedisQueue {
             scripts: Arc::new(Scripts::new()),
             epoch: Arc::default(),
             caps: Arc::default(),
+            rates: Arc::default(),
         })
     }
 
-    /// Enforces `caps` (step → most attempts at once across every replica) on this queue's
-    /// claims. Every replica sharing the queue must be given the same caps.
-    pub fn with_caps(mut self, caps: &crate::config::Limits) -> Self {
-        self.caps = Arc::new(caps.concurrency.iter().map(|(s, n)| (s.clone(), *n)).collect());
+    /// Enforces `limits` (per step: most attempts at once, most starts per period, across every
+    /// replica) on this queue's claims. Every replica sharing the queue must be given the same.
+    pub fn with_caps(mut self, limits: &crate::config::Limits) -> Self {
+        self.caps = Arc::new(limits.concurrency.iter().map(|(s, n)| (s.clone(), *n)).collect());
+        self.rates = Arc::new(
+            limits
+                .rates
+                .iter()
+                .map(|(s, r)| (s.clone(), r.interval_ms(), r.burst()))
+                .collect(),
+        );
         self
+    }
+
+    fn is_limited(&self) -> bool {
+        !self.caps.is_empty() || !self.rates.is_empty()
     }
 
     /// Whether this is a Redis Cluster.
@@ -279,6 +295,10 @@ impl RedisQueue {
         for (step, cap) in self.caps.iter() {
             inv.key(k.throttled(step)).arg(step).arg(*cap);
         }
+        inv.key(&k.rate_tat).key(&k.rate_wake).arg(self.rates.len());
+        for (step, interval, burst) in self.rates.iter() {
+            inv.key(k.rate_waiting(step)).arg(step).arg(*interval).arg(*burst);
+        }
         let (status, next_due, reap, poison, paused, paused_steps, epoch): (
             i64,
             i64,
@@ -340,15 +360,30 @@ impl RedisQueue {
         for (step, cap) in self.caps.iter() {
             inv.key(k.throttled(step)).arg(step).arg(*cap);
         }
+        inv.key(&k.rate_tat).key(&k.rate_wake).arg(self.rates.len());
+        for (step, interval, burst) in self.rates.iter() {
+            inv.key(k.rate_waiting(step)).arg(step).arg(*interval).arg(*burst);
+        }
         for p in extra {
-            // With caps the script reads the payload's step; without, its sha1 is all it needs.
-            match self.caps.is_empty() {
-                true => inv.arg(sha1_hex(p)),
-                false => inv.arg(&p[..]),
+            // With limits the script reads the payload's step; without, its sha1 is all it needs.
+            match self.is_limited() {
+                false => inv.arg(sha1_hex(p)),
+                true => inv.arg(&p[..]),
             };
         }
-        let (fenced, flat, extra, waiting, throttled): (i64, Vec<redis::Value>, Vec<u32>, i64, Vec<String>) =
-            inv.invoke_async(&mut self.conn.clone()).await?;
+        #[allow(clippy::type_complexity)]
+        let (fenced, flat, extra, waiting, throttled, wake): (
+            i64,
+            Vec<redis::Value>,
+            Vec<u32>,
+            i64,
+            Vec<String>,
+            i64,
+        ) = inv.invoke_async(&mut self.conn.clone()).await?;
+        let throttled = throttled
+            .chunks_exact(2)
+            .map(|c| (c[0].clone(), c[1].clone()))
+            .collect();
         let mut jobs = Vec::with_capacity(flat.len() / 3);
         let mut it = flat.into_iter();
         while let (Some(p), Some(a), Some(s)) = (it.next(), it.next(), it.next()) {
@@ -374,6 +409,7 @@ impl RedisQueue {
             extra,
             suspect_waiting: waiting == 1,
             throttled,
+            rate_wake: due(wake),
         })
     }
 
@@ -465,14 +501,16 @@ impl RedisQueue {
     /// Moves due retries to ready; returns how many and when the next one is due.
     pub async fn promote(&self) -> RedisResult<(u64, Option<Duration>)> {
         let k = &self.keys;
-        let (moved, next): (u64, i64) = self
-            .scripts
-            .promote
-            .key(&k.delayed)
-            .key(&k.ready)
+        let mut inv = self.scripts.promote.key(&k.delayed);
+        inv.key(&k.ready)
+            .key(&k.rate_tat)
+            .key(&k.rate_wake)
             .arg(scripts::PROMOTE_LIMIT)
-            .invoke_async(&mut self.conn.clone())
-            .await?;
+            .arg(self.rates.len());
+        for (step, interval, burst) in self.rates.iter() {
+            inv.key(k.rate_waiting(step)).arg(step).arg(*interval).arg(*burst);
+        }
+        let (moved, next): (u64, i64) = inv.invoke_async(&mut self.conn.clone()).await?;
         Ok((moved, due(next)))
     }
 
@@ -573,8 +611,9 @@ impl RedisQueue {
 
     /// Per capped step: jobs waiting for a slot, and slots held against the cap. One more round
     /// trip, only when caps are configured.
-    async fn cap_depths(&self) -> RedisResult<(Vec<(String, u64)>, Vec<(String, u32, u32)>)> {
-        if self.caps.is_empty() {
+    #[allow(clippy::type_complexity)]
+    async fn cap_depths(&self) -> RedisResult<(Vec<(String, &'static str, u64)>, Vec<(String, u32, u32)>)> {
+        if !self.is_limited() {
             return Ok(Default::default());
         }
         let k = &self.keys;
@@ -582,12 +621,19 @@ impl RedisQueue {
         for (step, _) in self.caps.iter() {
             pipe.llen(k.throttled(step)).hget(&k.cap_used, step);
         }
+        for (step, _, _) in self.rates.iter() {
+            pipe.llen(k.rate_waiting(step));
+        }
         let replies: Vec<Option<i64>> = pipe.query_async(&mut self.conn.clone()).await?;
-        let mut waiting = Vec::with_capacity(self.caps.len());
+        let (cap_replies, rate_replies) = replies.split_at((2 * self.caps.len()).min(replies.len()));
+        let mut waiting = Vec::with_capacity(self.caps.len() + self.rates.len());
         let mut caps = Vec::with_capacity(self.caps.len());
-        for ((step, cap), pair) in self.caps.iter().zip(replies.chunks_exact(2)) {
-            waiting.push((step.clone(), pair[0].unwrap_or(0).max(0) as u64));
+        for ((step, cap), pair) in self.caps.iter().zip(cap_replies.chunks_exact(2)) {
+            waiting.push((step.clone(), "concurrency", pair[0].unwrap_or(0).max(0) as u64));
             caps.push((step.clone(), pair[1].unwrap_or(0).max(0) as u32, *cap));
+        }
+        for ((step, _, _), n) in self.rates.iter().zip(rate_replies) {
+            waiting.push((step.clone(), "rate", n.unwrap_or(0).max(0) as u64));
         }
         Ok((waiting, caps))
     }

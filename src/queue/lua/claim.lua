@@ -6,14 +6,19 @@
 -- KEYS[6] cap_used HASH (step -> cap slots held by every replica)
 -- KEYS[7] slots HASH (this worker's cap slots: sha1(payload) -> '<count> <step>')
 -- KEYS[8..7+k] throttled LIST of each capped step, in the order of ARGV's pairs
+-- KEYS[8+k] rate_tat HASH (step -> GCRA theoretical arrival time, ms)
+-- KEYS[9+k] rate_wake ZSET (step -> when its waiting jobs are woken, ms)
+-- KEYS[10+k..9+k+r] rate LIST of each rate-limited step, in the order of ARGV's triples
 -- ARGV[1] wid   ARGV[2] n   ARGV[3] suspect threshold (0: no payload is a suspect)
 -- ARGV[4] alone (1: the caller runs nothing else and holds every slot)
 -- ARGV[5] k, the number of capped steps   ARGV[6..5+2k] (step, cap) pairs
--- ARGV[6+2k..] the payloads claimed by BLMOVE: their sha1 hex when k = 0, the payloads
---   themselves when k > 0 (their step decides whether they may run)
+-- ARGV[6+2k] r, the number of rate-limited steps   ARGV[7+2k..6+2k+3r] (step, interval ms, burst)
+-- ARGV[7+2k+3r..] the payloads claimed by BLMOVE: their sha1 hex without limits (k = r = 0),
+--   the payloads themselves with limits (their step decides whether they may run)
 -- Returns {fenced (0|1), {payload, attempts, suspect, ...}, {attempts, suspect, throttled for each
---          BLMOVE'd payload}, suspect_waiting (0|1), {step of each job moved aside for a slot}};
---          suspect and throttled are 0|1.
+--          BLMOVE'd payload}, suspect_waiting (0|1), {step, reason, ...} of each job moved aside
+--          (reason: concurrency | rate), rate wake-up in ms (-1: none)}; suspect and throttled
+--          are 0|1.
 -- A reaped worker (no longer registered) claims nothing: fencing at the door.
 --
 -- Suspects. A payload recovered from dead workers at least `threshold` times is a suspect: it may
@@ -43,9 +48,27 @@
 -- a dead worker's slots. The scan looks up to SCAN_EXTRA candidates beyond n, so a backlog of
 -- waiting jobs ahead of other work is moved aside in a few claims, not one per claim.
 -- A BLMOVE'd payload over its cap leaves our list for the throttled list (reply: throttled = 1).
+--
+-- Rates (STEP_RATE_LIMITS) follow the same path: a GCRA per step (see rates.lua). A job whose
+-- start does not conform moves to its step's rate list, and the step's wake time (when a burst
+-- conforms) goes into rate_wake; the promoter and the heartbeat wake it. A job must pass both
+-- its cap and its rate: the cap is checked first, so a rate start is never spent on a job that
+-- then waits for a slot.
 local SCAN_EXTRA = 256
 local k = tonumber(ARGV[5])
+local r = tonumber(ARGV[6 + 2 * k])
+local limited = k > 0 or r > 0
 local wanted = {KEYS[1], 'list', KEYS[2], 'list', KEYS[3], 'zset', KEYS[4], 'hash', KEYS[5], 'hash'}
+if r > 0 then
+  wanted[#wanted + 1] = KEYS[8 + k]
+  wanted[#wanted + 1] = 'hash'
+  wanted[#wanted + 1] = KEYS[9 + k]
+  wanted[#wanted + 1] = 'zset'
+  for i = 1, r do
+    wanted[#wanted + 1] = KEYS[9 + k + i]
+    wanted[#wanted + 1] = 'list'
+  end
+end
 if k > 0 then
   wanted[#wanted + 1] = KEYS[6]
   wanted[#wanted + 1] = 'hash'
@@ -58,7 +81,7 @@ if k > 0 then
 end
 local err = guard(wanted)
 if err then return err end
-if not redis.call('ZSCORE', KEYS[3], ARGV[1]) then return {1, {}, {}, 0, {}} end
+if not redis.call('ZSCORE', KEYS[3], ARGV[1]) then return {1, {}, {}, 0, {}, -1} end
 local n = tonumber(ARGV[2])
 local threshold = tonumber(ARGV[3])
 local alone = ARGV[4] == '1'
@@ -66,38 +89,60 @@ local caps = {}
 for i = 1, k do
   caps[ARGV[4 + 2 * i]] = {cap = tonumber(ARGV[5 + 2 * i]), list = KEYS[7 + i]}
 end
--- The cap of a payload's step, or nil: uncapped, or no step to read.
-local function cap_of(p)
-  local ok, job = pcall(cjson.decode, p)
-  if ok and type(job) == 'table' and type(job.step) == 'string' then
-    local c = caps[job.step]
-    if c then
-      c.step = job.step
-      if not c.used then c.used = tonumber(redis.call('HGET', KEYS[6], job.step) or '0') end
-    end
-    return c
-  end
+local rates = {}
+for i = 1, r do
+  local a = 6 + 2 * k + 3 * (i - 1)
+  local interval = tonumber(ARGV[a + 2])
+  rates[ARGV[a + 1]] = {interval = interval, tau = (tonumber(ARGV[a + 3]) - 1) * interval,
+                        list = KEYS[9 + k + i]}
 end
--- Whether a payload may run now; counts the slot it takes.
-local function admit(c)
-  if not c then return true end
-  if c.used >= c.cap then return false end
-  c.used = c.used + 1
-  return true
+local now
+if r > 0 then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+end
+-- The limits of a payload's step: {step, cap, rate}, or nil (no limit, or no step to read).
+local function limits_of(p)
+  local ok, job = pcall(cjson.decode, p)
+  if not (ok and type(job) == 'table' and type(job.step) == 'string') then return nil end
+  local c, rt = caps[job.step], rates[job.step]
+  if not c and not rt then return nil end
+  if c and not c.used then c.used = tonumber(redis.call('HGET', KEYS[6], job.step) or '0') end
+  if rt and not rt.tat then rt.tat = tonumber(redis.call('HGET', KEYS[8 + k], job.step) or '0') end
+  return {step = job.step, cap = c, rate = rt}
+end
+-- nil when the payload may run now (the slot and the start it takes are counted), else the reason
+-- it waits.
+local function admit(l)
+  if not l then return nil end
+  local c, rt = l.cap, l.rate
+  if c and c.used >= c.cap then return 'concurrency' end
+  if rt then
+    if rt.tat - rt.tau > now then return 'rate' end
+    rt.tat = math.max(rt.tat, now) + rt.interval
+    rt.spent = true
+  end
+  if c then c.used = c.used + 1 end
+  return nil
+end
+-- Where a job waits, by reason.
+local function wait_list(l, reason)
+  if reason == 'rate' then return l.rate.list end
+  return l.cap.list
 end
 local candidates = {}
 if n > 0 then
   local scan = n
-  if k > 0 then scan = n + SCAN_EXTRA end
+  if limited then scan = n + SCAN_EXTRA end
   local tail = redis.call('LRANGE', KEYS[1], -scan, -1)
   -- tail[#tail] is the rightmost (oldest) payload: it is claimed first.
   for i = #tail, 1, -1 do candidates[#candidates + 1] = tail[i] end
 end
-local first_extra = 6 + 2 * k
+local first_extra = 7 + 2 * k + 3 * r
 local sums = {}
 for i, p in ipairs(candidates) do sums[i] = redis.sha1hex(p) end
 for i = first_extra, #ARGV do
-  if k > 0 then sums[#sums + 1] = redis.sha1hex(ARGV[i]) else sums[#sums + 1] = ARGV[i] end
+  if limited then sums[#sums + 1] = redis.sha1hex(ARGV[i]) else sums[#sums + 1] = ARGV[i] end
 end
 local suspect = {}
 if threshold > 0 and #sums > 0 then
@@ -109,14 +154,15 @@ local blmoved, blmoved_suspect = #sums - #candidates, false
 local slotted, waits, extra_waits = {}, {}, {}
 for i = #candidates + 1, #sums do
   if suspect[i] then blmoved_suspect = true end
-  if k > 0 then
+  if limited then
     local p = ARGV[first_extra + i - #candidates - 1]
-    local c = cap_of(p)
-    if admit(c) then
-      if c then slotted[#slotted + 1] = {i, c} end
+    local l = limits_of(p)
+    local reason = admit(l)
+    if not reason then
+      if l and l.cap then slotted[#slotted + 1] = {i, l} end
     else
       extra_waits[i] = true
-      waits[#waits + 1] = {p, c}
+      waits[#waits + 1] = {p, l, reason}
     end
   end
 end
@@ -125,15 +171,16 @@ local taken, consumed, waiting = {}, 0, 0
 if not blmoved_suspect then
   for i, p in ipairs(candidates) do
     if #taken >= n then break end
-    local c
-    if k > 0 then c = cap_of(p) end
+    local l
+    if limited then l = limits_of(p) end
     if suspect[i] then
       if alone and blmoved == 0 and #taken == 0 then
-        if admit(c) then
+        local reason = admit(l)
+        if not reason then
           taken[1] = i
-          if c then slotted[#slotted + 1] = {i, c} end
+          if l and l.cap then slotted[#slotted + 1] = {i, l} end
         else
-          waits[#waits + 1] = {p, c}
+          waits[#waits + 1] = {p, l, reason}
         end
         consumed = i
       else
@@ -141,11 +188,12 @@ if not blmoved_suspect then
       end
       break
     end
-    if admit(c) then
+    local reason = admit(l)
+    if not reason then
       taken[#taken + 1] = i
-      if c then slotted[#slotted + 1] = {i, c} end
+      if l and l.cap then slotted[#slotted + 1] = {i, l} end
     else
-      waits[#waits + 1] = {p, c}
+      waits[#waits + 1] = {p, l, reason}
     end
     consumed = i
   end
@@ -159,10 +207,24 @@ if #taken > 0 then
   for j, i in ipairs(taken) do payloads[j] = candidates[i] end
   redis.call('LPUSH', KEYS[2], unpack(payloads))
 end
-local throttled = {}
+local throttled, wake = {}, -1
 for _, w in ipairs(waits) do
-  redis.call('LPUSH', w[2].list, w[1])
+  redis.call('LPUSH', wait_list(w[2], w[3]), w[1])
   throttled[#throttled + 1] = w[2].step
+  throttled[#throttled + 1] = w[3]
+end
+for step, rt in pairs(rates) do
+  if rt.spent then redis.call('HSET', KEYS[8 + k], step, string.format('%.3f', rt.tat)) end
+end
+for _, w in ipairs(waits) do
+  local rt = w[2].rate
+  if w[3] == 'rate' and not rt.woken then
+    -- A full burst conforms at tat: wake then, unless an earlier wake-up is set.
+    rt.woken = true
+    redis.call('ZADD', KEYS[9 + k], 'LT', string.format('%.3f', rt.tat), w[2].step)
+    local ms = math.max(0, math.ceil(rt.tat - now))
+    if wake < 0 or ms < wake then wake = ms end
+  end
 end
 for _, s in ipairs(slotted) do
   local sum, step = sums[s[1]], s[2].step
@@ -188,4 +250,4 @@ for i = #candidates + 1, #sums do
   extra[#extra + 1] = flag(i)
   extra[#extra + 1] = extra_waits[i] and 1 or 0
 end
-return {0, out, extra, waiting, throttled}
+return {0, out, extra, waiting, throttled, wake}
