@@ -207,7 +207,7 @@ async fn a_capped_step_waits_for_its_slot_while_other_steps_run(env: TestEnv) {
 
 
 #[test]
-fn an_invalid_cap_stops_startup_naming_the_variable_and_the_entry() {
+fn an_invalid_limit_stops_startup_naming_the_variable_and_the_entry() {
     let out = common::step_worker(&[("STEP_CONCURRENCY", "email.send=5,charge=0")], &["config", "check"]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8(out.stderr).unwrap();
@@ -217,6 +217,18 @@ fn an_invalid_cap_stops_startup_naming_the_variable_and_the_entry() {
     assert!(out.status.success());
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(stdout.contains("STEP_CONCURRENCY=charge=2,email.send=5"), "{stdout}");
+
+    let out = common::step_worker(&[("STEP_RATE_LIMITS", "email.send=10/1s,openai.chat=500/1w")], &["config", "check"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("STEP_RATE_LIMITS") && stderr.contains("openai.chat=500/1w"), "{stderr}");
+    let out = common::step_worker(&[("STEP_RATE_LIMITS", "email.send=10/1s,openai.chat=500/1m")], &["config", "check"]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.contains("STEP_RATE_LIMITS=email.send=10/1000ms,openai.chat=500/60000ms"),
+        "{stdout}"
+    );
 }
 
 /// The most starts in any window of `window` beginning at a start.
