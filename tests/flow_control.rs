@@ -66,6 +66,19 @@ fn max_overlap(intervals: &[(DateTime<Utc>, DateTime<Utc>)]) -> usize {
     max as usize
 }
 
+/// `step-worker stats --json` with the given limits.
+fn stats(env: &TestEnv, limits: &[(&str, &str)]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_step-worker"))
+        .env_clear()
+        .envs(env.vars())
+        .envs(limits.iter().copied())
+        .args(["stats", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 async fn cap_used(env: &TestEnv, step: &str) -> i64 {
     let used: Option<i64> = env.redis.clone().hget(env.key("cap_used"), step).await.unwrap();
     used.unwrap_or(0)
@@ -144,6 +157,15 @@ async fn a_killed_replica_holding_slots_frees_them_when_it_is_reaped() {
         env.llen(&env.key("throttled:builtin.sleep")).await == 3
     })
     .await;
+    let limits = stats(&env, &[("STEP_CONCURRENCY", "builtin.sleep=3"), ("STEP_RATE_LIMITS", "builtin.noop=5/1s")]);
+    assert_eq!(
+        limits["limits"],
+        json!([
+            {"step": "builtin.sleep", "kind": "concurrency", "limit": "3", "used": 3, "waiting": 3},
+            {"step": "builtin.noop", "kind": "rate", "limit": "5/1000ms", "next_start_ms": 0, "waiting": 0},
+        ]),
+        "{limits}"
+    );
     doomed.kill();
     let doomed_slots: Vec<String> = env.redis.clone().keys(env.key("slots:*")).await.unwrap();
     assert_eq!(doomed_slots.len(), 1, "the slots are recorded as the dead worker's");
@@ -202,6 +224,11 @@ async fn a_capped_step_waits_for_its_slot_while_other_steps_run(env: TestEnv) {
     )
     .unwrap_or(0.0);
     assert!(throttled >= 3.0, "{metrics}");
+    assert!(
+        metrics.contains("step_worker_jobs_waiting{reason=\"concurrency\",step=\"builtin.sleep\"}")
+            && metrics.contains("step_worker_concurrency_slots_used{step=\"builtin.sleep\"}"),
+        "{metrics}"
+    );
     worker.stop().await.unwrap();
 }
 

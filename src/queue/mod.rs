@@ -162,7 +162,7 @@ pub struct RedisQueue {
     /// `STEP_CONCURRENCY`, as the scripts take it (empty: no cap, and the scripts skip caps).
     caps: Arc<Vec<(String, u32)>>,
     /// `STEP_RATE_LIMITS` as (step, interval ms, burst) (empty: the scripts skip rates).
-    rates: Arc<Vec<(String, f64, u32)>>,
+    pub(crate) rates: Arc<Vec<(String, f64, u32)>>,
 }
 
 impl RedisQueue {
