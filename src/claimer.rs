@@ -82,6 +82,20 @@ pub fn suspect_threshold(max_recoveries: u32) -> u32 {
     max_recoveries.clamp(1, 2)
 }
 
+/// Holds `step` on every replica (back-pressure). A failure only costs the hold: the job itself
+/// is retried after its `Retry-After` as any failed attempt is.
+async fn hold_step(queue: &Queue, metrics: &Metrics, step: &str, hold: Duration) {
+    tracing::warn!(
+        step,
+        hold_ms = hold.as_millis() as u64,
+        "the service behind the step asked callers to wait: every replica holds the step"
+    );
+    if let Err(e) = queue.hold_step(step, hold).await {
+        metrics.redis_errors.with_label_values(&["hold_step"]).inc();
+        tracing::warn!(error = %e, step, "holding the step on every replica failed");
+    }
+}
+
 /// What one pass of the claim loop did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ClaimOutcome {
@@ -254,7 +268,13 @@ impl Claimer {
     /// Counts the jobs a claim moved aside, and wakes the promoter when a rate lets them start.
     fn count_throttled(&self, r: &ClaimReply) {
         for (step, reason) in &r.throttled {
-            self.metrics.throttled.with_label_values(&[step, reason]).inc();
+            // A held step may be any step a fallback runs: only names known in advance are labels.
+            let known = self.config.limits.concurrency.contains_key(step)
+                || self.config.limits.rates.contains_key(step)
+                || self.config.http_steps.is_known_step(step)
+                || self.runner.registry.is_native(step);
+            let label = if known { step.as_str() } else { crate::runner::OTHER };
+            self.metrics.throttled.with_label_values(&[label, reason]).inc();
         }
         if let Some(wake) = r.rate_wake {
             self.promoter.schedule(wake);
@@ -342,8 +362,15 @@ impl Claimer {
             let cancel = self.lease.exec_token().child_token();
             let runner = self.runner.clone();
             let finished = self.finished.clone();
+            let queue = self.queue.clone();
+            let metrics = self.metrics.clone();
             self.tasks.spawn(async move {
                 let mut f = runner.run(claimed, cancel).await;
+                if let Some((step, hold)) = &f.hold_step {
+                    // Now, not with the settle after the commit: every replica stops calling
+                    // the service at once.
+                    hold_step(&queue, &metrics, step, *hold).await;
+                }
                 f.claimed.slot.step_ended();
                 f.claimed.ended_clock = Some(std::time::Instant::now());
                 // The suspect's step is over, whatever its outcome: others may run beside it.

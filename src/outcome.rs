@@ -50,6 +50,8 @@ pub struct Finished {
     pub step_label: Arc<str>,
     /// How long the attempt ran (zero when nothing ran): the step's share of the job's time.
     pub ran_for: Duration,
+    /// Back-pressure: hold this step on every replica for this long (see `StepError::throttled`).
+    pub hold_step: Option<(String, Duration)>,
 }
 
 /// What the runner decided for a job, before it is joined to the claim it came from (kept apart
@@ -62,6 +64,7 @@ pub struct Decided {
     pub attempt: Option<AttemptRecord>,
     pub step_label: Arc<str>,
     pub ran_for: Duration,
+    pub hold_step: Option<(String, Duration)>,
 }
 
 impl Decided {
@@ -74,6 +77,7 @@ impl Decided {
             attempt: None,
             step_label,
             ran_for: Duration::ZERO,
+            hold_step: None,
         }
     }
 
@@ -86,6 +90,7 @@ impl Decided {
             attempt: self.attempt,
             step_label: self.step_label,
             ran_for: self.ran_for,
+            hold_step: self.hold_step,
         }
     }
 }

@@ -323,5 +323,49 @@ async fn a_rate_limited_step_waits_for_its_start(env: TestEnv) {
 
 on_each_driver!(
     a_capped_step_waits_for_its_slot_while_other_steps_run,
-    a_rate_limited_step_waits_for_its_start
+    a_rate_limited_step_waits_for_its_start,
+    a_native_step_that_asks_for_back_pressure_holds_its_step
 );
+
+/// A native handler asks for the same back-pressure with `StepError::throttled`.
+async fn a_native_step_that_asks_for_back_pressure_holds_its_step(env: TestEnv) {
+    let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::<std::time::Instant>::new()));
+    let seen = calls.clone();
+    let registry = step_worker::Registry::new().register(
+        "native.limited",
+        move |_ctx: step_worker::StepContext, _input: serde_json::Value| {
+            let first = {
+                let mut calls = seen.lock().unwrap();
+                calls.push(std::time::Instant::now());
+                calls.len() == 1
+            };
+            async move {
+                match first {
+                    true => Err(step_worker::StepError::throttled("quota used up", Duration::from_secs(2))),
+                    false => Ok(json!(null)),
+                }
+            }
+        },
+    );
+    let worker = env
+        .start_with(&[("WORKER_CONCURRENCY", "1"), ("RETRY_BACKOFF_MAX_MS", "10000")], registry)
+        .await;
+    env.push_job("first", "native.limited", json!(null)).await;
+    common::wait_for("the first call", WAIT, || async { calls.lock().unwrap().len() == 1 }).await;
+    for i in 0..4 {
+        env.push_job(&format!("next-{i}"), "native.limited", json!(null)).await;
+    }
+    env.push_job("other", "builtin.noop", json!({})).await;
+    env.wait_count("six results", "SELECT count(*) FROM step_results", 6, WAIT)
+        .await;
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 6);
+    for at in &calls[1..] {
+        assert!(*at - calls[0] >= Duration::from_secs(2), "called after {:?}", *at - calls[0]);
+    }
+    let noop = intervals(&env, "builtin.noop").await;
+    let limited = intervals(&env, "native.limited").await;
+    assert!(noop[0].1 < limited.last().unwrap().0, "other steps are not held");
+    assert_eq!(env.count("SELECT count(*) FROM step_attempts").await, 1);
+    worker.stop().await.unwrap();
+}

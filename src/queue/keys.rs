@@ -36,6 +36,9 @@ pub struct Keys {
     pub rate_tat: String,
     /// ZSET step → when its jobs waiting on the rate are woken, ms.
     pub rate_wake: String,
+    /// ZSET step → held on every replica until, ms (back-pressure: a 429 or 503 with
+    /// Retry-After).
+    pub step_holds: String,
     proc_prefix: String,
 }
 
@@ -57,6 +60,7 @@ impl Keys {
             cap_used: format!("{tag}:cap_used"),
             rate_tat: format!("{tag}:rate_tat"),
             rate_wake: format!("{tag}:rate_wake"),
+            step_holds: format!("{tag}:step_holds"),
             proc_prefix: format!("{tag}:proc:"),
         }
     }
@@ -131,6 +135,7 @@ mod tests {
             &k.cap_used,
             &k.rate_tat,
             &k.rate_wake,
+            &k.step_holds,
             &k.rate_waiting("email.send"),
             &k.slots("h:1:ab"),
             &k.throttled("email.send"),

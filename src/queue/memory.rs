@@ -121,6 +121,11 @@ impl MemoryQueue {
         self.state().caps.set(limits);
     }
 
+    /// hold_step.lua: holds `step` for `hold`; claims move its jobs to the delayed set until then.
+    pub fn hold_step(&self, step: &str, hold: Duration) {
+        self.state().caps.hold_step(step, now_ms_precise() + hold.as_secs_f64() * 1000.0);
+    }
+
     // A panic while holding the lock cannot leave the state half-changed in a way that matters
     // more than stopping the whole queue would, so a poisoned lock is simply taken over.
     fn state(&self) -> MutexGuard<'_, State> {
@@ -392,6 +397,12 @@ impl State {
                     throttled.push((step, reason.to_owned()));
                     c.throttled = true;
                 }
+                Admission::Held(step, until) => {
+                    self.remove_from(proc, p);
+                    self.delay_held(p.clone(), until, &mut wake);
+                    throttled.push((step, "backpressure".to_owned()));
+                    c.throttled = true;
+                }
             }
             extra_counters.push(c);
         }
@@ -409,6 +420,10 @@ impl State {
                 Admission::Wait(step, reason) => {
                     self.park(step.clone(), reason, p, &mut wake);
                     throttled.push((step, reason.to_owned()));
+                }
+                Admission::Held(step, until) => {
+                    self.delay_held(p, until, &mut wake);
+                    throttled.push((step, "backpressure".to_owned()));
                 }
             }
         }
@@ -431,6 +446,12 @@ impl State {
             throttled,
             rate_wake: wake.map(|at| Duration::from_micros(((at - now).max(0.0) * 1000.0) as u64)),
         }
+    }
+
+    /// A job of a held step waits in the delayed set until the hold ends (not an attempt).
+    fn delay_held(&mut self, p: Payload, until: f64, wake: &mut Option<f64>) {
+        self.schedule(p, until.ceil() as u64);
+        *wake = Some(wake.map_or(until, |w| w.min(until)));
     }
 
     /// Parks a job that may not run now in its step's waiting list for `reason`.

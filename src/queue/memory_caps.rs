@@ -31,6 +31,8 @@ pub struct Caps {
     rate_waiting: HashMap<String, VecDeque<Payload>>,
     /// step → when its waiting jobs are woken, ms.
     wake: HashMap<String, f64>,
+    /// step → held until, ms (back-pressure).
+    holds: HashMap<String, f64>,
 }
 
 /// What the claim decided for one payload.
@@ -41,6 +43,8 @@ pub enum Admission {
     Slot(String),
     /// Every slot of this step is held, or its rate allows no start now: waits, for the reason.
     Wait(String, &'static str),
+    /// The step is held (back-pressure) until this moment (ms): waits in the delayed set.
+    Held(String, f64),
 }
 
 impl Caps {
@@ -54,7 +58,19 @@ impl Caps {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.limits.is_empty() && self.rates.is_empty()
+        self.limits.is_empty() && self.rates.is_empty() && self.holds.is_empty()
+    }
+
+    /// hold_step.lua: holds `step` until `until` (ms); a later hold never shortens an earlier one.
+    pub fn hold_step(&mut self, step: &str, until: f64) {
+        let h = self.holds.entry(step.to_owned()).or_insert(until);
+        *h = h.max(until);
+    }
+
+    /// When `step` is held until, if it is held at `now`.
+    fn held_until(&mut self, step: &str, now: f64) -> Option<f64> {
+        self.holds.retain(|_, until| *until > now);
+        self.holds.get(step).copied()
     }
 
     /// Decides for `p` at `now` (ms) and counts the slot and the start it takes (the slot is
@@ -63,6 +79,9 @@ impl Caps {
         let Some(step) = step_of(p) else {
             return Admission::Free;
         };
+        if let Some(until) = self.held_until(&step, now) {
+            return Admission::Held(step, until);
+        }
         let cap = self.limits.get(&step).copied();
         let rate = self.rates.get(&step).copied();
         if cap.is_none() && rate.is_none() {

@@ -364,12 +364,11 @@ impl RedisQueue {
         for (step, interval, burst) in self.rates.iter() {
             inv.key(k.rate_waiting(step)).arg(step).arg(*interval).arg(*burst);
         }
+        inv.key(&k.step_holds).key(&k.delayed);
         for p in extra {
-            // With limits the script reads the payload's step; without, its sha1 is all it needs.
-            match self.is_limited() {
-                false => inv.arg(sha1_hex(p)),
-                true => inv.arg(&p[..]),
-            };
+            // The payload, not its sha1: its step decides whether it may run (a step may be held
+            // with no limit configured). Only the idle path's one BLMOVE'd job goes here.
+            inv.arg(&p[..]);
         }
         #[allow(clippy::type_complexity)]
         let (fenced, flat, extra, waiting, throttled, wake): (
@@ -411,6 +410,19 @@ impl RedisQueue {
             throttled,
             rate_wake: due(wake),
         })
+    }
+
+    /// Holds `step` on every replica for `hold` (back-pressure): claims move its jobs to the
+    /// delayed set until then.
+    pub async fn hold_step(&self, step: &str, hold: Duration) -> RedisResult<()> {
+        self.scripts
+            .hold_step
+            .key(&self.keys.step_holds)
+            .arg(step)
+            .arg(hold.as_millis() as u64)
+            .invoke_async::<i64>(&mut self.conn.clone())
+            .await
+            .map(|_| ())
     }
 
     /// Applies settle operations to the jobs in `proc`; returns, per op, whether the job was

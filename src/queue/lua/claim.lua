@@ -9,16 +9,16 @@
 -- KEYS[8+k] rate_tat HASH (step -> GCRA theoretical arrival time, ms)
 -- KEYS[9+k] rate_wake ZSET (step -> when its waiting jobs are woken, ms)
 -- KEYS[10+k..9+k+r] rate LIST of each rate-limited step, in the order of ARGV's triples
+-- KEYS[10+k+r] step_holds ZSET (step -> held until, ms)   KEYS[11+k+r] delayed ZSET
 -- ARGV[1] wid   ARGV[2] n   ARGV[3] suspect threshold (0: no payload is a suspect)
 -- ARGV[4] alone (1: the caller runs nothing else and holds every slot)
 -- ARGV[5] k, the number of capped steps   ARGV[6..5+2k] (step, cap) pairs
 -- ARGV[6+2k] r, the number of rate-limited steps   ARGV[7+2k..6+2k+3r] (step, interval ms, burst)
--- ARGV[7+2k+3r..] the payloads claimed by BLMOVE: their sha1 hex without limits (k = r = 0),
---   the payloads themselves with limits (their step decides whether they may run)
+-- ARGV[7+2k+3r..] the payloads claimed by BLMOVE (their step decides whether they may run)
 -- Returns {fenced (0|1), {payload, attempts, suspect, ...}, {attempts, suspect, throttled for each
 --          BLMOVE'd payload}, suspect_waiting (0|1), {step, reason, ...} of each job moved aside
---          (reason: concurrency | rate), rate wake-up in ms (-1: none)}; suspect and throttled
---          are 0|1.
+--          (reason: concurrency | rate | backpressure), wake-up in ms (-1: none)}; suspect and
+--          throttled are 0|1.
 -- A reaped worker (no longer registered) claims nothing: fencing at the door.
 --
 -- Suspects. A payload recovered from dead workers at least `threshold` times is a suspect: it may
@@ -54,10 +54,15 @@
 -- conforms) goes into rate_wake; the promoter and the heartbeat wake it. A job must pass both
 -- its cap and its rate: the cap is checked first, so a rate start is never spent on a job that
 -- then waits for a slot.
+--
+-- Back-pressure (hold_step.lua): a step held until a moment (the service behind it answered 429
+-- or 503 with Retry-After) has its jobs moved to the delayed set until then, on every replica:
+-- not attempts, and no call reaches the service meanwhile. Without holds this costs one EXISTS.
 local SCAN_EXTRA = 256
 local k = tonumber(ARGV[5])
 local r = tonumber(ARGV[6 + 2 * k])
-local limited = k > 0 or r > 0
+local hold_key, delayed_key = KEYS[10 + k + r], KEYS[11 + k + r]
+local any_hold = redis.call('EXISTS', hold_key) == 1
 local wanted = {KEYS[1], 'list', KEYS[2], 'list', KEYS[3], 'zset', KEYS[4], 'hash', KEYS[5], 'hash'}
 if r > 0 then
   wanted[#wanted + 1] = KEYS[8 + k]
@@ -68,6 +73,12 @@ if r > 0 then
     wanted[#wanted + 1] = KEYS[9 + k + i]
     wanted[#wanted + 1] = 'list'
   end
+end
+if any_hold then
+  wanted[#wanted + 1] = hold_key
+  wanted[#wanted + 1] = 'zset'
+  wanted[#wanted + 1] = delayed_key
+  wanted[#wanted + 1] = 'zset'
 end
 if k > 0 then
   wanted[#wanted + 1] = KEYS[6]
@@ -97,25 +108,36 @@ for i = 1, r do
                         list = KEYS[9 + k + i]}
 end
 local now
-if r > 0 then
+if r > 0 or any_hold then
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 end
+local holds, held = {}, false
+if any_hold then
+  redis.call('ZREMRANGEBYSCORE', hold_key, '-inf', now)
+  local h = redis.call('ZRANGEBYSCORE', hold_key, '(' .. now, '+inf', 'WITHSCORES')
+  for i = 1, #h, 2 do
+    holds[h[i]] = tonumber(h[i + 1])
+    held = true
+  end
+end
+local limited = k > 0 or r > 0 or held
 -- The limits of a payload's step: {step, cap, rate}, or nil (no limit, or no step to read).
 local function limits_of(p)
   local ok, job = pcall(cjson.decode, p)
   if not (ok and type(job) == 'table' and type(job.step) == 'string') then return nil end
-  local c, rt = caps[job.step], rates[job.step]
-  if not c and not rt then return nil end
+  local c, rt, hold = caps[job.step], rates[job.step], holds[job.step]
+  if not c and not rt and not hold then return nil end
   if c and not c.used then c.used = tonumber(redis.call('HGET', KEYS[6], job.step) or '0') end
   if rt and not rt.tat then rt.tat = tonumber(redis.call('HGET', KEYS[8 + k], job.step) or '0') end
-  return {step = job.step, cap = c, rate = rt}
+  return {step = job.step, cap = c, rate = rt, hold = hold}
 end
 -- nil when the payload may run now (the slot and the start it takes are counted), else the reason
 -- it waits.
 local function admit(l)
   if not l then return nil end
   local c, rt = l.cap, l.rate
+  if l.hold then return 'backpressure' end
   if c and c.used >= c.cap then return 'concurrency' end
   if rt then
     if rt.tat - rt.tau > now then return 'rate' end
@@ -141,9 +163,7 @@ end
 local first_extra = 7 + 2 * k + 3 * r
 local sums = {}
 for i, p in ipairs(candidates) do sums[i] = redis.sha1hex(p) end
-for i = first_extra, #ARGV do
-  if limited then sums[#sums + 1] = redis.sha1hex(ARGV[i]) else sums[#sums + 1] = ARGV[i] end
-end
+for i = first_extra, #ARGV do sums[#sums + 1] = redis.sha1hex(ARGV[i]) end
 local suspect = {}
 if threshold > 0 and #sums > 0 then
   local counts = redis.call('HMGET', KEYS[5], unpack(sums))
@@ -209,7 +229,13 @@ if #taken > 0 then
 end
 local throttled, wake = {}, -1
 for _, w in ipairs(waits) do
-  redis.call('LPUSH', wait_list(w[2], w[3]), w[1])
+  if w[3] == 'backpressure' then
+    redis.call('ZADD', delayed_key, w[2].hold, w[1])
+    local ms = math.max(0, math.ceil(w[2].hold - now))
+    if wake < 0 or ms < wake then wake = ms end
+  else
+    redis.call('LPUSH', wait_list(w[2], w[3]), w[1])
+  end
   throttled[#throttled + 1] = w[2].step
   throttled[#throttled + 1] = w[3]
 end
