@@ -89,10 +89,14 @@ async fn a_capped_step_runs_at_most_its_cap_across_three_replicas_and_other_step
     let env = TestEnv::new().await;
     let caps = [("STEP_CONCURRENCY", "builtin.sleep=3"), ("WORKER_CONCURRENCY", "10")];
     let _replicas: Vec<Replica> = (0..3).map(|_| Replica::spawn(&env, &caps)).collect();
-    common::wait_for("three replicas to register", WAIT, || async { env.live_workers().await == 3 }).await;
+    common::wait_for("three replicas to register", WAIT, || async {
+        env.live_workers().await == 3
+    })
+    .await;
     // The capped jobs first: without caps, uncapped jobs behind them would wait their turn.
     for i in 0..60 {
-        env.push_job(&format!("sleep-{i}"), "builtin.sleep", json!({"ms": 200})).await;
+        env.push_job(&format!("sleep-{i}"), "builtin.sleep", json!({"ms": 200}))
+            .await;
     }
     for i in 0..200 {
         env.push_job(&format!("noop-{i}"), "builtin.noop", json!({})).await;
@@ -110,7 +114,8 @@ async fn a_capped_step_runs_at_most_its_cap_across_three_replicas_and_other_step
     assert_eq!(sleeps.len(), 60);
     assert_eq!(max_overlap(&sleeps), 3, "the cap is reached and never exceeded");
     assert_eq!(
-        env.count("SELECT count(*) FROM step_results WHERE status = 'succeeded' AND attempts = 1").await,
+        env.count("SELECT count(*) FROM step_results WHERE status = 'succeeded' AND attempts = 1")
+            .await,
         260,
         "waiting for a slot is not an attempt"
     );
@@ -144,20 +149,28 @@ async fn a_killed_replica_holding_slots_frees_them_when_it_is_reaped() {
     })
     .await;
     for i in 0..3 {
-        env.push_job(&format!("long-{i}"), "builtin.sleep", json!({"ms": 3000})).await;
+        env.push_job(&format!("long-{i}"), "builtin.sleep", json!({"ms": 3000}))
+            .await;
     }
     common::wait_for("the doomed replica to hold all three slots", WAIT, || async {
         cap_used(&env, "builtin.sleep").await == 3
     })
     .await;
     for i in 0..3 {
-        env.push_job(&format!("short-{i}"), "builtin.sleep", json!({"ms": 100})).await;
+        env.push_job(&format!("short-{i}"), "builtin.sleep", json!({"ms": 100}))
+            .await;
     }
     common::wait_for("the others to wait for a slot", WAIT, || async {
         env.llen(&env.key("throttled:builtin.sleep")).await == 3
     })
     .await;
-    let limits = stats(&env, &[("STEP_CONCURRENCY", "builtin.sleep=3"), ("STEP_RATE_LIMITS", "builtin.noop=5/1s")]);
+    let limits = stats(
+        &env,
+        &[
+            ("STEP_CONCURRENCY", "builtin.sleep=3"),
+            ("STEP_RATE_LIMITS", "builtin.noop=5/1s"),
+        ],
+    );
     assert_eq!(
         limits["limits"],
         json!([
@@ -172,12 +185,16 @@ async fn a_killed_replica_holding_slots_frees_them_when_it_is_reaped() {
 
     let _others: Vec<Replica> = (0..2).map(|_| Replica::spawn(&env, &caps)).collect();
     let highest = AtomicI64::new(0);
-    common::wait_for("the dead worker's slots to be freed and the cap reached again", WAIT, || async {
-        let used = cap_used(&env, "builtin.sleep").await;
-        highest.fetch_max(used, Ordering::Relaxed);
-        let gone = !env.redis.clone().exists::<_, bool>(&doomed_slots[0]).await.unwrap();
-        gone && used == 3
-    })
+    common::wait_for(
+        "the dead worker's slots to be freed and the cap reached again",
+        WAIT,
+        || async {
+            let used = cap_used(&env, "builtin.sleep").await;
+            highest.fetch_max(used, Ordering::Relaxed);
+            let gone = !env.redis.clone().exists::<_, bool>(&doomed_slots[0]).await.unwrap();
+            gone && used == 3
+        },
+    )
     .await;
     env.wait_count("six results", "SELECT count(*) FROM step_results", 6, WAIT)
         .await;
@@ -186,7 +203,8 @@ async fn a_killed_replica_holding_slots_frees_them_when_it_is_reaped() {
     let sleeps = intervals(&env, "builtin.sleep").await;
     assert!(max_overlap(&sleeps) <= 3, "{sleeps:?}");
     assert_eq!(
-        env.count("SELECT count(*) FROM step_results WHERE status = 'succeeded'").await,
+        env.count("SELECT count(*) FROM step_results WHERE status = 'succeeded'")
+            .await,
         6
     );
     common::wait_for("every slot to be freed", WAIT, || async {
@@ -202,7 +220,8 @@ async fn a_capped_step_waits_for_its_slot_while_other_steps_run(env: TestEnv) {
         .start(&[("STEP_CONCURRENCY", "builtin.sleep=1"), ("WORKER_CONCURRENCY", "4")])
         .await;
     for i in 0..4 {
-        env.push_job(&format!("sleep-{i}"), "builtin.sleep", json!({"ms": 300})).await;
+        env.push_job(&format!("sleep-{i}"), "builtin.sleep", json!({"ms": 300}))
+            .await;
     }
     for i in 0..20 {
         env.push_job(&format!("noop-{i}"), "builtin.noop", json!({})).await;
@@ -211,10 +230,16 @@ async fn a_capped_step_waits_for_its_slot_while_other_steps_run(env: TestEnv) {
         .await;
     let sleeps = intervals(&env, "builtin.sleep").await;
     assert_eq!(max_overlap(&sleeps), 1, "{sleeps:?}");
-    let last_noop = intervals(&env, "builtin.noop").await.iter().map(|(_, e)| *e).max().unwrap();
+    let last_noop = intervals(&env, "builtin.noop")
+        .await
+        .iter()
+        .map(|(_, e)| *e)
+        .max()
+        .unwrap();
     assert!(last_noop < sleeps[1].1, "the noops did not wait behind the capped jobs");
     assert_eq!(
-        env.count("SELECT count(*) FROM step_results WHERE status = 'succeeded' AND attempts = 1").await,
+        env.count("SELECT count(*) FROM step_results WHERE status = 'succeeded' AND attempts = 1")
+            .await,
         24
     );
     let (_, metrics) = common::get(&format!("http://{}/metrics", worker.http_addr.unwrap())).await;
@@ -232,24 +257,38 @@ async fn a_capped_step_waits_for_its_slot_while_other_steps_run(env: TestEnv) {
     worker.stop().await.unwrap();
 }
 
-
 #[test]
 fn an_invalid_limit_stops_startup_naming_the_variable_and_the_entry() {
     let out = common::step_worker(&[("STEP_CONCURRENCY", "email.send=5,charge=0")], &["config", "check"]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(stderr.contains("STEP_CONCURRENCY") && stderr.contains("charge=0"), "{stderr}");
-    assert!(!stderr.contains("email.send=5"), "only the bad entry is named: {stderr}");
+    assert!(
+        stderr.contains("STEP_CONCURRENCY") && stderr.contains("charge=0"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("email.send=5"),
+        "only the bad entry is named: {stderr}"
+    );
     let out = common::step_worker(&[("STEP_CONCURRENCY", "email.send=5,charge=2")], &["config", "check"]);
     assert!(out.status.success());
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(stdout.contains("STEP_CONCURRENCY=charge=2,email.send=5"), "{stdout}");
 
-    let out = common::step_worker(&[("STEP_RATE_LIMITS", "email.send=10/1s,openai.chat=500/1w")], &["config", "check"]);
+    let out = common::step_worker(
+        &[("STEP_RATE_LIMITS", "email.send=10/1s,openai.chat=500/1w")],
+        &["config", "check"],
+    );
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(stderr.contains("STEP_RATE_LIMITS") && stderr.contains("openai.chat=500/1w"), "{stderr}");
-    let out = common::step_worker(&[("STEP_RATE_LIMITS", "email.send=10/1s,openai.chat=500/1m")], &["config", "check"]);
+    assert!(
+        stderr.contains("STEP_RATE_LIMITS") && stderr.contains("openai.chat=500/1w"),
+        "{stderr}"
+    );
+    let out = common::step_worker(
+        &[("STEP_RATE_LIMITS", "email.send=10/1s,openai.chat=500/1m")],
+        &["config", "check"],
+    );
     assert!(out.status.success());
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(
@@ -274,7 +313,10 @@ async fn a_rate_limited_step_starts_at_its_rate_across_three_replicas() {
     let env = TestEnv::new().await;
     let limit = [("STEP_RATE_LIMITS", "builtin.noop=20/1s")];
     let replicas: Vec<Replica> = (0..3).map(|_| Replica::spawn(&env, &limit)).collect();
-    common::wait_for("three replicas to register", WAIT, || async { env.live_workers().await == 3 }).await;
+    common::wait_for("three replicas to register", WAIT, || async {
+        env.live_workers().await == 3
+    })
+    .await;
     for i in 0..200 {
         env.push_job(&format!("noop-{i}"), "builtin.noop", json!({})).await;
     }
@@ -287,7 +329,10 @@ async fn a_rate_limited_step_starts_at_its_rate_across_three_replicas() {
     // recorded start.
     let busiest = busiest_window(&starts, Duration::from_secs(1));
     assert!(busiest <= 22, "{busiest} starts in one second");
-    assert!(busiest >= 19, "the rate is used: {busiest} starts in the busiest second");
+    assert!(
+        busiest >= 19,
+        "the rate is used: {busiest} starts in the busiest second"
+    );
     // Two at once, then one every 50 ms: the last start 198 × 50 ms = 9.9 s after the first.
     let took = (starts.last().unwrap().0 - starts[0].0).to_std().unwrap();
     eprintln!("200 starts at 20/s across 3 replicas: {took:?}, busiest second {busiest}");
@@ -295,7 +340,11 @@ async fn a_rate_limited_step_starts_at_its_rate_across_three_replicas() {
         took >= Duration::from_millis(8_910) && took <= Duration::from_millis(10_890),
         "200 starts at 20/s took {took:?}"
     );
-    assert_eq!(env.count("SELECT count(*) FROM step_attempts").await, 0, "waiting is not an attempt");
+    assert_eq!(
+        env.count("SELECT count(*) FROM step_attempts").await,
+        0,
+        "waiting is not an attempt"
+    );
 }
 
 /// The rate on either driver, with one worker.
@@ -315,8 +364,11 @@ async fn a_rate_limited_step_waits_for_its_start(env: TestEnv) {
     );
     assert!(busiest_window(&starts, Duration::from_secs(1)) <= 22);
     let (_, metrics) = common::get(&format!("http://{}/metrics", worker.http_addr.unwrap())).await;
-    let throttled = common::metric(&metrics, "step_worker_throttled_total{reason=\"rate\",step=\"builtin.noop\"}")
-        .unwrap_or(0.0);
+    let throttled = common::metric(
+        &metrics,
+        "step_worker_throttled_total{reason=\"rate\",step=\"builtin.noop\"}",
+    )
+    .unwrap_or(0.0);
     assert!(throttled >= 28.0, "{metrics}");
     worker.stop().await.unwrap();
 }
@@ -341,14 +393,20 @@ async fn a_native_step_that_asks_for_back_pressure_holds_its_step(env: TestEnv) 
             };
             async move {
                 match first {
-                    true => Err(step_worker::StepError::throttled("quota used up", Duration::from_secs(2))),
+                    true => Err(step_worker::StepError::throttled(
+                        "quota used up",
+                        Duration::from_secs(2),
+                    )),
                     false => Ok(json!(null)),
                 }
             }
         },
     );
     let worker = env
-        .start_with(&[("WORKER_CONCURRENCY", "1"), ("RETRY_BACKOFF_MAX_MS", "10000")], registry)
+        .start_with(
+            &[("WORKER_CONCURRENCY", "1"), ("RETRY_BACKOFF_MAX_MS", "10000")],
+            registry,
+        )
         .await;
     env.push_job("first", "native.limited", json!(null)).await;
     common::wait_for("the first call", WAIT, || async { calls.lock().unwrap().len() == 1 }).await;
@@ -361,7 +419,11 @@ async fn a_native_step_that_asks_for_back_pressure_holds_its_step(env: TestEnv) 
     let calls = calls.lock().unwrap().clone();
     assert_eq!(calls.len(), 6);
     for at in &calls[1..] {
-        assert!(*at - calls[0] >= Duration::from_secs(2), "called after {:?}", *at - calls[0]);
+        assert!(
+            *at - calls[0] >= Duration::from_secs(2),
+            "called after {:?}",
+            *at - calls[0]
+        );
     }
     let noop = intervals(&env, "builtin.noop").await;
     let limited = intervals(&env, "native.limited").await;

@@ -87,13 +87,23 @@ fn parse_rates(raw: Option<&str>) -> Result<BTreeMap<String, Rate>, ConfigError>
         "comma-separated step=N/period entries such as email.send=10/1s or openai.chat=500/1m (N from 1 to {MAX_CAP}; a period of 1 ms to 24 h in ms, s, m or h; each step once; at most {MAX_CAPPED_STEPS})"
     );
     let mut rates = BTreeMap::new();
-    for entry in raw.unwrap_or_default().split(',').map(str::trim).filter(|e| !e.is_empty()) {
+    for entry in raw
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+    {
         let bad = || ConfigError::new(VAR, &expected, entry);
         let (step, rate) = entry.split_once('=').ok_or_else(bad)?;
         let step = step.trim();
         crate::http_step::route::check_step_name(step).map_err(|_| bad())?;
         let (n, period) = rate.split_once('/').ok_or_else(bad)?;
-        let n = n.trim().parse::<u64>().ok().filter(|n| (1..=MAX_CAP).contains(n)).ok_or_else(bad)?;
+        let n = n
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (1..=MAX_CAP).contains(n))
+            .ok_or_else(bad)?;
         let period_ms = parse_period(period.trim()).ok_or_else(bad)?;
         let rate = Rate { n: n as u32, period_ms };
         if rates.insert(step.to_owned(), rate).is_some() || rates.len() > MAX_CAPPED_STEPS {
@@ -128,12 +138,22 @@ fn parse_caps(raw: Option<&str>) -> Result<Limits, ConfigError> {
         "comma-separated step=N entries (a step name of A-Z, a-z, 0-9, `.`, `_`, `-`; N from 1 to {MAX_CAP}; each step once; at most {MAX_CAPPED_STEPS})"
     );
     let mut concurrency = BTreeMap::new();
-    for entry in raw.unwrap_or_default().split(',').map(str::trim).filter(|e| !e.is_empty()) {
+    for entry in raw
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+    {
         let bad = || ConfigError::new(VAR, &expected, entry);
         let (step, n) = entry.split_once('=').ok_or_else(bad)?;
         let step = step.trim();
         crate::http_step::route::check_step_name(step).map_err(|_| bad())?;
-        let n = n.trim().parse::<u64>().ok().filter(|n| (1..=MAX_CAP).contains(n)).ok_or_else(bad)?;
+        let n = n
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (1..=MAX_CAP).contains(n))
+            .ok_or_else(bad)?;
         if concurrency.insert(step.to_owned(), n as u32).is_some() || concurrency.len() > MAX_CAPPED_STEPS {
             return Err(bad());
         }
@@ -163,7 +183,11 @@ mod tests {
             ("=3", "=3"),
         ] {
             let e = parse(Some(raw), None).unwrap_err();
-            assert_eq!((e.variable.as_str(), e.got.as_str()), ("STEP_CONCURRENCY", bad), "{raw}");
+            assert_eq!(
+                (e.variable.as_str(), e.got.as_str()),
+                ("STEP_CONCURRENCY", bad),
+                "{raw}"
+            );
         }
     }
 
@@ -182,7 +206,11 @@ mod tests {
             ("a=1/s,a=2/s", "a=2/s"),
         ] {
             let e = parse(None, Some(raw)).unwrap_err();
-            assert_eq!((e.variable.as_str(), e.got.as_str()), ("STEP_RATE_LIMITS", bad), "{raw}");
+            assert_eq!(
+                (e.variable.as_str(), e.got.as_str()),
+                ("STEP_RATE_LIMITS", bad),
+                "{raw}"
+            );
         }
     }
 }

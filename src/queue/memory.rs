@@ -123,7 +123,9 @@ impl MemoryQueue {
 
     /// hold_step.lua: holds `step` for `hold`; claims move its jobs to the delayed set until then.
     pub fn hold_step(&self, step: &str, hold: Duration) {
-        self.state().caps.hold_step(step, now_ms_precise() + hold.as_secs_f64() * 1000.0);
+        self.state()
+            .caps
+            .hold_step(step, now_ms_precise() + hold.as_secs_f64() * 1000.0);
     }
 
     // A panic while holding the lock cannot leave the state half-changed in a way that matters
@@ -338,10 +340,8 @@ impl MemoryQueue {
     /// queue without room for all of them takes none.
     pub fn push_many<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<(), Full> {
         let mut s = self.state();
-        let held = s.ready.len()
-            + s.delayed.len()
-            + s.procs.values().map(VecDeque::len).sum::<usize>()
-            + s.caps.waiting_len();
+        let held =
+            s.ready.len() + s.delayed.len() + s.procs.values().map(VecDeque::len).sum::<usize>() + s.caps.waiting_len();
         let max = self.inner.max_jobs.load(Ordering::Relaxed);
         if held.saturating_add(payloads.len()) > max {
             return Err(Full {

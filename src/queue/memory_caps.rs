@@ -119,7 +119,12 @@ impl Caps {
 
     /// rates.lua: wakes the steps whose time has come; returns the jobs to put back in ready.
     pub fn wake_rates(&mut self, now: f64) -> Vec<Payload> {
-        let due: Vec<String> = self.wake.iter().filter(|(_, at)| **at <= now).map(|(s, _)| s.clone()).collect();
+        let due: Vec<String> = self
+            .wake
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(s, _)| s.clone())
+            .collect();
         let mut woken = Vec::new();
         for step in due {
             let Some((interval, tau)) = self.rates.get(&step).copied() else {
@@ -184,8 +189,14 @@ impl Caps {
 
     /// Jobs waiting per limited step and reason.
     pub fn waiting(&self) -> Vec<(String, &'static str, u64)> {
-        let caps = self.waiting.iter().map(|(s, l)| (s.clone(), "concurrency", l.len() as u64));
-        let rates = self.rate_waiting.iter().map(|(s, l)| (s.clone(), "rate", l.len() as u64));
+        let caps = self
+            .waiting
+            .iter()
+            .map(|(s, l)| (s.clone(), "concurrency", l.len() as u64));
+        let rates = self
+            .rate_waiting
+            .iter()
+            .map(|(s, l)| (s.clone(), "rate", l.len() as u64));
         caps.chain(rates).collect()
     }
 
@@ -198,7 +209,11 @@ impl Caps {
     }
 
     pub fn waiting_len(&self) -> usize {
-        self.waiting.values().chain(self.rate_waiting.values()).map(VecDeque::len).sum()
+        self.waiting
+            .values()
+            .chain(self.rate_waiting.values())
+            .map(VecDeque::len)
+            .sum()
     }
 }
 

@@ -307,9 +307,7 @@ impl RedisQueue {
             i64,
             Vec<String>,
             String,
-        ) = inv
-            .invoke_async(&mut self.conn.clone())
-            .await?;
+        ) = inv.invoke_async(&mut self.conn.clone()).await?;
         if !epoch.is_empty() {
             *self.epoch.lock().unwrap() = epoch;
         }

@@ -396,7 +396,8 @@ impl TestEnv {
         &self,
         step: &str,
     ) -> Vec<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> {
-        on_store!(self, |pool| sqlx::query(
+        on_store!(self, |pool| {
+            sqlx::query(
             "SELECT started_at, finished_at FROM step_results WHERE step = $1 AND started_at IS NOT NULL ORDER BY started_at"
         )
         .bind(step)
@@ -405,7 +406,8 @@ impl TestEnv {
         .unwrap()
         .into_iter()
         .map(|r| (r.get("started_at"), r.get("finished_at")))
-        .collect())
+        .collect()
+        })
     }
 
     /// Waits until `job_id` has a result row.

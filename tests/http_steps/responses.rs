@@ -285,9 +285,16 @@ async fn a_429_with_retry_after_holds_the_step_on_every_replica_until_then() {
     assert_eq!(requests.len(), 11, "the first job twice, the others once");
     for r in &requests[1..] {
         let gap = r.at - requests[0].at;
-        assert!(gap >= Duration::from_secs(3), "a replica called the held step after {gap:?}");
+        assert!(
+            gap >= Duration::from_secs(3),
+            "a replica called the held step after {gap:?}"
+        );
     }
-    assert_eq!(env.result("first").await.unwrap().attempts, 2, "the 429 is one failed attempt");
+    assert_eq!(
+        env.result("first").await.unwrap().attempts,
+        2,
+        "the 429 is one failed attempt"
+    );
     assert_eq!(
         env.count("SELECT count(*) FROM step_results WHERE attempts = 1").await,
         9,
@@ -297,8 +304,11 @@ async fn a_429_with_retry_after_holds_the_step_on_every_replica_until_then() {
     let mut held = 0.0;
     for w in &replicas {
         let (_, text) = common::get(&format!("http://{}/metrics", w.http_addr.unwrap())).await;
-        held += common::metric(&text, r#"step_worker_throttled_total{reason="backpressure",step="other"}"#)
-            .unwrap_or(0.0);
+        held += common::metric(
+            &text,
+            r#"step_worker_throttled_total{reason="backpressure",step="other"}"#,
+        )
+        .unwrap_or(0.0);
     }
     assert!(held >= 9.0, "{held} jobs counted as held");
     let _ = redis::AsyncCommands::del::<_, ()>(&mut redis, env.key("step_holds")).await;
