@@ -298,8 +298,7 @@ async fn a_claim_never_batches_a_suspect_and_takes_one_only_alone() {
         r.jobs[0].1,
         Counters {
             failures: 1,
-            suspect: true,
-            throttled: false,
+            suspect: true
         }
     );
     assert!(!r.suspect_waiting);
@@ -327,8 +326,7 @@ async fn a_claim_never_batches_a_suspect_and_takes_one_only_alone() {
         r.extra,
         [Counters {
             failures: 0,
-            suspect: true,
-            throttled: false,
+            suspect: true
         }]
     );
     assert_eq!(env.ready_len().await, 1, "f is left for others");
