@@ -4,6 +4,12 @@
 //! `/health` probe is never accepted. When the limit is reached, a new connection closes the idle
 //! one (nothing sent yet, or its last request answered) that has been quiet longest, so a probe
 //! always gets in; a connection whose request is being answered is never closed for room.
+//!
+//! Twice [`MAX_CONNECTIONS`] is a hard bound: a connection is accepted only once it holds one of
+//! that many slots, and an evicted connection gives its slot back when its socket is closed, not
+//! when it is told to close. Without that, a backlog of held connections is accepted faster than
+//! the evicted ones close, the process runs out of file descriptors, and every `accept` then
+//! waits a second (axum's pause on `EMFILE`) while the probe waits in the backlog.
 
 use std::io;
 use std::pin::Pin;
@@ -15,6 +21,7 @@ use std::time::{Duration, Instant};
 use futures::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 
 /// Connections open at once before idle ones are closed to make room (twice as many at most):
@@ -26,6 +33,10 @@ pub const MAX_CONNECTIONS: usize = 64;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Quiet this long, an unanswered connection may be closed to make room.
 const EVICT_QUIET: Duration = Duration::from_millis(500);
+/// How often the listener looks again for an idle connection to close when every slot is taken
+/// by a request being answered, or after an `accept` failed for want of a file descriptor (other
+/// parts of the worker may hold them): short, because a probe waits in the backlog meanwhile.
+const RETRY_ROOM: Duration = Duration::from_millis(20);
 
 /// What the listener knows of a connection: when it last moved, and a way to close it.
 struct Conn {
@@ -42,6 +53,10 @@ pub struct BoundedListener {
     inner: TcpListener,
     started: Instant,
     conns: Arc<Mutex<Vec<Weak<Conn>>>>,
+    /// `2 * MAX_CONNECTIONS` slots; each open connection holds one until its socket is closed.
+    slots: Arc<Semaphore>,
+    /// Whether the last `accept` failed for a reason other than the client's: logged once a run.
+    failing: bool,
 }
 
 impl BoundedListener {
@@ -50,21 +65,40 @@ impl BoundedListener {
             inner,
             started: Instant::now(),
             conns: Arc::default(),
+            slots: Arc::new(Semaphore::new(2 * MAX_CONNECTIONS)),
+            failing: false,
         }
     }
 
-    /// Makes room for one more connection by closing the one quiet longest.
-    fn make_room(&self) {
+    /// A slot for the next connection: when all are taken, the quietest idle connection is closed
+    /// and its slot awaited (looked for again every [`RETRY_ROOM`] while every one is busy).
+    async fn slot(&self) -> OwnedSemaphorePermit {
+        loop {
+            if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+                return permit;
+            }
+            self.make_room(true);
+            tokio::select! {
+                permit = self.slots.clone().acquire_owned() => {
+                    return permit.expect("the listener never closes its semaphore");
+                }
+                _ = tokio::time::sleep(RETRY_ROOM) => {}
+            }
+        }
+    }
+
+    /// Makes room for one more connection by closing the one quiet longest; `force` closes the
+    /// quietest idle one however recently it moved (the file descriptors matter more then).
+    fn make_room(&self, force: bool) {
         let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
         // An evicted connection no longer counts: it closes as soon as its task next runs.
         conns.retain(|c| c.upgrade().is_some_and(|c| !c.evicted.load(Ordering::Relaxed)));
-        if conns.len() < MAX_CONNECTIONS {
+        if conns.len() < MAX_CONNECTIONS && !force {
             return;
         }
         // A client sends its request as soon as it connects: one quiet for EVICT_QUIET is idle,
         // one accepted a moment ago may have its request on the way.
-        // Past twice the limit, the file descriptors matter more: the quietest idle one goes.
-        let quiet_since = match conns.len() >= 2 * MAX_CONNECTIONS {
+        let quiet_since = match force || conns.len() >= 2 * MAX_CONNECTIONS {
             true => u64::MAX,
             false => (self.started.elapsed().saturating_sub(EVICT_QUIET)).as_millis() as u64,
         };
@@ -86,8 +120,28 @@ impl axum::serve::Listener for BoundedListener {
     type Addr = std::net::SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let (stream, addr) = axum::serve::Listener::accept(&mut self.inner).await;
-        self.make_room();
+        let (stream, addr, slot) = loop {
+            let slot = self.slot().await;
+            match self.inner.accept().await {
+                Ok((stream, addr)) => {
+                    self.failing = false;
+                    break (stream, addr, slot);
+                }
+                // The client gave up before it was accepted: nothing to do.
+                Err(e) if is_client_error(&e) => {}
+                // Out of file descriptors (the worker's other connections count too), or another
+                // failure of the server's: close an idle connection and try again shortly.
+                Err(e) => {
+                    if !std::mem::replace(&mut self.failing, true) {
+                        tracing::warn!(error = %e, "accepting an HTTP connection failed; closing an idle one and retrying");
+                    }
+                    drop(slot);
+                    self.make_room(true);
+                    tokio::time::sleep(RETRY_ROOM).await;
+                }
+            }
+        };
+        self.make_room(false);
         let conn = Arc::new(Conn {
             last_active: AtomicU64::new(self.started.elapsed().as_millis() as u64),
             busy: AtomicBool::new(false),
@@ -100,6 +154,7 @@ impl axum::serve::Listener for BoundedListener {
             .push(Arc::downgrade(&conn));
         let io = BoundedStream {
             inner: stream,
+            _slot: slot,
             conn,
             started: self.started,
             idle: Box::pin(tokio::time::sleep(IDLE_TIMEOUT)),
@@ -112,9 +167,19 @@ impl axum::serve::Listener for BoundedListener {
     }
 }
 
+/// Errors of one connection attempt, not of the listener (as hyper and axum classify them).
+fn is_client_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+    )
+}
+
 /// A connection that fails its next read or write once it is idle too long or evicted.
 pub struct BoundedStream {
     inner: TcpStream,
+    /// Given back when the stream, and with it the socket, is dropped.
+    _slot: OwnedSemaphorePermit,
     conn: Arc<Conn>,
     started: Instant,
     idle: Pin<Box<Sleep>>,
@@ -190,7 +255,44 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
 
-    use super::{BoundedListener, IDLE_TIMEOUT};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::{BoundedListener, IDLE_TIMEOUT, MAX_CONNECTIONS};
+
+    /// Connections that send nothing, three times the hard bound of them, are all accepted, and
+    /// the server never holds more than the bound open at once: an evicted connection's socket
+    /// is closed before the one that replaces it is accepted.
+    #[tokio::test]
+    async fn open_connections_never_exceed_twice_the_limit_while_a_backlog_is_accepted() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut bounded = BoundedListener::new(listener);
+        // Connected while the server accepts: the kernel's accept queue may be shorter than this.
+        let clients = tokio::spawn(async move {
+            let mut clients = Vec::new();
+            for _ in 0..3 * MAX_CONNECTIONS {
+                clients.push(TcpStream::connect(addr).await.unwrap());
+            }
+            clients
+        });
+        let open = Arc::new(AtomicUsize::new(0));
+        let mut most = 0;
+        for _ in 0..3 * MAX_CONNECTIONS {
+            let (mut server, _) = axum::serve::Listener::accept(&mut bounded).await;
+            most = most.max(open.fetch_add(1, Ordering::SeqCst) + 1);
+            let open = open.clone();
+            // As a server's connection task: read until the connection fails, then drop it.
+            tokio::spawn(async move {
+                let mut byte = [0u8; 1];
+                while matches!(server.read(&mut byte).await, Ok(n) if n > 0) {}
+                drop(server);
+                open.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+        assert!(most <= 2 * MAX_CONNECTIONS, "{most} connections open at once");
+        drop(clients.await.unwrap());
+    }
 
     /// A connection that sends nothing is closed after IDLE_TIMEOUT (on tokio's paused clock), and
     /// one that keeps moving is not, however long it lives.

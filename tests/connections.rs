@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -14,14 +14,15 @@ async fn health_answers_while_hundreds_of_idle_connections_are_held() {
     let dir = std::env::temp_dir().join(common::unique("sw_conns_"));
     std::fs::create_dir_all(&dir).unwrap();
     let port = common::servers::free_port();
+    let log = dir.join("worker.log");
     // `ulimit -n 256` applies to the worker only, through the shell that execs it.
     let child = Command::new("sh")
         .args(["-c", "ulimit -n 256 && exec \"$0\"", env!("CARGO_BIN_EXE_step-worker")])
         .env_clear()
         .env("HEALTH_CHECK_PORT", port.to_string())
-        .env("LOG_LEVEL", "error")
+        .env("LOG_LEVEL", "warn")
         .current_dir(&dir)
-        .stdout(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     // Killed however the test ends: a failed assertion must not leave the worker running.
@@ -61,7 +62,10 @@ async fn health_answers_while_hundreds_of_idle_connections_are_held() {
         assert_eq!(health().await.map_err(|e| e.to_string()), Ok(200));
     }
     drop(held);
+    // Running out of file descriptors is what made accepting pause for a second at a time.
+    let logged = std::fs::read_to_string(&log).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+    assert!(!logged.contains("Too many open files"), "{logged}");
 }
 
 /// `EVAL`/`EVALSHA` calls the Redis server has answered (every depth read is one).
