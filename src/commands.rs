@@ -29,7 +29,8 @@ pub async fn migrate(config: &Config, revert: bool) -> anyhow::Result<()> {
     match (applied, current) {
         (Ok(()), true) => println!("migrations applied"),
         (Err(e), true) => {
-            eprintln!("warning: {:#}", anyhow::Error::from(e).context("applying migrations"));
+            let e = anyhow::Error::from(e).context("applying migrations");
+            eprintln!("warning: {}", crate::telemetry::error_chain(e.as_ref()));
             println!("migrations applied (the schema is at the expected version)");
         }
         (Err(e), false) => return Err(anyhow::Error::from(e).context("applying migrations")),

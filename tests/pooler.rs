@@ -276,6 +276,19 @@ async fn workers_and_every_subcommand_run_through_a_transaction_pooler_without_p
     for w in workers {
         log += &w.stop();
     }
+    // Retention's statements take a transaction-level advisory lock: legal through the pooler.
+    cli.ok(&["results", "purge", "--older-than", "1ms", "--status", "dead", "--yes"])
+        .await;
+    assert_eq!(
+        env.count("SELECT count(*) FROM step_results WHERE status = 'dead'")
+            .await,
+        0
+    );
+    assert!(
+        env.count("SELECT count(*) FROM step_results WHERE status = 'succeeded'")
+            .await
+            > 0
+    );
     // Migrations through the pooler both ways, and a no-op run that still reports success.
     cli.ok(&["migrate", "--revert"]).await;
     assert_eq!(env.count("SELECT count(*) FROM _sqlx_migrations").await, 0);
