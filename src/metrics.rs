@@ -372,13 +372,13 @@ pub fn trace_spans_dropped() -> &'static IntCounterVec {
         let dropped = IntCounterVec::new(
             Opts::new(
                 "step_worker_trace_spans_dropped_total",
-                "Spans not exported, by reason: queue_full (the export queue was full: the collector is slow or unreachable), export_failed (the collector refused or never answered their batch).",
+                "Spans not exported, by reason: queue_full (the export queue was full: the collector is slow or unreachable), export_failed (the collector refused or never answered their batch), collector_down (an attempt not traced while the export was failing, one per attempt; one attempt a second still is).",
             ),
             &["reason"],
         )
         .unwrap();
-        // Both series exist from the start, at 0, so a rate() over them works before the first drop.
-        for reason in ["queue_full", "export_failed"] {
+        // Every series exists from the start, at 0, so a rate() over them works before the first drop.
+        for reason in ["queue_full", "export_failed", "collector_down"] {
             dropped.with_label_values(&[reason]);
         }
         dropped

@@ -106,9 +106,18 @@ impl Runner {
         // Counts come from Redis and payloads: never let arithmetic on them panic or wrap.
         let attempt = claimed.failures.saturating_add(1);
         // The trace fields are filled in by `trace::begin`, the outcome and wait on the way.
-        let span = info_span!("job", job.id = %job.id, job.step = %job.step, run.id = job.run_id.as_deref(),
-            correlation_id = %job.correlation_id, attempt, trace_id = Empty, span_id = Empty, outcome = Empty,
-            queue.wait_ms = Empty);
+        // One field list for both targets: the untraced one is left out of export (trace::admit).
+        macro_rules! job_span {
+            ($($target:tt)*) => {
+                info_span!($($target)* "job", job.id = %job.id, job.step = %job.step, run.id = job.run_id.as_deref(),
+                    correlation_id = %job.correlation_id, attempt, trace_id = Empty, span_id = Empty, outcome = Empty,
+                    queue.wait_ms = Empty)
+            };
+        }
+        let span = match crate::trace::export::admit() {
+            true => job_span!(),
+            false => job_span!(target: trace::UNTRACED,),
+        };
         trace::begin(&span, job.trace.as_ref(), claimed.claimed_at.into());
         let mut decided = self
             .run_job(claimed, job, attempt, cancel)

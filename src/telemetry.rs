@@ -88,7 +88,11 @@ pub fn init(config: &Config) -> Telemetry {
                 .with_context_activation(false)
                 // The worker's spans (the attempts) and, as their events, its log lines at info
                 // and above: nothing from libraries.
-                .with_filter(Targets::new().with_target("step_worker", LevelFilter::INFO));
+                .with_filter(
+                    Targets::new()
+                        .with_target("step_worker", LevelFilter::INFO)
+                        .with_target(crate::trace::attempt::UNTRACED, LevelFilter::OFF),
+                );
             (Some(layer), Some(export))
         }
         Ok(None) => (None, None),

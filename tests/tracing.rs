@@ -54,6 +54,11 @@ impl Received {
 }
 
 async fn receiver() -> (SocketAddr, Received) {
+    receiver_on(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()).await
+}
+
+/// The test's collector and step endpoint, served on `listener`.
+async fn receiver_on(listener: tokio::net::TcpListener) -> (SocketAddr, Received) {
     let received = Received::default();
     let (spans, calls) = (received.spans.clone(), received.step_calls.clone());
     let app = Router::new()
@@ -89,7 +94,6 @@ async fn receiver() -> (SocketAddr, Received) {
                 axum::Json(json!({"charged": true}))
             }),
         );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (addr, received)
@@ -331,6 +335,32 @@ async fn an_unreachable_collector_costs_the_jobs_nothing(protocol: &str, collect
         common::metric(&worker.metrics().await, &line).unwrap_or(0.0) >= 1.0
     })
     .await;
+    // Once the export is known to fail, attempts are shed before their spans are built: the
+    // jobs that follow are counted as not traced (all but one probe a second).
+    let shed = || async {
+        common::metric(
+            &worker.metrics().await,
+            r#"step_worker_trace_spans_dropped_total{reason="collector_down"}"#,
+        )
+        .unwrap_or(0.0)
+    };
+    let before = shed().await;
+    for i in 0..50 {
+        env.push(&json!({"id": format!("v{i}"), "step": "builtin.noop"}).to_string())
+            .await;
+    }
+    env.wait_count(
+        "the later jobs to succeed",
+        "SELECT count(*) FROM step_results WHERE status = 'succeeded'",
+        jobs as i64 + 50,
+        WAIT,
+    )
+    .await;
+    // `/metrics` may serve a rendering up to a second old: the count is awaited, not read once.
+    common::wait_for("the later attempts to be counted as shed", WAIT, || async {
+        shed().await - before >= 45.0
+    })
+    .await;
     // Exit stays bounded: at most the flush's few seconds beyond the drain.
     let stopping = Instant::now();
     assert!(worker.stop().success());
@@ -370,6 +400,59 @@ impl Collector {
             _listener: Some(listener),
         }
     }
+}
+
+/// A collector that comes back after an outage gets every attempt's span again, within a few
+/// batch delays: the probes the worker keeps tracing while it is down find it.
+#[tokio::test]
+async fn tracing_resumes_when_the_collector_comes_back() {
+    let env = TestEnv::new().await;
+    let down = Collector::closed();
+    let endpoint = format!("http://{}", down.addr);
+    let worker = Worker::spawn(
+        &env,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ],
+    );
+    let shed = r#"step_worker_trace_spans_dropped_total{reason="collector_down"}"#;
+    let mut pushed = 0;
+    common::wait_for("attempts to be shed while the collector is down", WAIT, || {
+        pushed += 1;
+        let (env, worker, id) = (&env, &worker, format!("down{pushed}"));
+        async move {
+            env.push(&json!({"id": id, "step": "builtin.noop"}).to_string()).await;
+            common::metric(&worker.metrics().await, shed).unwrap_or(0.0) >= 1.0
+        }
+    })
+    .await;
+
+    let (_, received) = receiver_on(tokio::net::TcpListener::bind(down.addr).await.unwrap()).await;
+    let mut probes = 0;
+    common::wait_for("a probe's span to reach the collector", WAIT, || {
+        probes += 1;
+        let (env, received, id) = (&env, &received, format!("probe{probes}"));
+        async move {
+            env.push(&json!({"id": id, "step": "builtin.noop"}).to_string()).await;
+            !received.spans().is_empty()
+        }
+    })
+    .await;
+    // Once the exporter has its answer, every attempt is traced again.
+    common::wait_for("the export to recover", WAIT, || async {
+        worker.logs().iter().any(|l| l.contains("trace export recovered"))
+    })
+    .await;
+    for i in 0..20 {
+        env.push(&json!({"id": format!("after{i}"), "step": "builtin.noop"}).to_string())
+            .await;
+    }
+    common::wait_for("every later attempt's span", WAIT, || async {
+        (0..20).all(|i| received.span("job", &format!("after{i}")).is_some())
+    })
+    .await;
+    assert!(worker.stop().success());
 }
 
 #[tokio::test]

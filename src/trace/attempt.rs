@@ -17,11 +17,21 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use super::context::{Remote, TraceHeaders, headers};
 use super::export;
 
+/// The target of a job span that is not traced: the OpenTelemetry layer's filter excludes it, so
+/// the span costs what a log span costs; the logs see it as any other (`step_worker::runner`
+/// directives match it). See [`export::admit`].
+pub const UNTRACED: &str = "step_worker::runner::untraced";
+
+/// Whether `span` is exported: export is on and the span was admitted.
+fn traced(span: &Span) -> bool {
+    export::tracer().is_some() && span.metadata().is_some_and(|m| m.target() != UNTRACED)
+}
+
 /// Joins `span` (the job's, before it is first entered) to the producer's trace when there is
 /// one, and records the trace and span ids on it for the logs. With export off the logs still
 /// get the producer's trace id; there is no span id of the worker's own.
 pub fn begin(span: &Span, remote: Option<&Remote>, claimed_at: SystemTime) {
-    if export::tracer().is_none() || span.is_disabled() {
+    if !traced(span) || span.is_disabled() {
         if let Some(remote) = remote {
             span.record("trace_id", tracing::field::display(remote.trace_id));
         }
@@ -42,7 +52,7 @@ pub fn begin(span: &Span, remote: Option<&Remote>, claimed_at: SystemTime) {
 pub fn outcome(span: &Span, outcome: &'static str, error: Option<&str>) {
     span.record("outcome", outcome);
     if let Some(error) = error
-        && export::tracer().is_some()
+        && traced(span)
     {
         span.set_status(Status::error(error.to_owned()));
     }
@@ -50,7 +60,7 @@ pub fn outcome(span: &Span, outcome: &'static str, error: Option<&str>) {
 
 /// The attempt's rows are committed to Postgres, with those of `jobs` jobs in all (one statement).
 pub fn committed(span: &Span, jobs: usize) {
-    if export::tracer().is_some() {
+    if traced(span) {
         span.add_event("committed", vec![KeyValue::new("batch.jobs", jobs as i64)]);
     }
 }
@@ -58,7 +68,7 @@ pub fn committed(span: &Span, jobs: usize) {
 /// The job left this worker's list in Redis (`how`: done, retry, requeue, hold); the span ends
 /// here, when its last handle is dropped.
 pub fn settled(span: &Span, how: &'static str) {
-    if export::tracer().is_some() {
+    if traced(span) {
         span.add_event("settled", vec![KeyValue::new("settle", how)]);
         // An exported span ends when it was last exited: entering it once more moves its end from
         // the step's end to now.
@@ -74,7 +84,7 @@ pub struct Step {
 impl Step {
     /// Opens the step span under `attempt` (the job's span); nothing while export is off.
     pub fn start(attempt: &Span) -> Self {
-        let Some(tracer) = export::tracer() else {
+        let Some(tracer) = export::tracer().filter(|_| traced(attempt)) else {
             return Step { span: None };
         };
         let cx = attempt.context();

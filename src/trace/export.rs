@@ -7,11 +7,17 @@
 //! collector refused or never answered (`reason="export_failed"`). The SDK keeps its own drop
 //! count private, so the queue's bound is enforced here, in front of it, where it can be counted.
 //! At exit, what is queued is flushed for at most [`SHUTDOWN_FLUSH`].
+//!
+//! Building a span costs far more than dropping it (the attempt's span costs the job path about
+//! half again its own CPU), so while the export fails [`admit`] sheds attempts *before* their
+//! spans are built: only one attempt a [`PROBE_EVERY`] is traced, the probe whose batch tells
+//! when the collector is back; the others are counted (`reason="collector_down"`) and keep their
+//! log lines and the producer's trace id in them.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, OnceLock};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use opentelemetry::trace::TracerProvider as _;
@@ -35,8 +41,54 @@ const QUEUE: usize = 2048;
 pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(1);
 /// The instrumentation scope the spans carry.
 const SCOPE: &str = "step-worker";
+/// While the export fails, one attempt in this long is traced: often enough that tracing is back
+/// within a batch delay (`OTEL_BSP_SCHEDULE_DELAY`, 5 s) of the collector, rare enough to cost
+/// nothing measurable.
+pub const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 static TRACER: OnceLock<SdkTracer> = OnceLock::new();
+static GATE: OnceLock<Gate> = OnceLock::new();
+
+/// What [`admit`] decides by: the exporter's view of the collector and the queue's fill.
+struct Gate {
+    /// The last batch was refused or never answered.
+    failing: Arc<AtomicBool>,
+    pending: Arc<AtomicUsize>,
+    started: Instant,
+    /// Milliseconds since `started` from which the next probe may be traced.
+    next_probe: AtomicU64,
+}
+
+/// Whether the attempt about to start is traced: always while the export works; while it fails
+/// (the last batch refused or unanswered, or the queue full), one attempt a [`PROBE_EVERY`], the
+/// others counted in `step_worker_trace_spans_dropped_total{reason="collector_down"}` (one per
+/// attempt; its `step` span is not built either). `false` when export is off.
+pub fn admit() -> bool {
+    static SHED: LazyLock<prometheus::IntCounter> =
+        LazyLock::new(|| crate::metrics::trace_spans_dropped().with_label_values(&["collector_down"]));
+    let Some(gate) = GATE.get() else {
+        return false;
+    };
+    if !gate.failing.load(Ordering::Relaxed) && gate.pending.load(Ordering::Relaxed) < QUEUE {
+        return true;
+    }
+    let now = gate.started.elapsed().as_millis() as u64;
+    let next = gate.next_probe.load(Ordering::Relaxed);
+    let probe = now >= next
+        && gate
+            .next_probe
+            .compare_exchange(
+                next,
+                now + PROBE_EVERY.as_millis() as u64,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_ok();
+    if !probe {
+        SHED.inc();
+    }
+    probe
+}
 
 /// The tracer of the running export, `None` when export is off: the cheap test the job path makes
 /// before it does any tracing work of its own.
@@ -100,15 +152,22 @@ pub fn start(config: &Otel) -> anyhow::Result<Option<(SdkTracer, Export)>> {
     }
     .context("cannot build the OTLP trace exporter (OTEL_EXPORTER_OTLP_ENDPOINT)")?;
     let pending = Arc::new(AtomicUsize::new(0));
+    let failing = Arc::new(AtomicBool::new(false));
     let batch = BatchSpanProcessor::builder(Counted {
         inner: exporter,
         pending: pending.clone(),
-        failing: AtomicBool::new(false),
+        failing: failing.clone(),
     })
     // The default builder reads the SDK's OTEL_BSP_* variables; the queue's bound is this
     // module's, since the gate below enforces it.
     .with_batch_config(BatchConfigBuilder::default().with_max_queue_size(QUEUE).build())
     .build();
+    let _ = GATE.set(Gate {
+        failing,
+        pending: pending.clone(),
+        started: Instant::now(),
+        next_probe: AtomicU64::new(0),
+    });
     let provider = SdkTracerProvider::builder()
         .with_span_processor(Bounded { inner: batch, pending })
         .with_sampler(sampler(config.sampler))
@@ -201,8 +260,9 @@ impl SpanProcessor for Bounded {
 struct Counted<E> {
     inner: E,
     pending: Arc<AtomicUsize>,
-    /// The last export failed: the next failure is not logged again, the recovery is.
-    failing: AtomicBool,
+    /// The last export failed: the next failure is not logged again, the recovery is; [`admit`]
+    /// sheds attempts meanwhile.
+    failing: Arc<AtomicBool>,
 }
 
 impl<E: SpanExporter> SpanExporter for Counted<E> {
