@@ -23,6 +23,8 @@ on_each_driver!(
     a_run_at_in_the_past_runs_at_once,
     a_run_at_given_as_rfc3339_starts_no_earlier,
     malformed_run_at_and_delay_ms_are_dead_lettered_naming_the_field,
+    post_jobs_keeps_delay_ms_and_refuses_it_beside_run_at,
+    queue_wait_counts_from_the_due_time_not_from_the_push,
 );
 
 async fn metrics(worker: &step_worker::worker::Running) -> String {
@@ -181,6 +183,45 @@ async fn malformed_run_at_and_delay_ms_are_dead_lettered_naming_the_field(env: T
         assert!(error.contains(says), "{id}: {error}");
     }
     assert_eq!(env.delayed_len().await, 0);
+    worker.stop().await.unwrap();
+}
+
+async fn post_jobs_keeps_delay_ms_and_refuses_it_beside_run_at(env: TestEnv) {
+    let worker = env.start(&[]).await;
+    let url = format!("http://{}/jobs", worker.http_addr.unwrap());
+    let post = |body: serde_json::Value| reqwest::Client::new().post(&url).json(&body).send();
+    let both = json!({"id": "post-2", "step": "builtin.noop", "delay_ms": 1, "run_at": 1});
+    let refused = post(both).await.unwrap();
+    assert_eq!(refused.status().as_u16(), 400);
+    assert!(refused.text().await.unwrap().contains("exclusive"));
+    let posted = Utc::now();
+    let accepted = post(json!({"id": "post-1", "step": "builtin.noop", "delay_ms": 1500}))
+        .await
+        .unwrap();
+    assert_eq!(accepted.status().as_u16(), 202);
+    let row = env.wait_result("post-1", WAIT).await;
+    assert_eq!((row.status.as_str(), row.attempts), ("succeeded", 1));
+    let waited = (row.started_at.unwrap() - posted).to_std().unwrap();
+    assert!(
+        waited >= DELAY && waited < DELAY + SLACK,
+        "started {waited:?} after the request"
+    );
+    assert!(env.result("post-2").await.is_none());
+    worker.stop().await.unwrap();
+}
+
+async fn queue_wait_counts_from_the_due_time_not_from_the_push(env: TestEnv) {
+    let worker = env.start(&[]).await;
+    // Pushed 10 s ago, due 100 ms ago: it waited for a worker 0.1 s, not 10 s.
+    let enqueued_at = Utc::now().timestamp_millis() - 10_000;
+    let job = json!({"id": "wait-1", "step": "builtin.noop", "enqueued_at": enqueued_at, "delay_ms": 9_900});
+    env.push(&job.to_string()).await;
+    env.wait_result("wait-1", WAIT).await;
+    let text = metrics(&worker).await;
+    let count = common::metric(&text, r#"step_worker_queue_wait_seconds_count{step="builtin.noop"}"#);
+    let sum = common::metric(&text, r#"step_worker_queue_wait_seconds_sum{step="builtin.noop"}"#).unwrap();
+    assert_eq!(count, Some(1.0));
+    assert!((0.1..5.0).contains(&sum), "queue wait {sum} s");
     worker.stop().await.unwrap();
 }
 
