@@ -243,6 +243,12 @@ async fn a_delay_settle_counts_no_attempt_and_a_reaped_worker_cannot_move_the_jo
     let (d, r) = (claimed[0].0.clone(), claimed[1].0.clone());
     let stamped = Payload::from(&br#"{"enqueued_at":1,"id":"d-1","step":"builtin.noop","delay_ms":60000}"#[..]);
     let minute = Duration::from_secs(60);
+    // A recovery counted against the claimed bytes: the stamped copy must not leave it behind.
+    let interrupts = env.key("interrupts");
+    let d_sum = step_worker::queue::sha1_hex(&d);
+    let _: () = redis::AsyncCommands::hset(&mut env.redis.clone(), &interrupts, &d_sum, 1)
+        .await
+        .unwrap();
     let ops = [
         SettleOp::Delay(d.clone(), minute, stamped.clone()),
         SettleOp::Retry(r.clone(), minute),
@@ -255,6 +261,10 @@ async fn a_delay_settle_counts_no_attempt_and_a_reaped_worker_cannot_move_the_jo
     assert!(delayed.contains(&stamped.to_vec()), "the stamped copy is scheduled");
     assert!(!delayed.contains(&d.to_vec()), "not the claimed bytes");
     assert_eq!(env.attempt_counters().await, 1, "only the retry counted an attempt");
+    let left: bool = redis::AsyncCommands::hexists(&mut redis, &interrupts, &d_sum)
+        .await
+        .unwrap();
+    assert!(!left, "the claimed bytes' counters are forgotten");
 
     // A second job, claimed and then taken from this worker by the reaper.
     env.push(r#"{"id":"d-2","step":"builtin.noop","delay_ms":60000}"#).await;

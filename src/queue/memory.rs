@@ -219,7 +219,11 @@ impl MemoryQueue {
                         *s.attempts.entry(p.clone()).or_default() += 1;
                         s.schedule(p.clone(), now + delay.as_millis() as u64);
                     }
-                    SettleOp::Delay(_, delay, scheduled) => {
+                    SettleOp::Delay(p, delay, scheduled) => {
+                        // As settle.lua: a stamped copy's counters start afresh.
+                        if scheduled != p {
+                            s.attempts.remove(p);
+                        }
                         s.schedule(scheduled.clone(), now + delay.as_millis() as u64);
                     }
                     // Steps cannot be paused here (no operator reaches this process's memory),

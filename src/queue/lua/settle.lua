@@ -11,7 +11,8 @@
 --   'retry'   count a failed attempt, schedule the payload arg ms from now
 --   'delay'   (op, payload, arg, scheduled) claimed before its due time: schedule `scheduled` (the
 --             payload, or a copy stamped with its enqueue time) arg ms from now, as a retry
---             without counting an attempt: nothing ran
+--             without counting an attempt: nothing ran. A stamped copy starts with no counters,
+--             and those of the claimed bytes are forgotten as a done op's are.
 --   'requeue' hand back unfinished (shutdown): consumer end, runs next, not an attempt
 --   'hold'    its step is paused: park it in the held list KEYS[arg] (`{queue}:held:<step>`), not
 --             an attempt. If the step was resumed meanwhile, it goes back to ready instead:
@@ -49,6 +50,9 @@ while i <= #ARGV do
         redis.call('HINCRBY', KEYS[3], redis.sha1hex(p), 1)
       else
         scheduled = ARGV[i + 3]
+        -- A stamped copy is a new payload with counters of its own: the claimed bytes' counters
+        -- would never be read or deleted again.
+        if scheduled ~= p then done[#done + 1] = redis.sha1hex(p) end
       end
       redis.call('ZADD', KEYS[2], now + tonumber(ARGV[i + 2]), scheduled)
     elseif op == 'hold' then
