@@ -7,8 +7,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
-pub use fields::{MAX_ENQUEUED_AT_MS, MAX_RETRIES, MAX_TIMEOUT_MS, MIN_ENQUEUED_AT_MS};
+pub use due::Due;
+pub use fields::{MAX_DELAY_MS, MAX_ENQUEUED_AT_MS, MAX_RETRIES, MAX_TIMEOUT_MS, MIN_ENQUEUED_AT_MS};
 
+mod due;
 mod fields;
 
 /// Longest accepted job id: ids are primary keys and log fields, so they stay short.
@@ -30,6 +32,11 @@ pub struct Job {
     pub max_retries: Option<u32>,
     /// 1 ms to [`MAX_TIMEOUT_MS`].
     pub timeout: Option<Duration>,
+    /// Not before this moment (`run_at`), in the range of `enqueued_at`. Never set together with
+    /// `delay`: decode refuses a job that gives both.
+    pub run_at: Option<DateTime<Utc>>,
+    /// Not before this long after `enqueued_at` (`delay_ms`), 0 to [`MAX_DELAY_MS`].
+    pub delay: Option<Duration>,
     /// The producer's trace context (`traceparent`, `tracestate`), the attempt's parent span.
     pub trace: Option<crate::trace::Remote>,
     /// Why the job's `traceparent` or `tracestate` was ignored: a malformed trace context is
@@ -120,6 +127,21 @@ pub fn decode(payload: &[u8]) -> Result<Job, (DecodeError, Salvage)> {
         None | Some(Value::Null) => None,
         Some(v) => Some(fields::timeout_ms(&v).map_err(envelope)?),
     };
+    let run_at = match map.remove("run_at") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(fields::run_at(&v).map_err(envelope)?),
+    };
+    let delay = match map.remove("delay_ms") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(fields::delay_ms(&v).map_err(envelope)?),
+    };
+    if run_at.is_some() && delay.is_some() {
+        // Which one wins (the later? the first given?) is a guess either way; a producer that
+        // sends both has a bug it should hear about, not a job that runs at a surprising time.
+        return Err(envelope(
+            "fields `run_at` and `delay_ms` are exclusive: give one of them".to_owned(),
+        ));
+    }
     let trace =
         crate::trace::context::from_fields(map.remove("traceparent").as_ref(), map.remove("tracestate").as_ref());
     Ok(Job {
@@ -131,6 +153,8 @@ pub fn decode(payload: &[u8]) -> Result<Job, (DecodeError, Salvage)> {
         enqueued_at,
         max_retries,
         timeout,
+        run_at,
+        delay,
         trace: trace.remote,
         trace_ignored: trace.ignored,
         extra: map,

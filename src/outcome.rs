@@ -33,6 +33,10 @@ pub enum Settle {
     Done,
     /// Failed attempt; try again after this delay.
     Retry(Duration),
+    /// Claimed before its due time (`run_at`, `delay_ms`): nothing ran and no attempt is
+    /// counted. `payload` re-enters the queue `after` from now: the claimed bytes, or a copy
+    /// stamped with its enqueue time (see `job::due`).
+    Delay { after: Duration, payload: Payload },
     /// Unfinished (shutdown or lost lease): back to ready, not counted as an attempt.
     Requeue,
     /// Its step is paused: wait in the step's held list, not counted as an attempt.

@@ -232,6 +232,10 @@ impl Pipeline {
                 self.metrics.job(&f.step_label, "retried");
                 self.promoter.schedule(*delay);
             }
+            Settle::Delay { after, .. } => {
+                self.metrics.job(&f.step_label, "delayed");
+                self.promoter.schedule(*after);
+            }
             Settle::Requeue => self.metrics.job(&f.step_label, "requeued"),
             Settle::Hold(_) => self.metrics.job(&f.step_label, "held"),
         }
@@ -243,6 +247,7 @@ fn settle_name(settle: &Settle) -> &'static str {
     match settle {
         Settle::Done => "done",
         Settle::Retry(_) => "retry",
+        Settle::Delay { .. } => "delay",
         Settle::Requeue => "requeue",
         Settle::Hold(_) => "hold",
     }
@@ -253,6 +258,7 @@ fn settle_op(f: &Finished) -> SettleOp {
     match &f.settle {
         Settle::Done => SettleOp::Done(p),
         Settle::Retry(delay) => SettleOp::Retry(p, *delay),
+        Settle::Delay { after, payload } => SettleOp::Delay(p, *after, payload.clone()),
         Settle::Requeue => SettleOp::Requeue(p),
         Settle::Hold(step) => SettleOp::Hold(p, step.clone()),
     }
@@ -264,7 +270,7 @@ fn batch_of<'a>(items: impl Iterator<Item = &'a Finished>) -> Batch {
     let mut batch = Batch::default();
     let mut seen = std::collections::HashSet::new();
     for f in items {
-        if matches!(f.settle, Settle::Requeue | Settle::Hold(_)) {
+        if matches!(f.settle, Settle::Requeue | Settle::Hold(_) | Settle::Delay { .. }) {
             continue;
         }
         if let Some(r) = &f.result {

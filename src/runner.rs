@@ -20,6 +20,7 @@ use crate::handler::{Registry, Retry, StepContext, StepError};
 use crate::job::{self, Job};
 use crate::metrics::Metrics;
 use crate::outcome::{Claimed, Decided, Finished, Settle};
+use crate::queue::Payload;
 use crate::redact::Redactor;
 use crate::store::{AttemptRecord, DeadLetterRecord, ResultRecord, Status, stored_json};
 use crate::trace::attempt as trace;
@@ -103,6 +104,17 @@ impl Runner {
                 };
             }
         };
+        // Before anything that judges the job (its handler, a paused step): by its due time the
+        // step may be deployed or resumed. No span either: a claim too early is not an attempt.
+        if let job::Due::Later { after, payload } = job.due(&claimed.payload, Utc::now()) {
+            tracing::debug!(job.id = %job.id, job.step = %job.step, due_in_ms = after.as_millis() as u64,
+                "claimed before its due time; back to the delayed set");
+            let payload = payload.map_or_else(|| claimed.payload.clone(), Payload::from);
+            return Decided {
+                settle: Settle::Delay { after, payload },
+                ..Decided::requeue(self.label(&job.step))
+            };
+        }
         // Counts come from Redis and payloads: never let arithmetic on them panic or wrap.
         let attempt = claimed.failures.saturating_add(1);
         // The trace fields are filled in by `trace::begin`, the outcome and wait on the way.
@@ -138,15 +150,7 @@ impl Runner {
             trace::outcome(&Span::current(), "unknown_step", Some(&error));
             return self.dead(claimed, &job, UNKNOWN.into(), "unknown_step", error, 0, None);
         };
-        // Step names come from payloads, and a fallback (HTTP steps) runs any of them: only names
-        // known in advance are labels, so the series count is bounded whatever producers send.
-        let label: Arc<str> = if self.registry.is_native(&job.step) || self.config.http_steps.is_known_step(&job.step) {
-            job.step.as_str().into()
-        } else if crate::http_step::route::check_step_name(&job.step).is_err() {
-            INVALID.into()
-        } else {
-            OTHER.into()
-        };
+        let label = self.label(&job.step);
         if self.pause.is_step_paused(&job.step) {
             tracing::info!("step paused by an operator; the job waits until it is resumed");
             trace::outcome(&Span::current(), "held", None);
@@ -155,13 +159,15 @@ impl Runner {
                 ..Decided::requeue(label)
             };
         }
-        // Queue wait is the first claim's: a retry's wait since enqueue includes its backoff.
-        // A wait longer than any queue holds a job (a producer's wrong clock or unit: `0` would add
-        // 56 years to the sum) is not observed.
+        // Queue wait is the first attempt's: a retry's wait since enqueue includes its backoff.
+        // It counts from when the job was due (`run_at`, `delay_ms`): time spent waiting on
+        // purpose is not time spent waiting for a worker. A wait longer than any queue holds a
+        // job (a producer's wrong clock or unit: `0` would add 56 years to the sum) is not
+        // observed.
         let wait = job
-            .enqueued_at
+            .waiting_since()
             .filter(|_| claimed.failures == 0)
-            .map(|enqueued| (claimed.claimed_at - enqueued).to_std().unwrap_or_default())
+            .map(|since| (claimed.claimed_at - since).to_std().unwrap_or_default())
             .filter(|wait| *wait <= MAX_PLAUSIBLE_WAIT);
         if let Some(wait) = wait {
             Span::current().record("queue.wait_ms", wait.as_millis() as u64);
@@ -326,6 +332,21 @@ impl Runner {
         };
         finished.ran_for = elapsed;
         finished
+    }
+
+    /// The metric label of a step with a handler. Step names come from payloads, and a fallback
+    /// (HTTP steps) runs any of them: only names known in advance are labels, so the series
+    /// count is bounded whatever producers send.
+    fn label(&self, step: &str) -> Arc<str> {
+        if self.registry.resolve(step).is_none() {
+            UNKNOWN.into()
+        } else if self.registry.is_native(step) || self.config.http_steps.is_known_step(step) {
+            step.into()
+        } else if crate::http_step::route::check_step_name(step).is_err() {
+            INVALID.into()
+        } else {
+            OTHER.into()
+        }
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -25,7 +25,8 @@ pub struct Enqueue {
 
 /// Validates one job and returns the payload to push: the job as given, with `enqueued_at`
 /// added when absent (so queue-wait metrics cover it). A delayed job is stamped with the time it
-/// enters the queue, so its delay does not count as waiting.
+/// enters the queue, so its delay does not count as waiting, and a `delay_ms` of its own counts
+/// from there: `--delay` and the envelope's delay add up (a `run_at` waits for the later of the two).
 pub fn prepare(text: &str) -> anyhow::Result<Vec<u8>> {
     prepare_at(text, Duration::ZERO)
 }
@@ -132,4 +133,40 @@ pub fn trace_arg(traceparent: Option<String>, tracestate: Option<String>) -> any
         None => Default::default(),
     };
     Ok(Some(crate::trace::context::headers(trace_id, span_id, flags, &state)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn due_after_now(payload: &[u8]) -> Duration {
+        let job = crate::job::decode(payload).unwrap();
+        (job.due_at().unwrap() - chrono::Utc::now()).to_std().unwrap()
+    }
+
+    #[test]
+    fn an_envelope_delay_is_kept_and_counts_from_when_the_job_enters_the_queue() {
+        let now = prepare(r#"{"id":"j","step":"s","delay_ms":60000}"#).unwrap();
+        let left = due_after_now(&now);
+        assert!(
+            left > Duration::from_secs(59) && left <= Duration::from_secs(60),
+            "{left:?}"
+        );
+        // `--delay` holds the job out of the queue first; its own delay starts when it enters.
+        let both = prepare_at(r#"{"id":"j","step":"s","delay_ms":60000}"#, Duration::from_secs(600)).unwrap();
+        let left = due_after_now(&both);
+        assert!(
+            left > Duration::from_secs(659) && left <= Duration::from_secs(660),
+            "{left:?}"
+        );
+    }
+
+    #[test]
+    fn run_at_is_kept_as_given_and_both_fields_together_are_refused() {
+        let p = prepare(r#"{"id":"j","step":"s","run_at":"2999-01-01T00:00:00Z"}"#).unwrap();
+        let v: Value = serde_json::from_slice(&p).unwrap();
+        assert_eq!(v["run_at"], "2999-01-01T00:00:00Z");
+        let e = prepare(r#"{"id":"j","step":"s","run_at":1,"delay_ms":1}"#).unwrap_err();
+        assert!(e.to_string().contains("`run_at` and `delay_ms` are exclusive"), "{e}");
+    }
 }

@@ -16,8 +16,14 @@ pub const MAX_TIMEOUT_MS: u64 = 86_400_000;
 /// 0000–9999 only, so both spellings share that range; it lies inside what Postgres
 /// `timestamptz` (4713 BC – 294276 AD), chrono (±262143) and SQLite's text dates can hold.
 pub const MIN_ENQUEUED_AT_MS: i64 = -62_167_219_200_000;
-/// Latest `enqueued_at`, 9999-12-31T23:59:59.999Z in epoch milliseconds.
+/// Latest `enqueued_at`, 9999-12-31T23:59:59.999Z in epoch milliseconds. `run_at` shares the
+/// range: one timestamp format across the contract.
 pub const MAX_ENQUEUED_AT_MS: i64 = 253_402_300_799_999;
+/// Largest `delay_ms`: 365 days. It covers every "remind them in a month" workflow; a larger
+/// value is almost always a unit slip (seconds or microseconds where milliseconds were meant),
+/// better refused at once than found a decade later in the delayed set. A producer that means a
+/// later date gives `run_at`.
+pub const MAX_DELAY_MS: u64 = 365 * 86_400_000;
 
 /// `max_retries`: an integer from 0 to [`MAX_RETRIES`]. `Err` is the message.
 pub fn max_retries(v: &Value) -> Result<u32, String> {
@@ -45,10 +51,33 @@ pub fn timeout_ms(v: &Value) -> Result<Duration, String> {
         })
 }
 
-/// `enqueued_at`: epoch milliseconds (an integer, or with a fraction as `time.time() * 1000`
-/// gives; kept to the microsecond Postgres stores) or an RFC 3339 string, from
-/// 0000-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z.
+/// `delay_ms`: an integer from 0 to [`MAX_DELAY_MS`] milliseconds.
+pub fn delay_ms(v: &Value) -> Result<Duration, String> {
+    v.as_u64()
+        .filter(|n| *n <= MAX_DELAY_MS)
+        .map(Duration::from_millis)
+        .ok_or_else(|| {
+            format!(
+                "field `delay_ms` must be an integer from 0 to {MAX_DELAY_MS} (365 days), got {}",
+                shown(v)
+            )
+        })
+}
+
+/// `enqueued_at`: see [`timestamp`].
 pub fn enqueued_at(v: &Value) -> Result<DateTime<Utc>, String> {
+    timestamp("enqueued_at", v)
+}
+
+/// `run_at`: see [`timestamp`].
+pub fn run_at(v: &Value) -> Result<DateTime<Utc>, String> {
+    timestamp("run_at", v)
+}
+
+/// A timestamp field: epoch milliseconds (an integer, or with a fraction as `time.time() * 1000`
+/// gives; kept to the microsecond Postgres stores) or an RFC 3339 string, from
+/// 0000-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z. `Err` names `field`.
+fn timestamp(field: &str, v: &Value) -> Result<DateTime<Utc>, String> {
     let t = match v {
         Value::Number(n) => match n.as_i64() {
             Some(ms) => Some(ms)
@@ -69,7 +98,7 @@ pub fn enqueued_at(v: &Value) -> Result<DateTime<Utc>, String> {
     };
     t.ok_or_else(|| {
         format!(
-            "field `enqueued_at` must be epoch milliseconds (a fraction is allowed) or an RFC 3339 \
+            "field `{field}` must be epoch milliseconds (a fraction is allowed) or an RFC 3339 \
              timestamp, from 0000-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z, got {}",
             shown(v)
         )

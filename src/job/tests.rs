@@ -232,3 +232,55 @@ fn a_malformed_trace_context_is_ignored_and_the_job_still_runs() {
         );
     }
 }
+
+#[test]
+fn run_at_accepts_epoch_millis_and_rfc3339_like_enqueued_at() {
+    let a = ok(r#"{"id":"j","step":"s","run_at":1700000000123}"#).run_at;
+    let b = ok(r#"{"id":"j","step":"s","run_at":"2023-11-14T22:13:20.123Z"}"#).run_at;
+    assert_eq!(a, b);
+    assert!(a.is_some());
+}
+
+#[test]
+fn a_malformed_run_at_is_refused_naming_the_field() {
+    for bad in [
+        r#""tomorrow""#,
+        "true",
+        "253402300800000",
+        r#""10000-01-01T00:00:00Z""#,
+        "[1]",
+    ] {
+        let (e, salvage) = err(&format!(r#"{{"id":"j","step":"s","run_at":{bad}}}"#));
+        assert_eq!(e.reason(), "invalid_envelope");
+        assert!(e.to_string().contains("field `run_at` must be"), "{bad}: {e}");
+        assert_eq!(salvage.id.as_deref(), Some("j"), "filed under the job's id");
+    }
+}
+
+#[test]
+fn delay_ms_is_an_integer_from_zero_to_a_year() {
+    let max = MAX_DELAY_MS;
+    assert_eq!(max, 31_536_000_000);
+    let job = ok(&format!(r#"{{"id":"j","step":"s","delay_ms":{max}}}"#));
+    assert_eq!(job.delay, Some(Duration::from_millis(max)));
+    assert_eq!(ok(r#"{"id":"j","step":"s","delay_ms":0}"#).delay, Some(Duration::ZERO));
+    let over = max + 1;
+    for bad in ["-1", "1.5", r#""1500""#, &over.to_string(), "18446744073709551616"] {
+        let (e, _) = err(&format!(r#"{{"id":"j","step":"s","delay_ms":{bad}}}"#));
+        assert_eq!(e.reason(), "invalid_envelope");
+        assert!(
+            e.to_string()
+                .contains("field `delay_ms` must be an integer from 0 to 31536000000"),
+            "{bad}: {e}"
+        );
+    }
+}
+
+#[test]
+fn run_at_and_delay_ms_together_are_refused_naming_both() {
+    let (e, _) = err(r#"{"id":"j","step":"s","run_at":1,"delay_ms":1}"#);
+    assert_eq!(e.reason(), "invalid_envelope");
+    assert!(e.to_string().contains("`run_at` and `delay_ms` are exclusive"), "{e}");
+    let nulls = ok(r#"{"id":"j","step":"s","run_at":null,"delay_ms":5}"#);
+    assert_eq!((nulls.run_at, nulls.delay), (None, Some(Duration::from_millis(5))));
+}

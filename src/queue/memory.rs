@@ -202,7 +202,11 @@ impl MemoryQueue {
             .iter()
             .map(|op| {
                 let p = match op {
-                    SettleOp::Done(p) | SettleOp::Retry(p, _) | SettleOp::Requeue(p) | SettleOp::Hold(p, _) => p,
+                    SettleOp::Done(p)
+                    | SettleOp::Retry(p, _)
+                    | SettleOp::Delay(p, _, _)
+                    | SettleOp::Requeue(p)
+                    | SettleOp::Hold(p, _) => p,
                 };
                 if !s.remove_from(proc, p) {
                     return false;
@@ -214,6 +218,13 @@ impl MemoryQueue {
                     SettleOp::Retry(p, delay) => {
                         *s.attempts.entry(p.clone()).or_default() += 1;
                         s.schedule(p.clone(), now + delay.as_millis() as u64);
+                    }
+                    SettleOp::Delay(p, delay, scheduled) => {
+                        // As settle.lua: a stamped copy's counters start afresh.
+                        if scheduled != p {
+                            s.attempts.remove(p);
+                        }
+                        s.schedule(scheduled.clone(), now + delay.as_millis() as u64);
                     }
                     // Steps cannot be paused here (no operator reaches this process's memory),
                     // so a held job simply goes back to ready, as settle.lua does for a step that
@@ -433,6 +444,26 @@ mod tests {
             1,
             "one failed attempt counted"
         );
+    }
+
+    #[test]
+    fn a_delay_schedules_the_given_payload_without_counting_an_attempt() {
+        let q = queue();
+        q.heartbeat("w", Duration::from_secs(30), BeatMode::Register);
+        q.push(b"job").unwrap();
+        let p = q.claim("w", "proc:w", 1, &[]).jobs.remove(0).0;
+        let stamped = Payload::from(&b"stamped job"[..]);
+        let op = SettleOp::Delay(p.clone(), Duration::from_secs(60), stamped.clone());
+        assert_eq!(q.settle("proc:w", std::slice::from_ref(&op)), vec![true]);
+        assert_eq!(q.settle("proc:w", &[op]), vec![false], "a second settle is a no-op");
+        let d = q.depths();
+        assert_eq!((d.ready, d.delayed, d.in_flight), (0, 1, 0));
+        assert_eq!(q.attempt_counters(), 0, "no attempt counted");
+        let (_, scheduled) = q.state().delayed.pop_first().unwrap();
+        q.state().delayed.insert((0, 0), scheduled);
+        assert_eq!(q.promote().0, 1);
+        let again = q.claim("w", "proc:w", 1, &[]).jobs.remove(0);
+        assert_eq!((&again.0[..], again.1.failures), (&b"stamped job"[..], 0));
     }
 
     #[test]

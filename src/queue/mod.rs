@@ -119,6 +119,9 @@ pub enum SettleOp {
     Done(Payload),
     /// A failed attempt: schedule the retry this far in the future.
     Retry(Payload, Duration),
+    /// Claimed before its due time: schedule the second payload (the claimed one, or a copy
+    /// stamped with its enqueue time) this far in the future, as a retry that counts no attempt.
+    Delay(Payload, Duration, Payload),
     /// Hand back unfinished, not counted as an attempt.
     Requeue(Payload),
     /// Park in the held list of its paused step, not counted as an attempt.
@@ -361,6 +364,11 @@ impl RedisQueue {
             match op {
                 SettleOp::Done(p) => inv.arg("done").arg(&p[..]).arg(0),
                 SettleOp::Retry(p, delay) => inv.arg("retry").arg(&p[..]).arg(delay.as_millis() as u64),
+                SettleOp::Delay(p, delay, scheduled) => inv
+                    .arg("delay")
+                    .arg(&p[..])
+                    .arg(delay.as_millis() as u64)
+                    .arg(&scheduled[..]),
                 SettleOp::Requeue(p) => inv.arg("requeue").arg(&p[..]).arg(0),
                 SettleOp::Hold(p, step) => {
                     let at = held.iter().position(|s| s == step).unwrap_or_else(|| {

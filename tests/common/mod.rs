@@ -334,7 +334,7 @@ impl TestEnv {
 
     pub async fn result(&self, job_id: &str) -> Option<ResultRow> {
         on_store!(self, |pool| sqlx::query(
-            "SELECT status, attempts, output, error, worker_id FROM step_results WHERE job_id = $1"
+            "SELECT status, attempts, output, error, worker_id, started_at FROM step_results WHERE job_id = $1"
         )
         .bind(job_id)
         .fetch_optional(pool)
@@ -346,6 +346,7 @@ impl TestEnv {
             output: r.get("output"),
             error: r.get("error"),
             worker_id: r.get("worker_id"),
+            started_at: r.get("started_at"),
         }))
     }
 
@@ -463,6 +464,8 @@ pub struct ResultRow {
     pub output: Option<Value>,
     pub error: Option<String>,
     pub worker_id: String,
+    /// When the attempt that settled the job started (none when nothing ran).
+    pub started_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(Debug, Clone)]

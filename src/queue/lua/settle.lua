@@ -6,9 +6,13 @@
 -- after its payload was removed would lose the payload.
 -- KEYS[1] proc LIST   KEYS[2] delayed ZSET   KEYS[3] attempts HASH   KEYS[4] interrupts HASH
 -- KEYS[5] ready LIST   KEYS[6] paused_steps SET   KEYS[7..] held LISTs of the ops' steps
--- ARGV: triples (op, payload, arg):
+-- ARGV: triples (op, payload, arg), but a 'delay' op is four long:
 --   'done'    outcome committed to Postgres (succeeded or dead): forget its counters
 --   'retry'   count a failed attempt, schedule the payload arg ms from now
+--   'delay'   (op, payload, arg, scheduled) claimed before its due time: schedule `scheduled` (the
+--             payload, or a copy stamped with its enqueue time) arg ms from now, as a retry
+--             without counting an attempt: nothing ran. A stamped copy starts with no counters,
+--             and those of the claimed bytes are forgotten as a done op's are.
 --   'requeue' hand back unfinished (shutdown): consumer end, runs next, not an attempt
 --   'hold'    its step is paused: park it in the held list KEYS[arg] (`{queue}:held:<step>`), not
 --             an attempt. If the step was resumed meanwhile, it goes back to ready instead:
@@ -28,19 +32,29 @@ local err = guard(wanted)
 if err then return err end
 local now
 local res, done = {}, {}
-for i = 1, #ARGV, 3 do
+local i = 1
+while i <= #ARGV do
   local op, p = ARGV[i], ARGV[i + 1]
+  local width = op == 'delay' and 4 or 3
   local r = redis.call('LREM', KEYS[1], -1, p)
   if r == 1 then
     if op == 'done' then
       done[#done + 1] = redis.sha1hex(p)
-    elseif op == 'retry' then
+    elseif op == 'retry' or op == 'delay' then
       if not now then
         local t = redis.call('TIME')
         now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
       end
-      redis.call('HINCRBY', KEYS[3], redis.sha1hex(p), 1)
-      redis.call('ZADD', KEYS[2], now + tonumber(ARGV[i + 2]), p)
+      local scheduled = p
+      if op == 'retry' then
+        redis.call('HINCRBY', KEYS[3], redis.sha1hex(p), 1)
+      else
+        scheduled = ARGV[i + 3]
+        -- A stamped copy is a new payload with counters of its own: the claimed bytes' counters
+        -- would never be read or deleted again.
+        if scheduled ~= p then done[#done + 1] = redis.sha1hex(p) end
+      end
+      redis.call('ZADD', KEYS[2], now + tonumber(ARGV[i + 2]), scheduled)
     elseif op == 'hold' then
       local held = KEYS[tonumber(ARGV[i + 2])]
       local step = string.sub(held, string.find(held, '}:held:', 1, true) + 7)
@@ -54,6 +68,7 @@ for i = 1, #ARGV, 3 do
     end
   end
   res[#res + 1] = r
+  i = i + width
 end
 for from = 1, #done, CHUNK do
   local to = math.min(from + CHUNK - 1, #done)
