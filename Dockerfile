@@ -11,10 +11,10 @@
 # libgcc_s copied from the builder is the same runtime, about 9 MB smaller. Redis and Postgres TLS verify against roots compiled into the binary; the HTTP
 # client (reqwest, rustls platform verifier) reads the OS store in /etc/ssl/certs, which
 # distroless ships, for any https:// request.
-# Size: the binary is 15.8 MB (stripped, thin LTO; its largest parts are std, the SQLite and
-# aws-lc C libraries, sqlx, rustls); distroless/cc-debian13 measured 26.8 MB, 42.6 MB in all.
-# base-nossl is cc less OpenSSL (libssl3), libstdc++ and libgomp: expected about 34 MB in all
-# (target: <= 40 MB).
+# Size: the binary is 19.4 MB (stripped, thin LTO; its largest parts are std, the SQLite and
+# aws-lc C libraries, sqlx, rustls, and since trace export the OTLP exporters with gRPC);
+# distroless/cc-debian13 measured 26.8 MB. base-nossl is cc less OpenSSL (libssl3), libstdc++
+# and libgomp (about 10.5 MB): expected about 36 MB in all (target: <= 40 MB).
 
 ARG RUST_VERSION=1.95
 
