@@ -132,14 +132,23 @@ impl Runner {
         };
         trace::begin(&span, job.trace.as_ref(), claimed.claimed_at.into());
         let mut decided = self
-            .run_job(claimed, job, attempt, cancel)
+            .run_job(claimed, job, attempt, cancel, &span)
             .instrument(span.clone())
             .await;
         decided.span = span;
         decided
     }
 
-    async fn run_job(&self, claimed: &Claimed, mut job: Job, attempt: u32, cancel: CancellationToken) -> Decided {
+    /// `span` is the job's, the one this runs in: passed, not looked up, because each lookup of
+    /// the current span is a registry read and a handle to drop, for every layer.
+    async fn run_job(
+        &self,
+        claimed: &Claimed,
+        mut job: Job,
+        attempt: u32,
+        cancel: CancellationToken,
+        span: &Span,
+    ) -> Decided {
         crate::failpoint::before_step();
         if let Some(why) = &job.trace_ignored {
             tracing::warn!(reason = %why, "the job's trace context, or part of it, was ignored");
@@ -147,13 +156,13 @@ impl Runner {
         let Some(handler) = self.registry.resolve(&job.step) else {
             tracing::warn!("no handler for step; dead-lettered");
             let error = format!("unknown step `{}`: no handler is registered for it", job.step);
-            trace::outcome(&Span::current(), "unknown_step", Some(&error));
+            trace::outcome(span, "unknown_step", Some(&error));
             return self.dead(claimed, &job, UNKNOWN.into(), "unknown_step", error, 0, None);
         };
         let label = self.label(&job.step);
         if self.pause.is_step_paused(&job.step) {
             tracing::info!("step paused by an operator; the job waits until it is resumed");
-            trace::outcome(&Span::current(), "held", None);
+            trace::outcome(span, "held", None);
             return Decided {
                 settle: Settle::Hold(job.step.clone()),
                 ..Decided::requeue(label)
@@ -170,7 +179,7 @@ impl Runner {
             .map(|since| (claimed.claimed_at - since).to_std().unwrap_or_default())
             .filter(|wait| *wait <= MAX_PLAUSIBLE_WAIT);
         if let Some(wait) = wait {
-            Span::current().record("queue.wait_ms", wait.as_millis() as u64);
+            span.record("queue.wait_ms", wait.as_millis() as u64);
             self.metrics
                 .queue_wait
                 .with_label_values(&[&label])
@@ -180,7 +189,7 @@ impl Runner {
         let timeout = job
             .timeout
             .map_or(self.config.step_timeout, |t| t.min(self.config.step_timeout_max));
-        let step_span = trace::Step::start(&Span::current());
+        let step_span = trace::Step::start(span);
         let ctx = StepContext {
             job_id: job.id.clone(),
             step: job.step.clone(),
@@ -252,7 +261,7 @@ impl Runner {
             Attempt::Interrupted => ("interrupted", None),
         };
         step_span.end(outcome_label, error);
-        trace::outcome(&Span::current(), outcome_label, error);
+        trace::outcome(span, outcome_label, error);
         self.metrics.job(&label, outcome_label);
         self.metrics
             .job_duration
