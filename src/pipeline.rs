@@ -237,6 +237,7 @@ impl Pipeline {
                 self.promoter.schedule(*after);
             }
             Settle::Requeue => self.metrics.job(&f.step_label, "requeued"),
+            Settle::Duplicate => self.metrics.job(&f.step_label, "duplicate"),
             Settle::Hold(_) => self.metrics.job(&f.step_label, "held"),
         }
     }
@@ -248,6 +249,7 @@ fn settle_name(settle: &Settle) -> &'static str {
         Settle::Done => "done",
         Settle::Retry(_) => "retry",
         Settle::Delay { .. } => "delay",
+        Settle::Duplicate => "duplicate",
         Settle::Requeue => "requeue",
         Settle::Hold(_) => "hold",
     }
@@ -256,7 +258,9 @@ fn settle_name(settle: &Settle) -> &'static str {
 fn settle_op(f: &Finished) -> SettleOp {
     let p = f.claimed.payload.clone();
     match &f.settle {
-        Settle::Done => SettleOp::Done(p),
+        // A duplicate leaves the list as a done job does: its counters are forgotten too (the
+        // copy that finished forgot them already).
+        Settle::Done | Settle::Duplicate => SettleOp::Done(p),
         Settle::Retry(delay) => SettleOp::Retry(p, *delay),
         Settle::Delay { after, payload } => SettleOp::Delay(p, *after, payload.clone()),
         Settle::Requeue => SettleOp::Requeue(p),
@@ -270,7 +274,10 @@ fn batch_of<'a>(items: impl Iterator<Item = &'a Finished>) -> Batch {
     let mut batch = Batch::default();
     let mut seen = std::collections::HashSet::new();
     for f in items {
-        if matches!(f.settle, Settle::Requeue | Settle::Hold(_) | Settle::Delay { .. }) {
+        if matches!(
+            f.settle,
+            Settle::Requeue | Settle::Hold(_) | Settle::Delay { .. } | Settle::Duplicate
+        ) {
             continue;
         }
         if let Some(r) = &f.result {
