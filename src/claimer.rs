@@ -30,6 +30,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::capacity::{Capacity, Slot};
 use crate::config::Config;
+use crate::dedup::Verdict;
 use crate::health::Health;
 use crate::inflight::InFlight;
 use crate::lease::{Identity, Lease};
@@ -316,7 +317,7 @@ impl Claimer {
                 ended_clock: None,
                 slot,
                 ticket,
-                finished_before: false,
+                verdict: Verdict::Run { active: None },
             };
             batch.push((claimed, escort));
         }
@@ -329,6 +330,7 @@ impl Claimer {
             self.capacity.clone(),
         );
         let exec = self.lease.exec_token();
+        let wid = identity.wid.clone();
         self.tasks.spawn(async move {
             let payloads: Vec<Payload> = batch.iter().map(|(c, _)| c.payload.clone()).collect();
             // While the store is unreachable, the waiting jobs let others' steps start (a
@@ -338,16 +340,13 @@ impl Claimer {
                     claimed.slot.step_ended();
                 }
             };
-            let Some(seen) = dedup.finished(&payloads, &exec, waiting).await else {
-                // Lease lost or shutdown while the store was unreachable: nothing ran.
-                for (claimed, _) in batch {
-                    let _ = finished.send(Finished::requeue(claimed, crate::runner::INVALID.into()));
+            let verdicts = dedup.check(&wid, &payloads, &exec, waiting).await;
+            for ((mut claimed, escort), verdict) in batch.into_iter().zip(verdicts) {
+                // Only a job that runs needs its run slot back.
+                if matches!(verdict, Verdict::Run { .. }) {
+                    capacity.run_again(&mut claimed.slot).await;
                 }
-                return;
-            };
-            for ((mut claimed, escort), seen) in batch.into_iter().zip(seen) {
-                claimed.finished_before = seen;
-                capacity.run_again(&mut claimed.slot).await;
+                claimed.verdict = verdict;
                 let cancel = exec.child_token();
                 let (runner, finished) = (runner.clone(), finished.clone());
                 tasks.spawn(async move {

@@ -19,6 +19,12 @@
 //!   runs unchecked, as every batch did before this check (its result write keeps the first
 //!   terminal outcome).
 //! - Re-arming is `dlq replay`'s: it deletes the `dead` row, so the replayed job runs again.
+//! - Two copies of one id never run at once on any replicas: the ids left to run are marked
+//!   running in Redis (`Queue::take_active`, one script call per batch, released by the job's
+//!   settle). A copy whose id is running elsewhere goes to the delayed set for
+//!   [`RUNNING_ELSEWHERE_WAIT`], not an attempt, and is checked again when claimed next: usually
+//!   it is a duplicate by then. When Redis cannot answer that call the batch runs unmarked, as
+//!   before this guard: its settle needs Redis too, and the job is already in our list.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -30,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::queue::Payload;
+use crate::queue::Queue;
 use crate::store::Store;
 
 /// A check unanswered this long gives its batch's run slots up (see the module): far above a
@@ -37,6 +44,46 @@ use crate::store::Store;
 /// (5 s, which is how long an unreachable server takes to fail), so an outage fills the holds
 /// within seconds.
 const SLOW: Duration = Duration::from_secs(1);
+/// How long a copy whose id is running on some worker waits in the delayed set before it is
+/// claimed and checked again: short, as the other copy is usually about to finish (this one is
+/// then a duplicate); long enough that a copy of a long step costs a claim and a settle a
+/// second, not a busy loop.
+pub const RUNNING_ELSEWHERE_WAIT: Duration = Duration::from_secs(1);
+
+/// What the checks decided for one claimed job, before it starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Run it. `active`: the id this copy marked running, to release at its settle (none when
+    /// it has no usable id or Redis could not be asked).
+    Run { active: Option<String> },
+    /// Its id already has a terminal result: settle it without running (`active` as above).
+    Finished { active: Option<String> },
+    /// Another copy of its id is running: delay it without running.
+    RunningElsewhere,
+    /// The lease was lost, or shutdown began, while the store could not answer: hand it back
+    /// unstarted (`active` as above).
+    HandBack { active: Option<String> },
+}
+
+impl Verdict {
+    /// The running mark to release at the job's settle.
+    pub fn active(&self) -> Option<&str> {
+        match self {
+            Verdict::Run { active } | Verdict::Finished { active } | Verdict::HandBack { active } => active.as_deref(),
+            Verdict::RunningElsewhere => None,
+        }
+    }
+}
+
+/// A claimed copy's running mark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mark {
+    Granted,
+    Refused,
+    /// No usable id, or Redis could not be asked.
+    Unmarked,
+}
+
 /// First pause after a failed check: short, as a blip should delay the batch by little.
 const RETRY_MIN: Duration = Duration::from_millis(100);
 /// Longest pause: the batch's jobs wait on it, so a returning store is noticed within seconds
@@ -45,6 +92,7 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 
 pub struct Dedup {
     store: Store,
+    queue: Queue,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     /// The last check failed: the next batches give their run slots up at once instead of
@@ -53,13 +101,67 @@ pub struct Dedup {
 }
 
 impl Dedup {
-    pub fn new(store: Store, metrics: Arc<Metrics>, health: Arc<Health>) -> Self {
+    pub fn new(store: Store, queue: Queue, metrics: Arc<Metrics>, health: Arc<Health>) -> Self {
         Dedup {
             store,
+            queue,
             metrics,
             health,
             failing: AtomicBool::new(false),
         }
+    }
+
+    /// The verdict for each of `payloads` (claimed by worker `wid`), in order: the running mark
+    /// first, then the store's check of the ids it granted. In that order, a copy claimed while
+    /// another copy's worker commits and settles either finds the mark still taken, or (the
+    /// commit comes before the settle that releases the mark) finds the committed row.
+    /// `waiting` as for [`Dedup::finished`].
+    pub async fn check(
+        &self,
+        wid: &str,
+        payloads: &[Payload],
+        stop: &CancellationToken,
+        waiting: impl FnOnce(),
+    ) -> Vec<Verdict> {
+        let ids: Vec<Option<String>> = payloads.iter().map(|p| crate::job::peek_id(p)).collect();
+        let marks = self.mark(wid, &ids).await;
+        let to_check: Vec<Option<String>> = ids
+            .iter()
+            .zip(&marks)
+            .map(|(id, mark)| id.clone().filter(|_| *mark != Mark::Refused))
+            .collect();
+        let finished = self.finished(&to_check, stop, waiting).await;
+        let verdicts = ids.into_iter().zip(marks).enumerate().map(|(i, (id, mark))| {
+            let active = id.filter(|_| mark == Mark::Granted);
+            match (mark, finished.as_ref().map(|f| f[i])) {
+                (Mark::Refused, _) => Verdict::RunningElsewhere,
+                (_, None) => Verdict::HandBack { active },
+                (_, Some(true)) => Verdict::Finished { active },
+                (_, Some(false)) => Verdict::Run { active },
+            }
+        });
+        verdicts.collect()
+    }
+
+    /// Marks the ids as running on `wid` (one script call for the batch).
+    async fn mark(&self, wid: &str, ids: &[Option<String>]) -> Vec<Mark> {
+        let asked: Vec<&str> = ids.iter().filter_map(|id| id.as_deref()).collect();
+        let mut granted = match self.queue.take_active(wid, &asked).await {
+            Ok(granted) => granted.into_iter(),
+            Err(e) => {
+                self.metrics.redis_errors.with_label_values(&["active"]).inc();
+                tracing::warn!(error = %e, jobs = asked.len(),
+                    "marking claimed jobs as running failed; they run without the mark");
+                return vec![Mark::Unmarked; ids.len()];
+            }
+        };
+        ids.iter()
+            .map(|id| match id {
+                None => Mark::Unmarked,
+                Some(_) if granted.next().unwrap_or(true) => Mark::Granted,
+                Some(_) => Mark::Refused,
+            })
+            .collect()
     }
 
     /// For each of `payloads`, in order, whether its id already has a terminal result. Retries
@@ -68,11 +170,10 @@ impl Dedup {
     /// longer than [`SLOW`].
     pub async fn finished(
         &self,
-        payloads: &[Payload],
+        ids: &[Option<String>],
         stop: &CancellationToken,
         waiting: impl FnOnce(),
     ) -> Option<Vec<bool>> {
-        let ids: Vec<Option<String>> = payloads.iter().map(|p| crate::job::peek_id(p)).collect();
         let mut asked: Vec<String> = ids.iter().flatten().cloned().collect();
         asked.sort_unstable();
         asked.dedup();

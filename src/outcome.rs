@@ -24,8 +24,8 @@ pub struct Claimed {
     pub ended_clock: Option<Instant>,
     pub slot: Slot,
     pub ticket: crate::inflight::Ticket,
-    /// Its id already had a terminal result when the batch was claimed ([`crate::dedup`]).
-    pub finished_before: bool,
+    /// What the checks before its start decided ([`crate::dedup`]).
+    pub verdict: crate::dedup::Verdict,
 }
 
 /// How the job leaves this worker's list once its rows are committed.

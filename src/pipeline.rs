@@ -176,7 +176,9 @@ impl Pipeline {
                 .push(item);
         }
         for (proc, group) in groups {
-            let ops: Vec<SettleOp> = group.iter().map(|f| settle_op(f)).collect();
+            let mut ops: Vec<SettleOp> = group.iter().map(|f| settle_op(f)).collect();
+            // After the jobs' own ops, so a copy is marked running until it has left our list.
+            ops.extend(group.iter().filter_map(|f| release_op(f)));
             let mut pause = RETRY_MIN;
             let owned = loop {
                 if group[0].claimed.identity.is_reaped() {
@@ -266,6 +268,14 @@ fn settle_op(f: &Finished) -> SettleOp {
         Settle::Requeue => SettleOp::Requeue(p),
         Settle::Hold(step) => SettleOp::Hold(p, step.clone()),
     }
+}
+
+/// The running mark this job's copy took before it started ([`crate::dedup`]), if any.
+fn release_op(f: &Finished) -> Option<SettleOp> {
+    f.claimed.verdict.active().map(|id| SettleOp::Release {
+        id: id.to_owned(),
+        wid: f.claimed.identity.wid.clone(),
+    })
 }
 
 /// The rows of some finished jobs, with at most one result row per job id (Postgres refuses a

@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use crate::backoff::retry_delay;
 use crate::config::Config;
+use crate::dedup::{RUNNING_ELSEWHERE_WAIT, Verdict};
 use crate::handler::{Registry, Retry, StepContext, StepError};
 use crate::job::{self, Job};
 use crate::metrics::Metrics;
@@ -105,14 +106,30 @@ impl Runner {
                 };
             }
         };
-        // Before everything else: a job that already finished is neither delayed, held nor run.
-        if claimed.finished_before {
-            tracing::info!(job.id = %job.id, job.step = %job.step,
-                "the job already has a terminal result; this copy is settled without running");
-            return Decided {
-                settle: Settle::Duplicate,
-                ..Decided::requeue(self.label(&job.step))
-            };
+        // Before everything else: a job that already finished, or is running elsewhere, is
+        // neither delayed, held nor run.
+        match claimed.verdict {
+            Verdict::Finished { .. } => {
+                tracing::info!(job.id = %job.id, job.step = %job.step,
+                    "the job already has a terminal result; this copy is settled without running");
+                return Decided {
+                    settle: Settle::Duplicate,
+                    ..Decided::requeue(self.label(&job.step))
+                };
+            }
+            Verdict::RunningElsewhere => {
+                tracing::info!(job.id = %job.id, job.step = %job.step,
+                    "another copy of the job is running; this copy waits in the delayed set");
+                return Decided {
+                    settle: Settle::Delay {
+                        after: RUNNING_ELSEWHERE_WAIT,
+                        payload: claimed.payload.clone(),
+                    },
+                    ..Decided::requeue(self.label(&job.step))
+                };
+            }
+            Verdict::HandBack { .. } => return Decided::requeue(self.label(&job.step)),
+            Verdict::Run { .. } => {}
         }
         // Before anything that judges the job (its handler, a paused step): by its due time the
         // step may be deployed or resumed. No span either: a claim too early is not an attempt.

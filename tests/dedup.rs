@@ -23,6 +23,8 @@ const STEP: &str = "count.calls";
 on_each_driver!(
     a_copy_pushed_after_its_job_succeeded_is_settled_without_running,
     a_copy_of_a_dead_job_is_not_run,
+    two_copies_pushed_together_never_run_at_once_on_two_workers_and_run_once,
+    a_running_mark_is_granted_once_released_only_by_its_holder_and_taken_over_from_a_gone_worker,
 );
 
 /// Calls of [`STEP`] per job id.
@@ -56,12 +58,50 @@ impl Calls {
     }
 }
 
+/// How many copies of a job ran at once, at most, and how often [`SLOW`] ran.
+#[derive(Clone, Default)]
+struct Overlap(Arc<Mutex<(u32, u32, u32)>>);
+
+const SLOW: &str = "count.slow";
+
+impl Overlap {
+    /// (most copies running at once, calls)
+    fn seen(&self) -> (u32, u32) {
+        let s = self.0.lock().unwrap();
+        (s.1, s.2)
+    }
+
+    /// A registry whose [`SLOW`] step runs for 500 ms and records how many copies overlap.
+    fn registry(&self) -> Registry {
+        let state = self.0.clone();
+        Registry::new().register(SLOW, move |_: StepContext, _: serde_json::Value| {
+            let state = state.clone();
+            async move {
+                {
+                    let mut s = state.lock().unwrap();
+                    s.0 += 1;
+                    s.1 = s.1.max(s.0);
+                    s.2 += 1;
+                }
+                // The step's own work: long enough that a second copy claimed meanwhile overlaps.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                state.lock().unwrap().0 -= 1;
+                Ok(json!({}))
+            }
+        })
+    }
+}
+
 async fn jobs_total(worker: &Running, outcome: &str) -> Option<f64> {
+    jobs_of(worker, STEP, outcome).await
+}
+
+async fn jobs_of(worker: &Running, step: &str, outcome: &str) -> Option<f64> {
     let addr = worker.http_addr.expect("metrics are served");
     let text = common::get(&format!("http://{addr}/metrics")).await.1;
     common::metric(
         &text,
-        &format!(r#"step_worker_jobs_total{{outcome="{outcome}",step="{STEP}"}}"#),
+        &format!(r#"step_worker_jobs_total{{outcome="{outcome}",step="{step}"}}"#),
     )
 }
 
@@ -111,6 +151,94 @@ async fn a_copy_of_a_dead_job_is_not_run(env: TestEnv) {
     assert_eq!(env.dead_letters().await.len(), 1, "the copy filed a dead letter");
     assert_drained(&env).await;
     worker.stop().await.unwrap();
+}
+
+/// Two replicas, each free to run two steps: a producer's push sent twice lands two copies of one
+/// id at once. One copy runs; the other waits in the delayed set while it does, and is then
+/// settled as a duplicate.
+async fn two_copies_pushed_together_never_run_at_once_on_two_workers_and_run_once(env: TestEnv) {
+    let overlap = Overlap::default();
+    let vars = [("WORKER_CONCURRENCY", "2")];
+    let workers = [
+        env.start_with(&vars, overlap.registry()).await,
+        env.start_with(&vars, overlap.registry()).await,
+    ];
+    let payload = json!({"id": "pair-1", "step": SLOW, "input": {}}).to_string();
+    env.push(&payload).await;
+    env.push(&payload).await;
+    let row = env.wait_result("pair-1", WAIT).await;
+    assert_eq!((row.status.as_str(), row.attempts), ("succeeded", 1));
+    common::wait_for("the second copy to be settled as a duplicate", WAIT, || async {
+        let mut n = 0.0;
+        for w in &workers {
+            n += jobs_of(w, SLOW, "duplicate").await.unwrap_or(0.0);
+        }
+        n == 1.0
+    })
+    .await;
+    assert_eq!(overlap.seen(), (1, 1), "(copies running at once, runs)");
+    let (mut succeeded, mut delayed) = (0.0, 0.0);
+    for w in &workers {
+        succeeded += jobs_of(w, SLOW, "succeeded").await.unwrap_or(0.0);
+        delayed += jobs_of(w, SLOW, "delayed").await.unwrap_or(0.0);
+    }
+    assert_eq!(succeeded, 1.0, "one terminal run");
+    assert!(
+        delayed >= 1.0,
+        "the second copy waited in the delayed set while the first ran"
+    );
+    assert_drained(&env).await;
+    if !env.is_memory() {
+        let marks: i64 = env.redis.clone().hlen(env.key("active")).await.unwrap();
+        assert_eq!(marks, 0, "a running mark was left behind");
+    }
+    for w in workers {
+        w.stop().await.unwrap();
+    }
+}
+
+/// The queue protocol under the guard above, driven directly: `take_active` and the settle's
+/// release op, on the driver the environment uses.
+async fn a_running_mark_is_granted_once_released_only_by_its_holder_and_taken_over_from_a_gone_worker(env: TestEnv) {
+    use step_worker::queue::{BeatMode, MemoryQueue, Queue, RedisQueue, SettleOp};
+    let queue = match env.is_memory() {
+        true => Queue::Memory(MemoryQueue::named(&env.queue_key)),
+        false => Queue::Redis(RedisQueue::connect(&env.redis_url, &env.queue_key).await.unwrap()),
+    };
+    let (w1, w2) = ("mark-host:1:0000aaaa", "mark-host:2:0000bbbb");
+    for w in [w1, w2] {
+        queue
+            .heartbeat(w, Duration::from_secs(30), BeatMode::Register, Duration::ZERO)
+            .await
+            .unwrap();
+    }
+    let release = |id: &str, wid: &str| {
+        [SettleOp::Release {
+            id: id.to_owned(),
+            wid: wid.to_owned(),
+        }]
+    };
+    let proc = |wid: &str| format!("{{{}}}:proc:{wid}", env.queue_key);
+    assert_eq!(
+        queue.take_active(w1, &["a", "a", "b"]).await.unwrap(),
+        [true, false, true]
+    );
+    assert_eq!(queue.take_active(w2, &["a"]).await.unwrap(), [false]);
+    assert_eq!(queue.settle(&proc(w2), &release("a", w2)).await.unwrap(), [false]);
+    assert_eq!(
+        queue.take_active(w2, &["a"]).await.unwrap(),
+        [false],
+        "w1 still runs it"
+    );
+    assert_eq!(queue.settle(&proc(w1), &release("a", w1)).await.unwrap(), [true]);
+    assert_eq!(queue.take_active(w2, &["a"]).await.unwrap(), [true]);
+    // A worker that is gone (here: deregistered) has handed its jobs on: its marks are free.
+    queue.deregister(w2).await.unwrap();
+    assert_eq!(queue.take_active(w1, &["a"]).await.unwrap(), [true]);
+    for (id, wid) in [("a", w1), ("b", w1)] {
+        assert_eq!(queue.settle(&proc(wid), &release(id, wid)).await.unwrap(), [true]);
+    }
+    queue.deregister(w1).await.unwrap();
 }
 
 /// Runs the binary without blocking the test's runtime, on which the in-process worker runs.
@@ -164,14 +292,18 @@ async fn a_job_redelivered_after_its_commit_is_settled_as_a_duplicate() {
     let payload = json!({"id": "crash-1", "step": STEP, "input": {}}).to_string();
     env.push(&payload).await;
     env.wait_result("crash-1", WAIT).await;
-    // A worker whose heartbeat deadline passed long ago, with the finished job still listed.
+    // A worker whose heartbeat deadline passed long ago, with the finished job still listed and
+    // still marked as running there.
     let mut redis = env.redis.clone();
     let _: i64 = redis.lpush(env.key("proc:ghost"), &payload).await.unwrap();
+    let _: i64 = redis.hset(env.key("active"), "crash-1", "ghost").await.unwrap();
     let _: i64 = redis.zadd(env.key("workers"), "ghost", 1).await.unwrap();
     wait_duplicates(&worker, 1.0).await;
     assert_eq!(calls.of("crash-1"), 1, "the re-delivered job ran again");
     assert_eq!(env.zcard(&env.key("workers")).await, 1, "the ghost was reaped");
     assert_drained(&env).await;
+    let marks: i64 = redis.hlen(env.key("active")).await.unwrap();
+    assert_eq!(marks, 0, "the ghost's mark was taken over and released");
     worker.stop().await.unwrap();
 }
 
