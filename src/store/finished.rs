@@ -37,13 +37,9 @@ impl Store {
         let rows: Vec<String> = match &self.db {
             Db::Postgres(p) => {
                 let mut s = p.scope().await?;
-                // Never a named, cached statement: after five runs Postgres may keep a generic
-                // plan made while the table was nearly empty (a sequential scan), and go on
-                // scanning the whole table for every batch once it holds millions of rows. An
-                // unnamed statement is planned for its ids each time: an index lookup.
                 let rows = sqlx::query_scalar(PG_SQL)
                     .bind(ids)
-                    .persistent(false)
+                    .persistent(s.cache())
                     .fetch_all(s.conn())
                     .await?;
                 s.finish().await?;
