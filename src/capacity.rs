@@ -106,15 +106,6 @@ impl Capacity {
         slots
     }
 
-    /// Takes a run slot again for a job that gave its own up before its step started (it waited
-    /// for the store to answer the duplicate check, see [`crate::dedup`]); nothing if it has one.
-    pub async fn run_again(&self, slot: &mut Slot) {
-        if slot.run.is_none() {
-            let run = self.run.clone().acquire_owned().await;
-            slot.run = Some(run.expect("the run semaphore is never closed"));
-        }
-    }
-
     /// Jobs claimed and not yet settled, plus the holds [`Capacity::acquire_all`] has taken (it
     /// collects them as jobs settle, and keeps them while a suspect runs).
     pub fn held(&self) -> usize {
@@ -150,19 +141,6 @@ mod tests {
         assert!((&mut fifth).now_or_never().is_none());
         finished.remove(0);
         assert!((&mut fifth).now_or_never().is_some(), "a settle makes room");
-    }
-
-    #[tokio::test]
-    async fn a_job_that_gave_its_run_slot_up_waits_for_one_before_it_runs() {
-        let capacity = Capacity::new(1, 1);
-        let mut waiting = capacity.try_acquire().expect("a free slot");
-        waiting.step_ended();
-        let mut running = capacity.try_acquire().expect("its run slot was given up");
-        let again = capacity.run_again(&mut waiting);
-        tokio::pin!(again);
-        assert!((&mut again).now_or_never().is_none(), "one step runs at once");
-        running.step_ended();
-        assert!((&mut again).now_or_never().is_some());
     }
 
     #[tokio::test]

@@ -30,7 +30,6 @@ use tokio_util::task::TaskTracker;
 
 use crate::capacity::{Capacity, Slot};
 use crate::config::Config;
-use crate::dedup::Verdict;
 use crate::health::Health;
 use crate::inflight::InFlight;
 use crate::lease::{Identity, Lease};
@@ -56,7 +55,6 @@ pub struct Claimer {
     pub inflight: Arc<InFlight>,
     pub capacity: Arc<Capacity>,
     pub runner: Arc<Runner>,
-    pub dedup: Arc<crate::dedup::Dedup>,
     pub finished: UnboundedSender<Finished>,
     pub tasks: TaskTracker,
     /// The blocking connection's server-side id, for `CLIENT UNBLOCK` at shutdown (0: none).
@@ -289,15 +287,13 @@ impl Claimer {
         ClaimOutcome::Failed
     }
 
-    /// Starts one task per claimed job, after one duplicate check for the whole batch
-    /// ([`crate::dedup`]), which runs in a task of its own so the claim loop goes on at once.
-    /// Unused slots are dropped here (freed). A suspect is only ever claimed alone with every
-    /// slot held: it keeps all of them until its step ends, so nothing starts beside it.
+    /// Starts one task per claimed job. Unused slots are dropped here (freed). A suspect is only
+    /// ever claimed alone with every slot held: it keeps all of them until its step ends, so
+    /// nothing starts beside it.
     fn start(&self, jobs: Vec<(Payload, Counters)>, slots: Vec<Slot>, identity: &Arc<Identity>) {
         let claimed_at = chrono::Utc::now();
         let claimed_clock = std::time::Instant::now();
         let mut slots = slots.into_iter();
-        let mut batch = Vec::with_capacity(jobs.len());
         for (payload, counters) in jobs {
             let Some(slot) = slots.next() else { break };
             let escort: Vec<Slot> = if counters.suspect {
@@ -306,7 +302,6 @@ impl Claimer {
             } else {
                 Vec::new()
             };
-            // Tracked from the claim on: the job is in our Redis list while it is checked.
             let ticket = self.inflight.track(payload.clone(), identity.clone());
             let claimed = Claimed {
                 payload,
@@ -317,50 +312,21 @@ impl Claimer {
                 ended_clock: None,
                 slot,
                 ticket,
-                verdict: Verdict::Run { active: None },
             };
-            batch.push((claimed, escort));
+            let cancel = self.lease.exec_token().child_token();
+            let runner = self.runner.clone();
+            let finished = self.finished.clone();
+            self.tasks.spawn(async move {
+                let mut f = runner.run(claimed, cancel).await;
+                f.claimed.slot.step_ended();
+                f.claimed.ended_clock = Some(std::time::Instant::now());
+                // The suspect's step is over, whatever its outcome: others may run beside it.
+                drop(escort);
+                // The pipeline outlives every job task; if it is gone the process is exiting
+                // and the job stays in our Redis list for the reaper.
+                let _ = finished.send(f);
+            });
         }
-        drop(slots);
-        let (dedup, runner, finished, tasks, capacity) = (
-            self.dedup.clone(),
-            self.runner.clone(),
-            self.finished.clone(),
-            self.tasks.clone(),
-            self.capacity.clone(),
-        );
-        let exec = self.lease.exec_token();
-        let wid = identity.wid.clone();
-        self.tasks.spawn(async move {
-            let payloads: Vec<Payload> = batch.iter().map(|(c, _)| c.payload.clone()).collect();
-            // While the store is unreachable, the waiting jobs let others' steps start (a
-            // suspect keeps every slot: nothing may start beside it).
-            let waiting = || {
-                for (claimed, _) in batch.iter_mut().filter(|(_, escort)| escort.is_empty()) {
-                    claimed.slot.step_ended();
-                }
-            };
-            let verdicts = dedup.check(&wid, &payloads, &exec, waiting).await;
-            for ((mut claimed, escort), verdict) in batch.into_iter().zip(verdicts) {
-                // Only a job that runs needs its run slot back.
-                if matches!(verdict, Verdict::Run { .. }) {
-                    capacity.run_again(&mut claimed.slot).await;
-                }
-                claimed.verdict = verdict;
-                let cancel = exec.child_token();
-                let (runner, finished) = (runner.clone(), finished.clone());
-                tasks.spawn(async move {
-                    let mut f = runner.run(claimed, cancel).await;
-                    f.claimed.slot.step_ended();
-                    f.claimed.ended_clock = Some(std::time::Instant::now());
-                    // The suspect's step is over, whatever its outcome: others may run beside it.
-                    drop(escort);
-                    // The pipeline outlives every job task; if it is gone the process is exiting
-                    // and the job stays in our Redis list for the reaper.
-                    let _ = finished.send(f);
-                });
-            }
-        });
     }
 
     /// Hands back payloads that sit in our Redis list but are unknown to this process: a claim

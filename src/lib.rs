@@ -31,7 +31,6 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod console;
-pub mod dedup;
 pub mod drain;
 pub mod failpoint;
 pub mod handler;

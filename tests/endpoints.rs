@@ -64,8 +64,7 @@ async fn health_reports_a_postgres_outage_and_nothing_is_acked_until_it_returns(
     let body = wait_health(addr, 503).await;
     assert_eq!(body["checks"]["postgres"]["ok"], false, "{body}");
     env.push_job("during-pg-outage", "builtin.noop", json!(1)).await;
-    // The job is claimed and waits, in Redis, for the store to answer whether its id already
-    // finished (and, had it run, its outcome could not be committed either).
+    // The job runs, but its outcome cannot be committed, so it stays claimed in Redis.
     common::wait_for("the job to be claimed", WAIT, || async {
         env.in_flight_len().await == 1 && env.ready_len().await == 0
     })

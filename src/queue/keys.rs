@@ -27,9 +27,6 @@ pub struct Keys {
     pub paused: String,
     /// SET of paused step names (`step-worker pause --step`); their jobs wait in `held` lists.
     pub paused_steps: String,
-    /// HASH job id → worker id: the copy of that id running now (`active.lua`), so two copies
-    /// of one id never run at once.
-    pub active: String,
     /// STRING, a random value written once and never removed: only Redis data loss removes or
     /// replaces it, so a heartbeat can prove (not guess) that a registration was lost.
     pub epoch: String,
@@ -51,7 +48,6 @@ impl Keys {
             paused: format!("{tag}:paused"),
             paused_steps: format!("{tag}:paused_steps"),
             epoch: format!("{tag}:epoch"),
-            active: format!("{tag}:active"),
             proc_prefix: format!("{tag}:proc:"),
         }
     }

@@ -67,8 +67,6 @@ struct State {
     seq: u64,
     /// Failed attempts per payload (the Redis driver keys them by the payload's SHA-1).
     attempts: HashMap<Payload, u32>,
-    /// Job id → the worker running a copy of it (active.lua).
-    active: HashMap<String, String>,
 }
 
 /// Every memory queue of this process, by queue key, so producers in the process (the HTTP
@@ -195,25 +193,6 @@ impl MemoryQueue {
         self.inner.wake.notify_one();
     }
 
-    /// active.lua: grants each id to `wid` unless a live worker (or an earlier id of `ids`)
-    /// holds it.
-    pub fn take_active(&self, wid: &str, ids: &[&str]) -> Vec<bool> {
-        let mut s = self.state();
-        let s = &mut *s;
-        ids.iter()
-            .map(|id| {
-                let free = match s.active.get(*id) {
-                    None => true,
-                    Some(holder) => holder != wid && !s.workers.contains_key(holder),
-                };
-                if free {
-                    s.active.insert((*id).to_owned(), wid.to_owned());
-                }
-                free
-            })
-            .collect()
-    }
-
     /// settle.lua: each op applies only if the payload is still in `proc`.
     pub fn settle(&self, proc: &str, ops: &[SettleOp]) -> Vec<bool> {
         let now = now_ms();
@@ -223,13 +202,6 @@ impl MemoryQueue {
             .iter()
             .map(|op| {
                 let p = match op {
-                    SettleOp::Release { id, wid } => {
-                        let ours = s.active.get(id) == Some(wid);
-                        if ours {
-                            s.active.remove(id);
-                        }
-                        return ours;
-                    }
                     SettleOp::Done(p)
                     | SettleOp::Retry(p, _)
                     | SettleOp::Delay(p, _, _)
@@ -261,7 +233,6 @@ impl MemoryQueue {
                         s.ready.push_back(p.clone());
                         woke = true;
                     }
-                    SettleOp::Release { .. } => unreachable!("handled above"),
                 }
                 true
             })

@@ -13,7 +13,6 @@
 //!   every command queued behind it on a shared connection, and the redis crate's default 500 ms
 //!   response timeout would abandon a `BLMOVE` that the server still completes.
 
-mod active;
 mod admin;
 mod conn;
 mod driver;
@@ -127,9 +126,6 @@ pub enum SettleOp {
     Requeue(Payload),
     /// Park in the held list of its paused step, not counted as an attempt.
     Hold(Payload, String),
-    /// The copy of job id `id` that worker `wid` ran is no longer running: remove the id's
-    /// [`Queue::take_active`] entry if it is still that worker's. Put after the job's own op.
-    Release { id: String, wid: String },
 }
 
 /// Queue depths, read at scrape time.
@@ -360,9 +356,8 @@ impl RedisQueue {
             .key(&k.attempts)
             .key(&k.interrupts)
             .key(&k.ready)
-            .key(&k.paused_steps)
-            .key(&k.active);
-        // Held lists are declared as keys like every other key the script touches (KEYS[8..]);
+            .key(&k.paused_steps);
+        // Held lists are declared as keys like every other key the script touches (KEYS[7..]);
         // a hold op names its list by its KEYS index.
         let mut held: Vec<&str> = Vec::new();
         for op in ops {
@@ -380,9 +375,8 @@ impl RedisQueue {
                         held.push(step);
                         held.len() - 1
                     });
-                    inv.arg("hold").arg(&p[..]).arg(8 + at)
+                    inv.arg("hold").arg(&p[..]).arg(7 + at)
                 }
-                SettleOp::Release { id, wid } => inv.arg("release").arg(id).arg(wid),
             };
         }
         for step in held {

@@ -18,7 +18,6 @@ pub struct Scripts {
     pub adopt: Script,
     pub resume_step: Script,
     pub schedule: Script,
-    pub active: Script,
 }
 
 /// The type check every payload-moving script runs before its first write (see the file).
@@ -41,7 +40,6 @@ impl Scripts {
             adopt: guarded(include_str!("lua/adopt.lua")),
             resume_step: Script::new(include_str!("lua/resume_step.lua")),
             schedule: Script::new(include_str!("lua/schedule.lua")),
-            active: guarded(include_str!("lua/active.lua")),
         }
     }
 }

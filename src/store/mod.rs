@@ -5,7 +5,6 @@
 
 mod batch;
 pub mod dead_letters;
-mod finished;
 mod migrate;
 mod pg;
 mod prune;

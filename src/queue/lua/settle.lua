@@ -5,8 +5,7 @@
 -- an op may write is type-checked before the first LREM (the guard): a write that would fail
 -- after its payload was removed would lose the payload.
 -- KEYS[1] proc LIST   KEYS[2] delayed ZSET   KEYS[3] attempts HASH   KEYS[4] interrupts HASH
--- KEYS[5] ready LIST   KEYS[6] paused_steps SET   KEYS[7] active HASH
--- KEYS[8..] held LISTs of the ops' steps
+-- KEYS[5] ready LIST   KEYS[6] paused_steps SET   KEYS[7..] held LISTs of the ops' steps
 -- ARGV: triples (op, payload, arg), but a 'delay' op is four long:
 --   'done'    outcome committed to Postgres (succeeded or dead): forget its counters
 --   'retry'   count a failed attempt, schedule the payload arg ms from now
@@ -18,17 +17,14 @@
 --   'hold'    its step is paused: park it in the held list KEYS[arg] (`{queue}:held:<step>`), not
 --             an attempt. If the step was resumed meanwhile, it goes back to ready instead:
 --             nothing would ever drain the held list.
---   'release' (op, job id, worker id), after the ops of the jobs it concerns: the copy of that id
---             this worker ran is no longer running (active.lua); the entry is removed only if
---             it is still this worker's (a taken-over entry is another worker's now).
--- Returns one integer per op: 1 settled, 0 not ours (a release: 1 removed, 0 not ours).
+-- Returns one integer per op: 1 settled, 0 not ours.
 -- LREM counts from the right (-1): our list grows on the left, so the jobs that finish first,
 -- the oldest, sit at the right end and are found after a short scan. The counters of done jobs
 -- are deleted with one HDEL per hash for the whole batch (chunked: Lua's unpack has a limit).
 local CHUNK = 1000
 local wanted = {KEYS[1], 'list', KEYS[2], 'zset', KEYS[3], 'hash', KEYS[4], 'hash', KEYS[5], 'list',
-                KEYS[6], 'set', KEYS[7], 'hash'}
-for i = 8, #KEYS do
+                KEYS[6], 'set'}
+for i = 7, #KEYS do
   wanted[#wanted + 1] = KEYS[i]
   wanted[#wanted + 1] = 'list'
 end
@@ -40,13 +36,8 @@ local i = 1
 while i <= #ARGV do
   local op, p = ARGV[i], ARGV[i + 1]
   local width = op == 'delay' and 4 or 3
-  local r = 0
-  if op == 'release' then
-    if redis.call('HGET', KEYS[7], p) == ARGV[i + 2] then r = redis.call('HDEL', KEYS[7], p) end
-  else
-    r = redis.call('LREM', KEYS[1], -1, p)
-  end
-  if r == 1 and op ~= 'release' then
+  local r = redis.call('LREM', KEYS[1], -1, p)
+  if r == 1 then
     if op == 'done' then
       done[#done + 1] = redis.sha1hex(p)
     elseif op == 'retry' or op == 'delay' then
