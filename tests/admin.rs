@@ -2,27 +2,14 @@
 
 mod common;
 
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
 use common::TestEnv;
 use redis::AsyncCommands;
 use serde_json::{Value, json};
-use tokio::process::Command;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// Runs the binary without blocking the test's runtime, on which the in-process worker runs.
-async fn cli(env: &TestEnv, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_step-worker"))
-        .env_clear()
-        .envs(env.vars())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .unwrap()
-}
 
 fn ok(out: &Output) -> String {
     assert!(
@@ -37,12 +24,12 @@ fn ok(out: &Output) -> String {
 #[tokio::test]
 async fn enqueue_validates_jobs_against_the_contract() {
     let env = TestEnv::new().await;
-    let bad = cli(&env, &["enqueue", r#"{"step":"builtin.noop"}"#]).await;
+    let bad = env.cli(&["enqueue", r#"{"step":"builtin.noop"}"#]).await;
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("missing required field `id`"));
     assert_eq!(env.ready_len().await, 0);
 
-    ok(&cli(&env, &["enqueue", r#"{"id":"e-1","step":"builtin.noop"}"#]).await);
+    ok(&env.cli(&["enqueue", r#"{"id":"e-1","step":"builtin.noop"}"#]).await);
     let pushed: Vec<String> = env.redis.clone().lrange(&env.queue_key, 0, -1).await.unwrap();
     let job: Value = serde_json::from_str(&pushed[0]).unwrap();
     assert_eq!(job["id"], "e-1");
@@ -54,10 +41,10 @@ async fn enqueue_validates_jobs_against_the_contract() {
         "{\"id\":\"f-1\",\"step\":\"builtin.noop\"}\n\n{\"id\":\"f-2\",\"step\":\"builtin.noop\"}\n",
     )
     .unwrap();
-    ok(&cli(&env, &["enqueue", "--file", file.to_str().unwrap()]).await);
+    ok(&env.cli(&["enqueue", "--file", file.to_str().unwrap()]).await);
     assert_eq!(env.ready_len().await, 3);
     std::fs::write(&file, "{\"id\":\"g-1\",\"step\":\"builtin.noop\"}\nnot json\n").unwrap();
-    let bad_file = cli(&env, &["enqueue", "--file", file.to_str().unwrap()]).await;
+    let bad_file = env.cli(&["enqueue", "--file", file.to_str().unwrap()]).await;
     assert!(
         String::from_utf8_lossy(&bad_file.stderr).contains("line 2"),
         "names the bad line"
@@ -65,11 +52,9 @@ async fn enqueue_validates_jobs_against_the_contract() {
     assert_eq!(env.ready_len().await, 3, "a file with a bad line pushes nothing");
     std::fs::remove_file(&file).unwrap();
 
-    ok(&cli(
-        &env,
-        &["enqueue", "--delay", "1h", r#"{"id":"later-1","step":"builtin.noop"}"#],
-    )
-    .await);
+    ok(&env
+        .cli(&["enqueue", "--delay", "1h", r#"{"id":"later-1","step":"builtin.noop"}"#])
+        .await);
     assert_eq!(env.zcard(&env.key("delayed")).await, 1);
 }
 
@@ -78,21 +63,21 @@ async fn pause_stops_claiming_on_every_worker_and_resume_restarts_it() {
     let env = TestEnv::new().await;
     let worker = env.start(&[]).await;
     let http = worker.http_addr.unwrap();
-    ok(&cli(&env, &["pause"]).await);
+    ok(&env.cli(&["pause"]).await);
     common::wait_for("the worker to report paused", WAIT, || async {
         let (code, body) = common::get(&format!("http://{http}/health")).await;
         code == 200 && body.contains("\"paused\":true")
     })
     .await;
     env.push_job("while-paused", "builtin.noop", json!(1)).await;
-    let stats: Value = serde_json::from_str(&ok(&cli(&env, &["stats", "--json"]).await)).unwrap();
+    let stats: Value = serde_json::from_str(&ok(&env.cli(&["stats", "--json"]).await)).unwrap();
     assert_eq!(stats["paused"], true);
     assert_eq!(stats["workers"].as_array().unwrap().len(), 1);
     // Stats reads the job as still waiting: the paused worker did not take it.
     assert_eq!(stats["ready"], 1);
     assert!(env.result("while-paused").await.is_none());
 
-    ok(&cli(&env, &["resume"]).await);
+    ok(&env.cli(&["resume"]).await);
     assert_eq!(env.wait_result("while-paused", WAIT).await.status, "succeeded");
     worker.stop().await.unwrap();
 }
@@ -101,7 +86,7 @@ async fn pause_stops_claiming_on_every_worker_and_resume_restarts_it() {
 async fn pausing_one_step_holds_its_jobs_while_the_others_run() {
     let env = TestEnv::new().await;
     let worker = env.start(&[]).await;
-    ok(&cli(&env, &["pause", "--step", "builtin.sleep"]).await);
+    ok(&env.cli(&["pause", "--step", "builtin.sleep"]).await);
     common::wait_for("the worker to see the paused step", WAIT, || async {
         let (_, body) = common::get(&format!("http://{}/health", worker.http_addr.unwrap())).await;
         body.contains("builtin.sleep")
@@ -115,10 +100,10 @@ async fn pausing_one_step_holds_its_jobs_while_the_others_run() {
     })
     .await;
     assert!(env.result("held-1").await.is_none());
-    let stats = ok(&cli(&env, &["stats"]).await);
+    let stats = ok(&env.cli(&["stats"]).await);
     assert!(stats.contains("paused step builtin.sleep (1 jobs held)"), "{stats}");
 
-    let out = ok(&cli(&env, &["resume", "--step", "builtin.sleep"]).await);
+    let out = ok(&env.cli(&["resume", "--step", "builtin.sleep"]).await);
     assert!(out.contains("1 held job(s) back"), "{out}");
     let row = env.wait_result("held-1", WAIT).await;
     assert_eq!(
@@ -132,15 +117,15 @@ async fn pausing_one_step_holds_its_jobs_while_the_others_run() {
 #[tokio::test]
 async fn purge_ready_moves_jobs_to_dead_letters_and_replay_brings_them_back_once() {
     let env = TestEnv::new().await;
-    ok(&cli(&env, &["migrate"]).await);
+    ok(&env.cli(&["migrate"]).await);
     for i in 0..3 {
         env.push_job(&format!("p-{i}"), "builtin.noop", json!(i)).await;
     }
-    let refused = cli(&env, &["purge-ready"]).await;
+    let refused = env.cli(&["purge-ready"]).await;
     assert_eq!(refused.status.code(), Some(3), "no --yes and no terminal to ask on");
     assert_eq!(env.ready_len().await, 3);
 
-    ok(&cli(&env, &["purge-ready", "--yes"]).await);
+    ok(&env.cli(&["purge-ready", "--yes"]).await);
     assert_eq!(env.ready_len().await, 0);
     assert_eq!(env.in_flight_len().await, 0);
     let letters = env.dead_letters().await;
@@ -148,18 +133,18 @@ async fn purge_ready_moves_jobs_to_dead_letters_and_replay_brings_them_back_once
     assert!(letters.iter().all(|l| l.reason == "purged"));
 
     let listed: Value =
-        serde_json::from_str(&ok(&cli(&env, &["dlq", "list", "--reason", "purged", "--json"]).await)).unwrap();
+        serde_json::from_str(&ok(&env.cli(&["dlq", "list", "--reason", "purged", "--json"]).await)).unwrap();
     assert_eq!(listed.as_array().unwrap().len(), 3);
     let id = listed[0]["id"].as_str().unwrap().to_owned();
-    let shown: Value = serde_json::from_str(&ok(&cli(&env, &["dlq", "show", &id, "--json"]).await)).unwrap();
+    let shown: Value = serde_json::from_str(&ok(&env.cli(&["dlq", "show", &id, "--json"]).await)).unwrap();
     assert!(shown["payload"].as_str().unwrap().contains("builtin.noop"));
 
-    let dry = ok(&cli(&env, &["dlq", "replay", "--reason", "purged", "--dry-run"]).await);
+    let dry = ok(&env.cli(&["dlq", "replay", "--reason", "purged", "--dry-run"]).await);
     assert!(dry.contains("3 dead letter(s) would be replayed"), "{dry}");
     assert_eq!(env.ready_len().await, 0, "a dry run changes nothing");
-    ok(&cli(&env, &["dlq", "replay", "--reason", "purged"]).await);
+    ok(&env.cli(&["dlq", "replay", "--reason", "purged"]).await);
     assert_eq!(env.ready_len().await, 3);
-    ok(&cli(&env, &["dlq", "replay", "--reason", "purged"]).await);
+    ok(&env.cli(&["dlq", "replay", "--reason", "purged"]).await);
     assert_eq!(env.ready_len().await, 3, "replaying twice is a no-op");
     let replayed = env
         .count("SELECT count(*) FROM step_dead_letters WHERE replayed_at IS NOT NULL")
@@ -177,14 +162,12 @@ async fn purge_ready_moves_jobs_to_dead_letters_and_replay_brings_them_back_once
     worker.stop().await.unwrap();
 
     assert_eq!(
-        cli(&env, &["dlq", "purge", "--reason", "purged"]).await.status.code(),
+        env.cli(&["dlq", "purge", "--reason", "purged"]).await.status.code(),
         Some(3)
     );
-    ok(&cli(
-        &env,
-        &["dlq", "purge", "--reason", "purged", "--older-than", "0s", "--yes"],
-    )
-    .await);
+    ok(&env
+        .cli(&["dlq", "purge", "--reason", "purged", "--older-than", "0s", "--yes"])
+        .await);
     assert_eq!(env.count("SELECT count(*) FROM step_dead_letters").await, 0);
 }
 
@@ -194,7 +177,7 @@ async fn replay_gives_a_dead_job_fresh_attempts() {
     let worker = env.start(&[("MAX_RETRY_ATTEMPTS", "1")]).await;
     env.push_job("dies-once", "builtin.fail", json!({"times": 2})).await;
     assert_eq!(env.wait_result("dies-once", WAIT).await.status, "dead");
-    let out = ok(&cli(&env, &["dlq", "replay", "--step", "builtin.fail"]).await);
+    let out = ok(&env.cli(&["dlq", "replay", "--step", "builtin.fail"]).await);
     assert!(out.contains("replayed 1"), "{out}");
     // The replay starts again at attempt 1, so it fails twice more (builtin.fail fails attempts
     // 1 and 2) and dies again after 2 attempts; its old dead row was replaced, not kept.
@@ -216,19 +199,19 @@ async fn replay_gives_a_dead_job_fresh_attempts() {
 #[tokio::test]
 async fn smoke_succeeds_with_a_worker_and_fails_without_one() {
     let env = TestEnv::new().await;
-    ok(&cli(&env, &["migrate"]).await);
-    let failed = cli(&env, &["smoke", "--timeout", "1s"]).await;
+    ok(&env.cli(&["migrate"]).await);
+    let failed = env.cli(&["smoke", "--timeout", "1s"]).await;
     assert_eq!(failed.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&failed.stderr).contains("had no result"));
     let worker = env.start(&[]).await;
-    let out = ok(&cli(&env, &["smoke", "--timeout", "20s"]).await);
+    let out = ok(&env.cli(&["smoke", "--timeout", "20s"]).await);
     assert!(out.contains("succeeded"), "{out}");
-    let load = ok(&cli(&env, &["load", "--jobs", "50"]).await);
+    let load = ok(&env.cli(&["load", "--jobs", "50"]).await);
     assert!(
         load.contains("50/50 results (50 succeeded)") && load.contains("throughput"),
         "{load}"
     );
-    let paced = ok(&cli(&env, &["load", "--rate", "40", "--duration", "1s"]).await);
+    let paced = ok(&env.cli(&["load", "--rate", "40", "--duration", "1s"]).await);
     assert!(paced.contains("40/40 results (40 succeeded)"), "{paced}");
     worker.stop().await.unwrap();
 }

@@ -3,25 +3,16 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::TestEnv;
 use serde_json::json;
-use tokio::process::Command;
 
 const WAIT: Duration = Duration::from_secs(30);
 const ID: &str = "evil\n2026-01-01 fake line\u{1b}[2J<!channel>";
 
 async fn cli(env: &TestEnv, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_step-worker"))
-        .env_clear()
-        .envs(env.vars())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .unwrap();
+    let out = env.cli(args).await;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }

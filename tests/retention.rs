@@ -5,13 +5,11 @@
 #[macro_use]
 mod common;
 
-use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use common::TestEnv;
 use serde_json::json;
-use tokio::process::Command;
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -124,21 +122,10 @@ async fn expired_rows_are_deleted_and_newer_ones_and_other_kinds_kept(env: TestE
     worker.stop().await.unwrap();
 }
 
-async fn cli(env: &TestEnv, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_step-worker"))
-        .env_clear()
-        .envs(env.vars())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn results_purge_deletes_by_age_and_status_and_asks_first() {
     let env = TestEnv::new().await;
-    let out = cli(&env, &["migrate"]).await;
+    let out = env.cli(&["migrate"]).await;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let days = chrono::Duration::days;
     insert_result(&env, "old-ok", "succeeded", days(40)).await;
@@ -146,7 +133,7 @@ async fn results_purge_deletes_by_age_and_status_and_asks_first() {
     insert_attempt(&env, "old-dead", days(40)).await;
     insert_result(&env, "new-ok", "succeeded", days(1)).await;
 
-    let refused = cli(&env, &["results", "purge", "--older-than", "30d"]).await;
+    let refused = env.cli(&["results", "purge", "--older-than", "30d"]).await;
     assert_eq!(refused.status.code(), Some(3), "no --yes and no terminal to ask on");
     assert_eq!(
         env.count("SELECT count(*) FROM step_results").await,
@@ -154,11 +141,9 @@ async fn results_purge_deletes_by_age_and_status_and_asks_first() {
         "nothing deleted"
     );
 
-    let only_dead = cli(
-        &env,
-        &["results", "purge", "--older-than", "30d", "--status", "dead", "--yes"],
-    )
-    .await;
+    let only_dead = env
+        .cli(&["results", "purge", "--older-than", "30d", "--status", "dead", "--yes"])
+        .await;
     let text = String::from_utf8_lossy(&only_dead.stdout);
     assert!(
         only_dead.status.success() && text.contains("deleted 1 row(s)"),
@@ -172,13 +157,13 @@ async fn results_purge_deletes_by_age_and_status_and_asks_first() {
         "attempts go only without --status"
     );
 
-    let all = cli(&env, &["results", "purge", "--older-than", "30d", "--yes"]).await;
+    let all = env.cli(&["results", "purge", "--older-than", "30d", "--yes"]).await;
     let text = String::from_utf8_lossy(&all.stdout);
     assert!(all.status.success() && text.contains("deleted 2 row(s)"), "{text}");
     assert!(env.result("old-ok").await.is_none());
     assert!(env.attempts("old-dead").await.is_empty());
     assert!(env.result("new-ok").await.is_some(), "a newer row is kept");
 
-    let bad = cli(&env, &["results", "purge", "--older-than", "soon", "--yes"]).await;
+    let bad = env.cli(&["results", "purge", "--older-than", "soon", "--yes"]).await;
     assert_eq!(bad.status.code(), Some(2), "a bad duration is a usage error");
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::Utc;
 
 use super::{Admin, confirm};
-use crate::store::{PRUNE_BATCH, Prune};
+use crate::store::Prune;
 
 /// Deletes the rows finished longer ago than `older_than`: result rows of `status`, or without
 /// it every result row and every failed-attempt row. Asks first unless `yes` (exit 2 without a
@@ -36,13 +36,7 @@ pub async fn purge(admin: &Admin, older_than: Duration, status: Option<&str>, ye
     confirm(&format!("Delete {matching} row(s) permanently?"), yes)?;
     let mut deleted = 0;
     for what in kinds {
-        loop {
-            let n = admin.store.prune_batch(what, before).await?;
-            deleted += n;
-            if n < PRUNE_BATCH as u64 {
-                break;
-            }
-        }
+        deleted += admin.store.prune_expired(what, before, |_| true).await?;
     }
     if deleted < matching as u64 {
         println!(

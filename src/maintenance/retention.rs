@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Retention;
 use crate::metrics::Metrics;
-use crate::store::{PRUNE_BATCH, Prune, Store};
+use crate::store::{Prune, Store};
 
 pub struct Retainer {
     pub store: Store,
@@ -40,14 +40,14 @@ impl Retainer {
         let mut total = 0;
         for (what, age) in self.targets() {
             let before = now - chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
-            loop {
-                let n = self.store.prune_batch(what, before).await?;
-                self.metrics.pruned_rows.with_label_values(&[what.table()]).inc_by(n);
-                total += n;
-                if n < PRUNE_BATCH as u64 || stop.is_cancelled() {
-                    break;
-                }
-            }
+            let pruned = self.metrics.pruned_rows.with_label_values(&[what.table()]);
+            total += self
+                .store
+                .prune_expired(what, before, |n| {
+                    pruned.inc_by(n);
+                    !stop.is_cancelled()
+                })
+                .await?;
         }
         Ok(total)
     }

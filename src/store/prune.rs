@@ -62,6 +62,26 @@ impl Store {
         }
     }
 
+    /// Deletes every row of `what` older than `before`, batch after batch, until one comes back
+    /// short or `go_on` (told each batch's count) says stop. Returns the rows deleted.
+    pub async fn prune_expired(
+        &self,
+        what: Prune,
+        before: DateTime<Utc>,
+        mut go_on: impl FnMut(u64) -> bool,
+    ) -> Result<u64, sqlx::Error> {
+        let mut total = 0;
+        loop {
+            let n = self.prune_batch(what, before).await?;
+            total += n;
+            // Told every batch, the last one too: it counts the rows as they go.
+            let more = go_on(n);
+            if n < PRUNE_BATCH as u64 || !more {
+                return Ok(total);
+            }
+        }
+    }
+
     /// How many rows of `what` are older than `before` (for `results purge` to confirm).
     pub async fn count_expired(&self, what: Prune, before: DateTime<Utc>) -> Result<i64, sqlx::Error> {
         let (table, column) = (what.table(), what.column());

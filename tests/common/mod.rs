@@ -186,6 +186,19 @@ impl TestEnv {
     }
 
     /// The variables a worker of this environment runs with: fast timings, port 0.
+    /// Runs the binary with `args` and this environment's variables (nothing else of the test
+    /// process's), without blocking the test's runtime, on which an in-process worker may run.
+    pub async fn cli(&self, args: &[&str]) -> std::process::Output {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_step-worker"))
+            .env_clear()
+            .envs(self.vars())
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .unwrap()
+    }
+
     pub fn vars(&self) -> Vec<(String, String)> {
         let queue: &[(&str, &str)] = match &self.memory {
             Some(_) => &[("QUEUE_DRIVER", "memory")],
