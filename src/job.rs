@@ -115,26 +115,11 @@ pub fn decode(payload: &[u8]) -> Result<Job, (DecodeError, Salvage)> {
         .map_err(envelope)?
         .or_else(|| run_id.clone())
         .unwrap_or_else(|| id.clone());
-    let enqueued_at = match map.remove("enqueued_at") {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(fields::enqueued_at(&v).map_err(envelope)?),
-    };
-    let max_retries = match map.remove("max_retries") {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(fields::max_retries(&v).map_err(envelope)?),
-    };
-    let timeout = match map.remove("timeout_ms") {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(fields::timeout_ms(&v).map_err(envelope)?),
-    };
-    let run_at = match map.remove("run_at") {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(fields::run_at(&v).map_err(envelope)?),
-    };
-    let delay = match map.remove("delay_ms") {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(fields::delay_ms(&v).map_err(envelope)?),
-    };
+    let enqueued_at = optional(&mut map, "enqueued_at", fields::enqueued_at).map_err(envelope)?;
+    let max_retries = optional(&mut map, "max_retries", fields::max_retries).map_err(envelope)?;
+    let timeout = optional(&mut map, "timeout_ms", fields::timeout_ms).map_err(envelope)?;
+    let run_at = optional(&mut map, "run_at", fields::run_at).map_err(envelope)?;
+    let delay = optional(&mut map, "delay_ms", fields::delay_ms).map_err(envelope)?;
     if run_at.is_some() && delay.is_some() {
         // Which one wins (the later? the first given?) is a guess either way; a producer that
         // sends both has a bug it should hear about, not a job that runs at a surprising time.
@@ -176,6 +161,18 @@ fn required_string(map: &mut Map<String, Value>, field: &str, max: usize) -> Res
             describe(&v)
         )),
     }
+}
+
+/// `field` parsed by `parse`, or `None` when it is absent or `null`.
+fn optional<T>(
+    map: &mut Map<String, Value>,
+    field: &str,
+    parse: fn(&Value) -> Result<T, String>,
+) -> Result<Option<T>, String> {
+    map.remove(field)
+        .filter(|v| !v.is_null())
+        .map(|v| parse(&v))
+        .transpose()
 }
 
 fn optional_string(map: &mut Map<String, Value>, field: &str, max: usize) -> Result<Option<String>, String> {
