@@ -35,7 +35,7 @@ use crate::inflight::InFlight;
 use crate::lease::{Identity, Lease};
 use crate::metrics::Metrics;
 use crate::outcome::{Claimed, Finished};
-use crate::queue::{Blocking, Counters, Payload, Queue, SettleOp, Suspects};
+use crate::queue::{Blocking, ClaimReply, Counters, Payload, Queue, SettleOp, Suspects};
 use crate::runner::Runner;
 
 /// Pause after a failed claim before trying again.
@@ -60,6 +60,8 @@ pub struct Claimer {
     /// The blocking connection's server-side id, for `CLIENT UNBLOCK` at shutdown (0: none).
     pub blocking_id: Arc<AtomicI64>,
     pub pause: Arc<crate::pause::Pause>,
+    /// Told when jobs moved aside for a rate may start, so they are woken on time.
+    pub promoter: Arc<crate::maintenance::Promoter>,
 }
 
 /// What the claim loop carries from one pass to the next.
@@ -78,6 +80,20 @@ pub struct LoopState {
 /// (and at least one), so every job has run alone at least once before it is dead-lettered.
 pub fn suspect_threshold(max_recoveries: u32) -> u32 {
     max_recoveries.clamp(1, 2)
+}
+
+/// Holds `step` on every replica (back-pressure). A failure only costs the hold: the job itself
+/// is retried after its `Retry-After` as any failed attempt is.
+async fn hold_step(queue: &Queue, metrics: &Metrics, step: &str, hold: Duration) {
+    tracing::warn!(
+        step,
+        hold_ms = hold.as_millis() as u64,
+        "the service behind the step asked callers to wait: every replica holds the step"
+    );
+    if let Err(e) = queue.hold_step(step, hold).await {
+        metrics.redis_errors.with_label_values(&["hold_step"]).inc();
+        tracing::warn!(error = %e, step, "holding the step on every replica failed");
+    }
 }
 
 /// What one pass of the claim loop did.
@@ -156,7 +172,9 @@ impl Claimer {
                 Ok(r) if r.fenced => return ClaimOutcome::Fenced,
                 Ok(r) => {
                     state.suspect_waiting = r.suspect_waiting;
-                    if !r.jobs.is_empty() || r.suspect_waiting {
+                    self.count_throttled(&r);
+                    // Jobs moved aside for a cap slot were ready: the queue may hold more.
+                    if !r.jobs.is_empty() || r.suspect_waiting || !r.throttled.is_empty() {
                         let n = r.jobs.len();
                         self.start(r.jobs, slots, &identity);
                         return ClaimOutcome::Claimed(n);
@@ -216,10 +234,22 @@ impl Claimer {
             Ok(r) => {
                 let counters = r.extra.first().copied().unwrap_or_default();
                 state.suspect_waiting = r.suspect_waiting;
+                self.count_throttled(&r);
                 // A short top-up emptied the queue: the next pass can block at once instead of
                 // first asking again (one command less per job when jobs trickle in). Not when it
-                // stopped short for a suspect.
-                state.queue_was_empty = wanted > 0 && r.jobs.len() < wanted && !r.suspect_waiting && !counters.suspect;
+                // stopped short for a suspect, nor when it moved jobs aside for a cap slot (its
+                // scan is bounded: more may be ready).
+                state.queue_was_empty = wanted > 0
+                    && r.jobs.len() < wanted
+                    && !r.suspect_waiting
+                    && !counters.suspect
+                    && r.throttled.is_empty();
+                if counters.throttled {
+                    // Its step's slots are all held: the claim moved it out of our list to wait.
+                    let n = r.jobs.len();
+                    self.start(r.jobs, slots, &identity);
+                    return ClaimOutcome::Claimed(n);
+                }
                 if counters.suspect {
                     return self.start_alone(payload, counters, slots, &identity, stop).await;
                 }
@@ -232,6 +262,22 @@ impl Claimer {
             }
             // The payload stays in our list unknown to memory; the self-audit hands it back.
             Err(e) => self.failed("claim", e),
+        }
+    }
+
+    /// Counts the jobs a claim moved aside, and wakes the promoter when a rate lets them start.
+    fn count_throttled(&self, r: &ClaimReply) {
+        for (step, reason) in &r.throttled {
+            // A held step may be any step a fallback runs: only names known in advance are labels.
+            let known = self.config.limits.concurrency.contains_key(step)
+                || self.config.limits.rates.contains_key(step)
+                || self.config.http_steps.is_known_step(step)
+                || self.runner.registry.is_native(step);
+            let label = if known { step.as_str() } else { crate::runner::OTHER };
+            self.metrics.throttled.with_label_values(&[label, reason]).inc();
+        }
+        if let Some(wake) = r.rate_wake {
+            self.promoter.schedule(wake);
         }
     }
 
@@ -316,8 +362,15 @@ impl Claimer {
             let cancel = self.lease.exec_token().child_token();
             let runner = self.runner.clone();
             let finished = self.finished.clone();
+            let queue = self.queue.clone();
+            let metrics = self.metrics.clone();
             self.tasks.spawn(async move {
                 let mut f = runner.run(claimed, cancel).await;
+                if let Some((step, hold)) = &f.hold_step {
+                    // Now, not with the settle after the commit: every replica stops calling
+                    // the service at once.
+                    hold_step(&queue, &metrics, step, *hold).await;
+                }
                 f.claimed.slot.step_ended();
                 f.claimed.ended_clock = Some(std::time::Instant::now());
                 // The suspect's step is over, whatever its outcome: others may run beside it.

@@ -46,6 +46,9 @@ pub enum Retry {
 pub struct StepError {
     pub retry: Retry,
     pub message: String,
+    /// Back-pressure: the service behind the step asked every caller to wait this long, so
+    /// every replica holds the whole step (not only this job) until then.
+    pub hold_step: Option<Duration>,
     source: Option<anyhow::Error>,
 }
 
@@ -54,6 +57,7 @@ impl StepError {
         StepError {
             retry: Retry::Retryable { retry_after: None },
             message: message.to_string(),
+            hold_step: None,
             source: None,
         }
     }
@@ -62,6 +66,7 @@ impl StepError {
         StepError {
             retry: Retry::Permanent,
             message: message.to_string(),
+            hold_step: None,
             source: None,
         }
     }
@@ -72,6 +77,16 @@ impl StepError {
             *retry_after = Some(after);
         }
         self
+    }
+
+    /// The service behind the step is overloaded or rate-limiting (an HTTP 429 or 503 with
+    /// `Retry-After`): this job is retried no sooner than `after`, and every replica holds the
+    /// step's other jobs until then too, instead of each of them hitting the limit in turn.
+    /// Waiting jobs are not attempts.
+    pub fn throttled(message: impl fmt::Display, after: Duration) -> Self {
+        let mut e = StepError::retryable(message).with_retry_after(after);
+        e.hold_step = Some(after);
+        e
     }
 
     pub fn is_permanent(&self) -> bool {
@@ -103,6 +118,7 @@ impl From<anyhow::Error> for StepError {
         StepError {
             retry: Retry::Retryable { retry_after: None },
             message: "step failed".to_owned(),
+            hold_step: None,
             source: Some(e),
         }
     }

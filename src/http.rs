@@ -359,6 +359,14 @@ async fn refresh_gauges(s: &AppState) {
                 m.queue_depth.with_label_values(&[queue]).set(n as i64);
             }
             m.live_workers.set(d.workers as i64);
+            for (step, reason, n) in &d.waiting {
+                m.jobs_waiting
+                    .with_label_values(&[step.as_str(), reason])
+                    .set(*n as i64);
+            }
+            for (step, used, _) in &d.caps {
+                m.cap_used.with_label_values(&[step]).set(i64::from(*used));
+            }
         }
         Ok(Err(_)) | Err(_) => m.redis_errors.with_label_values(&["depths"]).inc(),
     }

@@ -56,6 +56,12 @@ pub struct Metrics {
     pub redis_policy: IntGaugeVec,
     /// HTTP step calls by step and class: the status class, or what happened instead of a status.
     pub http_step_responses: IntCounterVec,
+    /// Jobs moved aside to wait by a flow limit, by step (configured ones only) and reason.
+    pub throttled: IntCounterVec,
+    /// Jobs waiting on a flow limit now, by step and reason (set at scrape time).
+    pub jobs_waiting: IntGaugeVec,
+    /// Cap slots held now across every replica, by capped step (set at scrape time).
+    pub cap_used: IntGaugeVec,
 }
 
 /// The children of `step_worker_job_overhead_phase_seconds`, looked up once: they are observed
@@ -230,8 +236,35 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION"), worker_id])
             .set(1);
 
+        let throttled = IntCounterVec::new(
+            Opts::new(
+                "step_worker_throttled_total",
+                "Jobs this worker moved aside to wait on a flow limit instead of claiming them (not attempts), by step and reason (concurrency: every STEP_CONCURRENCY slot of the step was held).",
+            ),
+            &["step", "reason"],
+        )
+        .unwrap();
+        let jobs_waiting = IntGaugeVec::new(
+            Opts::new(
+                "step_worker_jobs_waiting",
+                "Jobs waiting on a flow limit at scrape time, across every replica, by step and reason (concurrency: for a STEP_CONCURRENCY slot).",
+            ),
+            &["step", "reason"],
+        )
+        .unwrap();
+        let cap_used = IntGaugeVec::new(
+            Opts::new(
+                "step_worker_concurrency_slots_used",
+                "STEP_CONCURRENCY slots held at scrape time across every replica, by step (compare with its cap).",
+            ),
+            &["step"],
+        )
+        .unwrap();
         for c in [
             Box::new(jobs.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(throttled.clone()),
+            Box::new(jobs_waiting.clone()),
+            Box::new(cap_used.clone()),
             Box::new(job_duration.clone()),
             Box::new(queue_wait.clone()),
             Box::new(queue_depth.clone()),
@@ -282,6 +315,9 @@ impl Metrics {
             pruned_rows,
             persist_batch,
             job_overhead,
+            throttled,
+            jobs_waiting,
+            cap_used,
             overhead_phases: OverheadPhases {
                 before_step_end: job_overhead_phase.with_label_values(&["before_step_end"]),
                 step_end_to_commit: job_overhead_phase.with_label_values(&["step_end_to_commit"]),

@@ -57,6 +57,8 @@ pub struct Finished {
     /// The attempt's span, kept open until the job is settled, so the commit and the settle are
     /// part of it ([`crate::trace::attempt`]).
     pub span: tracing::Span,
+    /// Back-pressure: hold this step on every replica for this long (see `StepError::throttled`).
+    pub hold_step: Option<(String, Duration)>,
 }
 
 /// What the runner decided for a job, before it is joined to the claim it came from (kept apart
@@ -70,6 +72,7 @@ pub struct Decided {
     pub step_label: Arc<str>,
     pub ran_for: Duration,
     pub span: tracing::Span,
+    pub hold_step: Option<(String, Duration)>,
 }
 
 impl Decided {
@@ -83,6 +86,7 @@ impl Decided {
             step_label,
             ran_for: Duration::ZERO,
             span: tracing::Span::none(),
+            hold_step: None,
         }
     }
 
@@ -96,6 +100,7 @@ impl Decided {
             step_label: self.step_label,
             ran_for: self.ran_for,
             span: self.span,
+            hold_step: self.hold_step,
         }
     }
 }

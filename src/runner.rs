@@ -101,6 +101,7 @@ impl Runner {
                     step_label: INVALID.into(),
                     ran_for: Duration::ZERO,
                     span: Span::none(),
+                    hold_step: None,
                 };
             }
         };
@@ -210,11 +211,15 @@ impl Runner {
         // Biased: a step that has returned ran to its end, so its outcome stands even when the
         // lease was fenced meanwhile (a step that blocked its thread could not yield earlier);
         // the pipeline holds that outcome back until a beat proves the job is still ours.
+        let mut hold_step = None;
         let result = tokio::select! {
             biased;
             r = tokio::time::timeout(timeout, run) => match r {
                 Ok(Ok(Ok(output))) => Attempt::Succeeded(output),
-                Ok(Ok(Err(e))) => failed("failed", &e),
+                Ok(Ok(Err(e))) => {
+                    hold_step = e.hold_step.map(|d| (job.step.clone(), d));
+                    failed("failed", &e)
+                }
                 Ok(Err(panic)) => Attempt::Failed { outcome: "panicked", error: panic_message(&panic), retry: Retry::Retryable { retry_after: None } },
                 Err(_) => Attempt::Failed {
                     outcome: "timed_out",
@@ -292,6 +297,7 @@ impl Runner {
                     step_label: label,
                     ran_for: Duration::ZERO,
                     span: Span::none(),
+                    hold_step: None,
                 }
             }
             Attempt::Interrupted => {
@@ -334,12 +340,14 @@ impl Runner {
                             step_label: label,
                             ran_for: Duration::ZERO,
                             span: Span::none(),
+                            hold_step: None,
                         }
                     }
                 }
             }
         };
         finished.ran_for = elapsed;
+        finished.hold_step = hold_step;
         finished
     }
 
@@ -407,6 +415,7 @@ impl Runner {
             step_label: label,
             ran_for: Duration::ZERO,
             span: Span::none(),
+            hold_step: None,
         }
     }
 }

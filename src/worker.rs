@@ -94,6 +94,7 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
             Queue::Memory({
                 let queue = MemoryQueue::named(&config.queue_key);
                 queue.set_max_jobs(config.memory_queue_max_jobs);
+                queue.set_caps(&config.limits);
                 queue
             })
         }
@@ -107,7 +108,7 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
             else {
                 return Ok(None);
             };
-            Queue::Redis(queue)
+            Queue::Redis(queue.with_caps(&config.limits))
         }
     };
     let store = Store::connect_lazy_with(
@@ -259,6 +260,7 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
         tasks: tasks.clone(),
         blocking_id: blocking_id.clone(),
         pause,
+        promoter: promoter.clone(),
     };
     let claim_stop = CancellationToken::new();
     let claimer_task = tokio::spawn(claimer.run(claim_stop.clone()));

@@ -298,7 +298,8 @@ async fn a_claim_never_batches_a_suspect_and_takes_one_only_alone() {
         r.jobs[0].1,
         Counters {
             failures: 1,
-            suspect: true
+            suspect: true,
+            throttled: false,
         }
     );
     assert!(!r.suspect_waiting);
@@ -326,7 +327,8 @@ async fn a_claim_never_batches_a_suspect_and_takes_one_only_alone() {
         r.extra,
         [Counters {
             failures: 0,
-            suspect: true
+            suspect: true,
+            throttled: false,
         }]
     );
     assert_eq!(env.ready_len().await, 1, "f is left for others");

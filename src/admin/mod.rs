@@ -55,7 +55,8 @@ impl Admin {
         let ca = config.redis_ca_pem();
         let queue = RedisQueue::connect_with_ca(config.redis_url.expose(), &config.queue_key, ca)
             .await
-            .with_context(|| format!("connecting to Redis at {}", config.redis_url))?;
+            .with_context(|| format!("connecting to Redis at {}", config.redis_url))?
+            .with_caps(&config.limits);
         let store = Store::connect_lazy_with(config.database_url.expose(), 2, config.database_statement_timeout)
             .context("DATABASE_URL")?;
         let pg = store.postgres().cloned().ok_or(Misconfigured(

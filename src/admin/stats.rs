@@ -1,4 +1,5 @@
-//! `step-worker stats`: queue depths, live workers with their last heartbeat, pause state.
+//! `step-worker stats`: queue depths, live workers with their last heartbeat, pause state, and
+//! each flow limit with its use.
 
 use serde::Serialize;
 
@@ -16,7 +17,25 @@ struct Stats {
     dead_letters_pending: i64,
     paused: bool,
     paused_steps: Vec<PausedStep>,
+    limits: Vec<LimitUse>,
     workers: Vec<WorkerInfo>,
+}
+
+/// One flow limit and its use now, across every replica.
+#[derive(Serialize)]
+struct LimitUse {
+    step: String,
+    /// `concurrency` or `rate`.
+    kind: &'static str,
+    /// `5` (attempts at once) or `10/1000ms` (starts per period).
+    limit: String,
+    /// Cap slots held now (concurrency only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    used: Option<u32>,
+    /// How long until the next start may go (rate only; 0: now).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_start_ms: Option<u64>,
+    waiting: u64,
 }
 
 #[derive(Serialize)]
@@ -35,6 +54,35 @@ pub async fn run(admin: &Admin, json: bool) -> anyhow::Result<()> {
         .into_iter()
         .map(|(step, held)| PausedStep { step, held })
         .collect();
+    let waiting = |step: &str, kind: &str| {
+        d.waiting
+            .iter()
+            .find(|(s, k, _)| s == step && *k == kind)
+            .map_or(0, |(_, _, n)| *n)
+    };
+    let mut limits: Vec<LimitUse> = d
+        .caps
+        .iter()
+        .map(|(step, used, cap)| LimitUse {
+            step: step.clone(),
+            kind: "concurrency",
+            limit: cap.to_string(),
+            used: Some(*used),
+            next_start_ms: None,
+            waiting: waiting(step, "concurrency"),
+        })
+        .collect();
+    for (step, ahead) in admin.queue.rate_ahead().await? {
+        let rate = admin.config.limits.rates[&step];
+        limits.push(LimitUse {
+            limit: format!("{}/{}ms", rate.n, rate.period_ms),
+            kind: "rate",
+            used: None,
+            next_start_ms: Some(ahead),
+            waiting: waiting(&step, "rate"),
+            step,
+        });
+    }
     let stats = Stats {
         queue: admin.config.queue_key.clone(),
         ready: d.ready,
@@ -45,6 +93,7 @@ pub async fn run(admin: &Admin, json: bool) -> anyhow::Result<()> {
         dead_letters_pending: admin.store.pending_dead_letters().await?,
         paused: d.paused,
         paused_steps,
+        limits,
         workers,
     };
     if json {
@@ -60,6 +109,19 @@ pub async fn run(admin: &Admin, json: bool) -> anyhow::Result<()> {
     println!("  dead letters   {} not replayed", stats.dead_letters_pending);
     for p in &stats.paused_steps {
         println!("paused step {} ({} jobs held)", p.step, p.held);
+    }
+    for l in &stats.limits {
+        match (l.used, l.next_start_ms) {
+            (Some(used), _) => println!(
+                "concurrency limit {} {}: {used} running, {} waiting",
+                l.step, l.limit, l.waiting
+            ),
+            (None, Some(ahead)) => println!(
+                "rate limit {} {}: next start in {ahead} ms, {} waiting",
+                l.step, l.limit, l.waiting
+            ),
+            (None, None) => {}
+        }
     }
     println!("workers ({})", stats.workers.len());
     for w in &stats.workers {

@@ -6,6 +6,7 @@
 //! struct of raw strings; parsing happens here so each error can name its variable precisely.
 
 mod http_steps;
+mod limits;
 mod notify;
 mod otel;
 mod parse;
@@ -17,6 +18,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use http_steps::HttpSteps;
+pub use limits::{Limits, Rate};
 pub use notify::Notify;
 pub use otel::{Otel, OtlpProtocol, Sampler};
 pub use parse::{ConfigError, MIN_TOKEN_LEN};
@@ -83,6 +85,8 @@ struct RawEnv {
     otel_service_name: Option<String>,
     otel_traces_sampler: Option<String>,
     otel_traces_sampler_arg: Option<String>,
+    step_concurrency: Option<String>,
+    step_rate_limits: Option<String>,
 }
 
 /// Where the process runs; production turns on JSON logs and refuses local defaults.
@@ -163,6 +167,8 @@ pub struct Config {
     pub http_steps: HttpSteps,
     /// `RESULT_RETENTION` and `RETENTION_CHECK_MS`.
     pub retention: Retention,
+    /// `STEP_CONCURRENCY`, `STEP_RATE_LIMITS`: per-step caps and rates across every replica.
+    pub limits: Limits,
     pub notify: Notify,
     /// Trace export over OTLP (off unless `OTEL_EXPORTER_OTLP_ENDPOINT` is set).
     pub otel: Otel,
@@ -210,6 +216,7 @@ impl Config {
         let notify = notify::parse(&raw)?;
         let retention = retention::parse(&raw)?;
         let otel = otel::parse(&raw)?;
+        let limits = limits::parse(raw.step_concurrency.as_deref(), raw.step_rate_limits.as_deref())?;
         let queue_driver = parse_queue_driver(raw.queue_driver.as_deref(), raw.redis_url.is_some(), production)?;
         let redis_url = url_var(
             "REDIS_URL",
@@ -364,6 +371,7 @@ impl Config {
             )? as usize,
             http_steps,
             retention,
+            limits,
             notify,
             otel,
         })
@@ -425,6 +433,7 @@ impl Config {
             ("COMMIT_BACKLOG", self.commit_backlog.to_string()),
         ];
         lines.extend(self.http_steps.describe());
+        lines.extend(self.limits.describe());
         lines.extend(self.notify.describe());
         lines.extend(self.retention.describe());
         lines.extend(self.otel.describe());

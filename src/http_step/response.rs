@@ -94,6 +94,8 @@ pub async fn judge(mut response: Response, max_bytes: usize) -> (Class, StepResu
     };
     let error = if is_retryable(status) {
         match retry_after {
+            // The service says when any caller may come back, not only this job.
+            Some(after) if matches!(status.as_u16(), 429 | 503) => StepError::throttled(message, after),
             Some(after) => StepError::retryable(message).with_retry_after(after),
             None => StepError::retryable(message),
         }

@@ -52,6 +52,36 @@ impl RedisQueue {
             .collect())
     }
 
+    /// Per rate-limited step: how long until its next start conforms (0: a start may go now),
+    /// from its GCRA state and the server's clock.
+    pub async fn rate_ahead(&self) -> RedisResult<Vec<(String, u64)>> {
+        if self.rates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        let mut hmget = redis::cmd("HMGET");
+        hmget.arg(&self.keys.rate_tat);
+        for (step, _, _) in self.rates.iter() {
+            hmget.arg(step);
+        }
+        let (tats, time): (Vec<Option<f64>>, (u64, u64)) = redis::pipe()
+            .add_command(hmget)
+            .cmd("TIME")
+            .query_async(&mut conn)
+            .await?;
+        let now = time.0 as f64 * 1000.0 + time.1 as f64 / 1000.0;
+        Ok(self
+            .rates
+            .iter()
+            .zip(tats)
+            .map(|((step, interval, burst), tat)| {
+                let tau = f64::from(burst.saturating_sub(1)) * interval;
+                let ahead = tat.unwrap_or(0.0) - tau - now;
+                (step.clone(), ahead.max(0.0).ceil() as u64)
+            })
+            .collect())
+    }
+
     /// The paused steps and how many jobs each holds.
     pub async fn paused_steps(&self) -> RedisResult<Vec<(String, u64)>> {
         let mut conn = self.conn.clone();

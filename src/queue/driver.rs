@@ -96,6 +96,17 @@ impl Queue {
         }
     }
 
+    /// Holds `step` on every replica for `hold` (back-pressure, see `hold_step.lua`).
+    pub async fn hold_step(&self, step: &str, hold: Duration) -> RedisResult<()> {
+        match self {
+            Queue::Redis(q) => q.hold_step(step, hold).await,
+            Queue::Memory(m) => {
+                m.hold_step(step, hold);
+                Ok(())
+            }
+        }
+    }
+
     pub async fn settle(&self, proc: &str, ops: &[SettleOp]) -> RedisResult<Vec<bool>> {
         match self {
             Queue::Redis(q) => q.settle(proc, ops).await,

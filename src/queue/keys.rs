@@ -30,6 +30,15 @@ pub struct Keys {
     /// STRING, a random value written once and never removed: only Redis data loss removes or
     /// replaces it, so a heartbeat can prove (not guess) that a registration was lost.
     pub epoch: String,
+    /// HASH step → cap slots held across every replica (`STEP_CONCURRENCY`).
+    pub cap_used: String,
+    /// HASH step → GCRA theoretical arrival time, ms (`STEP_RATE_LIMITS`).
+    pub rate_tat: String,
+    /// ZSET step → when its jobs waiting on the rate are woken, ms.
+    pub rate_wake: String,
+    /// ZSET step → held on every replica until, ms (back-pressure: a 429 or 503 with
+    /// Retry-After).
+    pub step_holds: String,
     proc_prefix: String,
 }
 
@@ -48,6 +57,10 @@ impl Keys {
             paused: format!("{tag}:paused"),
             paused_steps: format!("{tag}:paused_steps"),
             epoch: format!("{tag}:epoch"),
+            cap_used: format!("{tag}:cap_used"),
+            rate_tat: format!("{tag}:rate_tat"),
+            rate_wake: format!("{tag}:rate_wake"),
+            step_holds: format!("{tag}:step_holds"),
             proc_prefix: format!("{tag}:proc:"),
         }
     }
@@ -60,6 +73,27 @@ impl Keys {
     /// Jobs of paused step `step`, waiting for `resume --step`.
     pub fn held(&self, step: &str) -> String {
         format!("{}{step}", self.held_prefix())
+    }
+
+    /// HASH of the cap slots worker `wid` holds: sha1(payload) → `<count> <step>`. Per worker,
+    /// so the reaper frees a dead worker's slots with its jobs.
+    pub fn slots(&self, wid: &str) -> String {
+        self.proc_prefix.replace(":proc:", ":slots:") + wid
+    }
+
+    /// The slots HASH of the worker whose in-flight list is `proc`.
+    pub fn slots_of_proc(&self, proc: &str) -> String {
+        self.slots(proc.strip_prefix(&self.proc_prefix).unwrap_or(proc))
+    }
+
+    /// Jobs of capped step `step` waiting for a slot (`STEP_CONCURRENCY`).
+    pub fn throttled(&self, step: &str) -> String {
+        format!("{}{step}", self.proc_prefix.replace(":proc:", ":throttled:"))
+    }
+
+    /// Jobs of rate-limited step `step` waiting for their start (`STEP_RATE_LIMITS`).
+    pub fn rate_waiting(&self, step: &str) -> String {
+        format!("{}{step}", self.proc_prefix.replace(":proc:", ":rate_waiting:"))
     }
 
     pub fn held_prefix(&self) -> String {
@@ -98,6 +132,13 @@ mod tests {
             &k.poison,
             &k.reaper_lock,
             &k.epoch,
+            &k.cap_used,
+            &k.rate_tat,
+            &k.rate_wake,
+            &k.step_holds,
+            &k.rate_waiting("email.send"),
+            &k.slots("h:1:ab"),
+            &k.throttled("email.send"),
             &k.proc("h:1:ab"),
         ] {
             assert_eq!(hashed_part(key), "step.ready", "{key}");

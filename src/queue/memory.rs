@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
 
+use super::memory_caps::{Admission, Caps, SCAN_EXTRA};
 use super::{Beat, BeatMode, BeatStatus, ClaimReply, Counters, Depths, Keys, Payload, SettleOp};
 
 /// Due retries moved per promotion, as `scripts::PROMOTE_LIMIT` does for Redis.
@@ -67,11 +68,20 @@ struct State {
     seq: u64,
     /// Failed attempts per payload (the Redis driver keys them by the payload's SHA-1).
     attempts: HashMap<Payload, u32>,
+    /// `STEP_CONCURRENCY`: slots held and jobs waiting for one.
+    caps: Caps,
 }
 
 /// Every memory queue of this process, by queue key, so producers in the process (the HTTP
 /// server, tests, an embedding application) reach the queue the worker claims from.
 static QUEUES: LazyLock<Mutex<HashMap<String, MemoryQueue>>> = LazyLock::new(Default::default);
+
+/// Now in ms with a fraction, for the rates' GCRA (an interval may be a fraction of a ms).
+fn now_ms_precise() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -104,6 +114,18 @@ impl MemoryQueue {
     /// refused with [`Full`]. Jobs already held stay.
     pub fn set_max_jobs(&self, max: usize) {
         self.inner.max_jobs.store(max, Ordering::Relaxed);
+    }
+
+    /// Enforces `STEP_CONCURRENCY` on this queue's claims, as `RedisQueue::with_caps` does.
+    pub fn set_caps(&self, limits: &crate::config::Limits) {
+        self.state().caps.set(limits);
+    }
+
+    /// hold_step.lua: holds `step` for `hold`; claims move its jobs to the delayed set until then.
+    pub fn hold_step(&self, step: &str, hold: Duration) {
+        self.state()
+            .caps
+            .hold_step(step, now_ms_precise() + hold.as_secs_f64() * 1000.0);
     }
 
     // A panic while holding the lock cannot leave the state half-changed in a way that matters
@@ -140,6 +162,9 @@ impl MemoryQueue {
                 ..ClaimReply::default()
             };
         }
+        if !s.caps.is_empty() {
+            return s.claim_capped(proc, n, extra);
+        }
         let mut taken = Vec::with_capacity(n);
         while taken.len() < n {
             let Some(p) = s.ready.pop_back() else { break };
@@ -162,6 +187,8 @@ impl MemoryQueue {
             jobs,
             extra,
             suspect_waiting: false,
+            throttled: Vec::new(),
+            rate_wake: None,
         }
     }
 
@@ -210,6 +237,10 @@ impl MemoryQueue {
                 };
                 if !s.remove_from(proc, p) {
                     return false;
+                }
+                if let Some(freed) = s.caps.release(proc, p) {
+                    s.ready.push_back(freed);
+                    woke = true;
                 }
                 match op {
                     SettleOp::Done(p) => {
@@ -296,6 +327,8 @@ impl MemoryQueue {
             poison: 0,
             held: 0,
             paused: false,
+            waiting: s.caps.waiting(),
+            caps: s.caps.usage(),
         }
     }
 
@@ -318,7 +351,8 @@ impl MemoryQueue {
     /// queue without room for all of them takes none.
     pub fn push_many<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<(), Full> {
         let mut s = self.state();
-        let held = s.ready.len() + s.delayed.len() + s.procs.values().map(VecDeque::len).sum::<usize>();
+        let held =
+            s.ready.len() + s.delayed.len() + s.procs.values().map(VecDeque::len).sum::<usize>() + s.caps.waiting_len();
         let max = self.inner.max_jobs.load(Ordering::Relaxed);
         if held.saturating_add(payloads.len()) > max {
             return Err(Full {
@@ -353,6 +387,92 @@ impl State {
         Counters {
             failures: self.attempts.get(p).copied().unwrap_or(0),
             suspect: false,
+            throttled: false,
+        }
+    }
+
+    /// claim.lua with caps: jobs over their step's cap wait aside, the batch goes on past them.
+    fn claim_capped(&mut self, proc: &str, n: usize, extra: &[Payload]) -> ClaimReply {
+        let now = now_ms_precise();
+        let mut wake: Option<f64> = None;
+        let mut throttled = Vec::new();
+        let mut extra_counters = Vec::with_capacity(extra.len());
+        for p in extra {
+            let mut c = self.counters(p);
+            match self.caps.admit(p, now) {
+                Admission::Free => {}
+                Admission::Slot(step) => self.caps.hold(proc, p, step),
+                Admission::Wait(step, reason) => {
+                    self.remove_from(proc, p);
+                    self.park(step.clone(), reason, p.clone(), &mut wake);
+                    throttled.push((step, reason.to_owned()));
+                    c.throttled = true;
+                }
+                Admission::Held(step, until) => {
+                    self.remove_from(proc, p);
+                    self.delay_held(p.clone(), until, &mut wake);
+                    throttled.push((step, "backpressure".to_owned()));
+                    c.throttled = true;
+                }
+            }
+            extra_counters.push(c);
+        }
+        let mut taken = Vec::with_capacity(n);
+        let mut scanned = 0;
+        while taken.len() < n && scanned < n + SCAN_EXTRA {
+            let Some(p) = self.ready.pop_back() else { break };
+            scanned += 1;
+            match self.caps.admit(&p, now) {
+                Admission::Free => taken.push(p),
+                Admission::Slot(step) => {
+                    self.caps.hold(proc, &p, step);
+                    taken.push(p);
+                }
+                Admission::Wait(step, reason) => {
+                    self.park(step.clone(), reason, p, &mut wake);
+                    throttled.push((step, reason.to_owned()));
+                }
+                Admission::Held(step, until) => {
+                    self.delay_held(p, until, &mut wake);
+                    throttled.push((step, "backpressure".to_owned()));
+                }
+            }
+        }
+        let list = self.procs.entry(proc.to_owned()).or_default();
+        for p in &taken {
+            list.push_front(p.clone());
+        }
+        let jobs = taken
+            .into_iter()
+            .map(|p| {
+                let c = self.counters(&p);
+                (p, c)
+            })
+            .collect();
+        ClaimReply {
+            fenced: false,
+            jobs,
+            extra: extra_counters,
+            suspect_waiting: false,
+            throttled,
+            rate_wake: wake.map(|at| Duration::from_micros(((at - now).max(0.0) * 1000.0) as u64)),
+        }
+    }
+
+    /// A job of a held step waits in the delayed set until the hold ends (not an attempt).
+    fn delay_held(&mut self, p: Payload, until: f64, wake: &mut Option<f64>) {
+        self.schedule(p, until.ceil() as u64);
+        *wake = Some(wake.map_or(until, |w| w.min(until)));
+    }
+
+    /// Parks a job that may not run now in its step's waiting list for `reason`.
+    fn park(&mut self, step: String, reason: &str, p: Payload, wake: &mut Option<f64>) {
+        match reason {
+            "rate" => {
+                let at = self.caps.wait_rate(step, p);
+                *wake = Some(wake.map_or(at, |w| w.min(at)));
+            }
+            _ => self.caps.wait(step, p),
         }
     }
 
@@ -377,6 +497,9 @@ impl State {
 
     /// Due retries go to the producer end: they wait behind jobs already queued.
     fn promote(&mut self, now: u64) -> usize {
+        let woken = self.caps.wake_rates(now_ms_precise());
+        let rate_woken = woken.len();
+        self.ready.extend(woken);
         let mut moved = 0;
         while moved < PROMOTE_LIMIT {
             match self.delayed.first_entry() {
@@ -388,14 +511,17 @@ impl State {
                 _ => break,
             }
         }
-        moved
+        moved + rate_woken
     }
 
     fn next_due(&self, now: u64) -> Option<Duration> {
-        self.delayed
-            .keys()
-            .next()
-            .map(|(due, _)| Duration::from_millis(due.saturating_sub(now)))
+        let retry = self.delayed.keys().next().map(|(due, _)| *due);
+        let wake = self.caps.next_wake().map(|at| at.ceil().max(0.0) as u64);
+        [retry, wake]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|due| Duration::from_millis(due.saturating_sub(now)))
     }
 }
 

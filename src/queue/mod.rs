@@ -18,6 +18,7 @@ mod conn;
 mod driver;
 mod keys;
 mod memory;
+mod memory_caps;
 mod scripts;
 
 use std::sync::Arc;
@@ -98,6 +99,9 @@ pub struct Counters {
     pub failures: u32,
     /// A suspect (see [`Suspects`]): it must run with every slot held.
     pub suspect: bool,
+    /// A payload claimed by `BLMOVE` whose step's cap slots were all held: the claim moved it
+    /// out of our list to wait for a slot, so it must not run.
+    pub throttled: bool,
 }
 
 /// The reply to a batch claim.
@@ -110,6 +114,11 @@ pub struct ClaimReply {
     pub extra: Vec<Counters>,
     /// The next ready payload is a suspect the claim left in the queue: claim again alone.
     pub suspect_waiting: bool,
+    /// The step and reason (`concurrency`, `rate`) of each job the claim moved aside to wait on
+    /// a flow limit: the ready list was not empty even if nothing was claimed.
+    pub throttled: Vec<(String, String)>,
+    /// When the jobs this claim moved aside for a rate may start: the promoter wakes then.
+    pub rate_wake: Option<Duration>,
 }
 
 /// One settle operation, applied only if the payload is still in the worker's list.
@@ -129,7 +138,7 @@ pub enum SettleOp {
 }
 
 /// Queue depths, read at scrape time.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct Depths {
     pub ready: u64,
     pub delayed: u64,
@@ -138,6 +147,10 @@ pub struct Depths {
     pub poison: u64,
     pub held: u64,
     pub paused: bool,
+    /// Jobs waiting on a flow limit, per limited step and reason (`concurrency`, `rate`).
+    pub waiting: Vec<(String, &'static str, u64)>,
+    /// Per capped step: slots held across every replica, and the cap.
+    pub caps: Vec<(String, u32, u32)>,
 }
 
 /// The shared, non-blocking side of the queue. Cheap to clone.
@@ -149,6 +162,10 @@ pub struct RedisQueue {
     scripts: Arc<Scripts>,
     /// The queue's epoch as the last heartbeat saw it ('' before the first): see `heartbeat.lua`.
     epoch: Arc<std::sync::Mutex<String>>,
+    /// `STEP_CONCURRENCY`, as the scripts take it (empty: no cap, and the scripts skip caps).
+    caps: Arc<Vec<(String, u32)>>,
+    /// `STEP_RATE_LIMITS` as (step, interval ms, burst) (empty: the scripts skip rates).
+    pub(crate) rates: Arc<Vec<(String, f64, u32)>>,
 }
 
 impl RedisQueue {
@@ -168,7 +185,27 @@ impl RedisQueue {
             keys: Arc::new(keys),
             scripts: Arc::new(Scripts::new()),
             epoch: Arc::default(),
+            caps: Arc::default(),
+            rates: Arc::default(),
         })
+    }
+
+    /// Enforces `limits` (per step: most attempts at once, most starts per period, across every
+    /// replica) on this queue's claims. Every replica sharing the queue must be given the same.
+    pub fn with_caps(mut self, limits: &crate::config::Limits) -> Self {
+        self.caps = Arc::new(limits.concurrency.iter().map(|(s, n)| (s.clone(), *n)).collect());
+        self.rates = Arc::new(
+            limits
+                .rates
+                .iter()
+                .map(|(s, r)| (s.clone(), r.interval_ms(), r.burst()))
+                .collect(),
+        );
+        self
+    }
+
+    fn is_limited(&self) -> bool {
+        !self.caps.is_empty() || !self.rates.is_empty()
     }
 
     /// Whether this is a Redis Cluster.
@@ -241,7 +278,30 @@ impl RedisQueue {
         };
         let known = self.epoch.lock().unwrap().clone();
         let candidate = format!("{:016x}", rand::random::<u64>());
-        #[allow(clippy::type_complexity)]
+        let mut inv = self.scripts.heartbeat.key(&k.workers);
+        inv.key(&k.reaped)
+            .key(&k.delayed)
+            .key(&k.ready)
+            .key(&k.poison)
+            .key(&k.paused)
+            .key(&k.paused_steps)
+            .key(&k.epoch)
+            .key(&k.cap_used)
+            .arg(wid)
+            .arg(deadline.as_millis() as u64)
+            .arg(mode)
+            .arg(grace.as_millis() as u64)
+            .arg(scripts::PROMOTE_LIMIT)
+            .arg(known)
+            .arg(candidate)
+            .arg(self.caps.len());
+        for (step, cap) in self.caps.iter() {
+            inv.key(k.throttled(step)).arg(step).arg(*cap);
+        }
+        inv.key(&k.rate_tat).key(&k.rate_wake).arg(self.rates.len());
+        for (step, interval, burst) in self.rates.iter() {
+            inv.key(k.rate_waiting(step)).arg(step).arg(*interval).arg(*burst);
+        }
         let (status, next_due, reap, poison, paused, paused_steps, epoch): (
             i64,
             i64,
@@ -250,26 +310,7 @@ impl RedisQueue {
             i64,
             Vec<String>,
             String,
-        ) = self
-            .scripts
-            .heartbeat
-            .key(&k.workers)
-            .key(&k.reaped)
-            .key(&k.delayed)
-            .key(&k.ready)
-            .key(&k.poison)
-            .key(&k.paused)
-            .key(&k.paused_steps)
-            .key(&k.epoch)
-            .arg(wid)
-            .arg(deadline.as_millis() as u64)
-            .arg(mode)
-            .arg(grace.as_millis() as u64)
-            .arg(scripts::PROMOTE_LIMIT)
-            .arg(known)
-            .arg(candidate)
-            .invoke_async(&mut self.conn.clone())
-            .await?;
+        ) = inv.invoke_async(&mut self.conn.clone()).await?;
         if !epoch.is_empty() {
             *self.epoch.lock().unwrap() = epoch;
         }
@@ -310,15 +351,39 @@ impl RedisQueue {
             .key(&k.workers)
             .key(&k.attempts)
             .key(&k.interrupts)
+            .key(&k.cap_used)
+            .key(k.slots(wid))
             .arg(wid)
             .arg(n)
             .arg(at)
-            .arg(u8::from(alone));
-        for p in extra {
-            inv.arg(sha1_hex(p));
+            .arg(u8::from(alone))
+            .arg(self.caps.len());
+        for (step, cap) in self.caps.iter() {
+            inv.key(k.throttled(step)).arg(step).arg(*cap);
         }
-        let (fenced, flat, extra, waiting): (i64, Vec<redis::Value>, Vec<u32>, i64) =
-            inv.invoke_async(&mut self.conn.clone()).await?;
+        inv.key(&k.rate_tat).key(&k.rate_wake).arg(self.rates.len());
+        for (step, interval, burst) in self.rates.iter() {
+            inv.key(k.rate_waiting(step)).arg(step).arg(*interval).arg(*burst);
+        }
+        inv.key(&k.step_holds).key(&k.delayed);
+        for p in extra {
+            // The payload, not its sha1: its step decides whether it may run (a step may be held
+            // with no limit configured). Only the idle path's one BLMOVE'd job goes here.
+            inv.arg(&p[..]);
+        }
+        #[allow(clippy::type_complexity)]
+        let (fenced, flat, extra, waiting, throttled, wake): (
+            i64,
+            Vec<redis::Value>,
+            Vec<u32>,
+            i64,
+            Vec<String>,
+            i64,
+        ) = inv.invoke_async(&mut self.conn.clone()).await?;
+        let throttled = throttled
+            .chunks_exact(2)
+            .map(|c| (c[0].clone(), c[1].clone()))
+            .collect();
         let mut jobs = Vec::with_capacity(flat.len() / 3);
         let mut it = flat.into_iter();
         while let (Some(p), Some(a), Some(s)) = (it.next(), it.next(), it.next()) {
@@ -326,14 +391,16 @@ impl RedisQueue {
             let counters = Counters {
                 failures: redis::from_redis_value(a)?,
                 suspect: redis::from_redis_value::<i64>(s)? == 1,
+                throttled: false,
             };
             jobs.push((Payload::from(p), counters));
         }
         let extra = extra
-            .chunks_exact(2)
+            .chunks_exact(3)
             .map(|c| Counters {
                 failures: c[0],
                 suspect: c[1] == 1,
+                throttled: c[2] == 1,
             })
             .collect();
         Ok(ClaimReply {
@@ -341,7 +408,22 @@ impl RedisQueue {
             jobs,
             extra,
             suspect_waiting: waiting == 1,
+            throttled,
+            rate_wake: due(wake),
         })
+    }
+
+    /// Holds `step` on every replica for `hold` (back-pressure): claims move its jobs to the
+    /// delayed set until then.
+    pub async fn hold_step(&self, step: &str, hold: Duration) -> RedisResult<()> {
+        self.scripts
+            .hold_step
+            .key(&self.keys.step_holds)
+            .arg(step)
+            .arg(hold.as_millis() as u64)
+            .invoke_async::<i64>(&mut self.conn.clone())
+            .await
+            .map(|_| ())
     }
 
     /// Applies settle operations to the jobs in `proc`; returns, per op, whether the job was
@@ -356,9 +438,16 @@ impl RedisQueue {
             .key(&k.attempts)
             .key(&k.interrupts)
             .key(&k.ready)
-            .key(&k.paused_steps);
-        // Held lists are declared as keys like every other key the script touches (KEYS[7..]);
-        // a hold op names its list by its KEYS index.
+            .key(&k.paused_steps)
+            .key(&k.cap_used)
+            .key(k.slots_of_proc(proc))
+            .arg(self.caps.len());
+        // Held and throttled lists are declared as keys like every other key the script touches
+        // (KEYS[9..]); an op or a capped step names its list by its KEYS index.
+        for (i, (step, _)) in self.caps.iter().enumerate() {
+            inv.key(k.throttled(step)).arg(step).arg(9 + i);
+        }
+        let first_held = 9 + self.caps.len();
         let mut held: Vec<&str> = Vec::new();
         for op in ops {
             match op {
@@ -375,7 +464,7 @@ impl RedisQueue {
                         held.push(step);
                         held.len() - 1
                     });
-                    inv.arg("hold").arg(&p[..]).arg(7 + at)
+                    inv.arg("hold").arg(&p[..]).arg(first_held + at)
                 }
             };
         }
@@ -407,35 +496,39 @@ impl RedisQueue {
     /// Returns `victim`'s jobs to ready; `None` if it turned out to be alive.
     pub async fn reap(&self, victim: &str, grace: Duration, max_recoveries: u32) -> RedisResult<Option<(u64, u64)>> {
         let k = &self.keys;
-        let (moved, poisoned): (i64, u64) = self
-            .scripts
-            .reap
-            .key(&k.workers)
-            .key(&k.reaped)
+        let mut inv = self.scripts.reap.key(&k.workers);
+        inv.key(&k.reaped)
             .key(k.proc(victim))
             .key(&k.ready)
             .key(&k.interrupts)
             .key(&k.poison)
             .key(&k.attempts)
+            .key(&k.cap_used)
+            .key(k.slots(victim))
             .arg(victim)
             .arg(grace.as_millis() as u64)
             .arg(max_recoveries)
-            .invoke_async(&mut self.conn.clone())
-            .await?;
+            .arg(self.caps.len());
+        for (step, _) in self.caps.iter() {
+            inv.key(k.throttled(step)).arg(step);
+        }
+        let (moved, poisoned): (i64, u64) = inv.invoke_async(&mut self.conn.clone()).await?;
         Ok((moved >= 0).then_some((moved as u64, poisoned)))
     }
 
     /// Moves due retries to ready; returns how many and when the next one is due.
     pub async fn promote(&self) -> RedisResult<(u64, Option<Duration>)> {
         let k = &self.keys;
-        let (moved, next): (u64, i64) = self
-            .scripts
-            .promote
-            .key(&k.delayed)
-            .key(&k.ready)
+        let mut inv = self.scripts.promote.key(&k.delayed);
+        inv.key(&k.ready)
+            .key(&k.rate_tat)
+            .key(&k.rate_wake)
             .arg(scripts::PROMOTE_LIMIT)
-            .invoke_async(&mut self.conn.clone())
-            .await?;
+            .arg(self.rates.len());
+        for (step, interval, burst) in self.rates.iter() {
+            inv.key(k.rate_waiting(step)).arg(step).arg(*interval).arg(*burst);
+        }
+        let (moved, next): (u64, i64) = inv.invoke_async(&mut self.conn.clone()).await?;
         Ok((moved, due(next)))
     }
 
@@ -520,6 +613,7 @@ impl RedisQueue {
             pipe.query_async(&mut conn).await?
         };
         let (in_flight, held) = lens.split_at(workers.len().min(lens.len()));
+        let (waiting, caps) = self.cap_depths().await?;
         Ok(Depths {
             ready,
             delayed,
@@ -528,7 +622,38 @@ impl RedisQueue {
             poison,
             held: held.iter().sum(),
             paused,
+            waiting,
+            caps,
         })
+    }
+
+    /// Per capped step: jobs waiting for a slot, and slots held against the cap. One more round
+    /// trip, only when caps are configured.
+    #[allow(clippy::type_complexity)]
+    async fn cap_depths(&self) -> RedisResult<(Vec<(String, &'static str, u64)>, Vec<(String, u32, u32)>)> {
+        if !self.is_limited() {
+            return Ok(Default::default());
+        }
+        let k = &self.keys;
+        let mut pipe = redis::pipe();
+        for (step, _) in self.caps.iter() {
+            pipe.llen(k.throttled(step)).hget(&k.cap_used, step);
+        }
+        for (step, _, _) in self.rates.iter() {
+            pipe.llen(k.rate_waiting(step));
+        }
+        let replies: Vec<Option<i64>> = pipe.query_async(&mut self.conn.clone()).await?;
+        let (cap_replies, rate_replies) = replies.split_at((2 * self.caps.len()).min(replies.len()));
+        let mut waiting = Vec::with_capacity(self.caps.len() + self.rates.len());
+        let mut caps = Vec::with_capacity(self.caps.len());
+        for ((step, cap), pair) in self.caps.iter().zip(cap_replies.chunks_exact(2)) {
+            waiting.push((step.clone(), "concurrency", pair[0].unwrap_or(0).max(0) as u64));
+            caps.push((step.clone(), pair[1].unwrap_or(0).max(0) as u32, *cap));
+        }
+        for ((step, _, _), n) in self.rates.iter().zip(rate_replies) {
+            waiting.push((step.clone(), "rate", n.unwrap_or(0).max(0) as u64));
+        }
+        Ok((waiting, caps))
     }
 
     /// `LPUSH` onto the ready list, as producers do.

@@ -406,6 +406,25 @@ impl TestEnv {
         })
     }
 
+    /// The (started_at, finished_at) of every result row of `step` that ran, by start.
+    pub async fn step_intervals(
+        &self,
+        step: &str,
+    ) -> Vec<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> {
+        on_store!(self, |pool| {
+            sqlx::query(
+            "SELECT started_at, finished_at FROM step_results WHERE step = $1 AND started_at IS NOT NULL ORDER BY started_at"
+        )
+        .bind(step)
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.get("started_at"), r.get("finished_at")))
+        .collect()
+        })
+    }
+
     /// Waits until `job_id` has a result row.
     pub async fn wait_result(&self, job_id: &str, within: Duration) -> ResultRow {
         wait_for(&format!("a result row for {job_id}"), within, || async {

@@ -250,3 +250,69 @@ async fn redirect_is_not_followed_and_dead_letters_the_job() {
     assert!(server.requests_to("/steps/elsewhere").is_empty());
     worker.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_429_with_retry_after_holds_the_step_on_every_replica_until_then() {
+    let (env, server) = (TestEnv::new().await, StepServer::start().await);
+    // The cap on retry delays must not cut the Retry-After short.
+    let extra = [("RETRY_BACKOFF_MAX_MS", "10000")];
+    let replicas = [
+        start(&env, &server, &extra).await,
+        start(&env, &server, &extra).await,
+        start(&env, &server, &extra).await,
+    ];
+    let limited = Reply::text(429, "slow down").header("retry-after", "3");
+    server.script("/steps/limited", vec![limited, Reply::json(200, json!(1))]);
+    env.push_job("first", "limited", json!(null)).await;
+    let mut redis = env.redis.clone();
+    common::wait_for("the step to be held", WAIT, || {
+        let mut redis = redis.clone();
+        let key = env.key("step_holds");
+        async move {
+            redis::AsyncCommands::zscore::<_, _, Option<f64>>(&mut redis, key, "limited")
+                .await
+                .unwrap()
+                .is_some()
+        }
+    })
+    .await;
+    for i in 0..9 {
+        env.push_job(&format!("next-{i}"), "limited", json!(null)).await;
+    }
+    env.wait_count("ten results", "SELECT count(*) FROM step_results", 10, WAIT)
+        .await;
+    let requests = server.requests_to("/steps/limited");
+    assert_eq!(requests.len(), 11, "the first job twice, the others once");
+    for r in &requests[1..] {
+        let gap = r.at - requests[0].at;
+        assert!(
+            gap >= Duration::from_secs(3),
+            "a replica called the held step after {gap:?}"
+        );
+    }
+    assert_eq!(
+        env.result("first").await.unwrap().attempts,
+        2,
+        "the 429 is one failed attempt"
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM step_results WHERE attempts = 1").await,
+        9,
+        "waiting out the hold is not an attempt"
+    );
+    assert_eq!(env.count("SELECT count(*) FROM step_attempts").await, 1);
+    let mut held = 0.0;
+    for w in &replicas {
+        let (_, text) = common::get(&format!("http://{}/metrics", w.http_addr.unwrap())).await;
+        held += common::metric(
+            &text,
+            r#"step_worker_throttled_total{reason="backpressure",step="other"}"#,
+        )
+        .unwrap_or(0.0);
+    }
+    assert!(held >= 9.0, "{held} jobs counted as held");
+    let _ = redis::AsyncCommands::del::<_, ()>(&mut redis, env.key("step_holds")).await;
+    for w in replicas {
+        w.stop().await.unwrap();
+    }
+}

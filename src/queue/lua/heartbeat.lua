@@ -4,9 +4,15 @@
 -- KEYS[3] delayed ZSET (payload -> due ms)    KEYS[4] ready LIST    KEYS[5] poison LIST
 -- KEYS[6] paused STRING (exists: the whole queue is paused)   KEYS[7] paused_steps SET
 -- KEYS[8] epoch STRING (a random value written once; see below)
+-- KEYS[9] cap_used HASH (step -> slots held)   KEYS[10..9+k] throttled LIST of each capped step
+-- KEYS[10+k] rate_tat HASH   KEYS[11+k] rate_wake ZSET   KEYS[12+k..11+k+r] rate LIST of each
+--   rate-limited step
 -- ARGV[1] wid   ARGV[2] deadline ms   ARGV[3] 'register' | 'beat'   ARGV[4] reap grace ms
 -- ARGV[5] promote limit   ARGV[6] the epoch the caller last saw ('' if none)
 -- ARGV[7] a fresh random value, written as the epoch if there is none
+-- ARGV[8] k, the number of capped steps   ARGV[9..8+2k] (step, cap) pairs, as KEYS[10..]
+-- ARGV[9+2k] r, the number of rate-limited steps   ARGV[10+2k..9+2k+3r] (step, interval ms,
+--   burst) triples
 -- Returns {status, next_due_in_ms (-1: none), reap_needed (0|1), poison_pending, paused (0|1),
 --          {paused step names}, epoch}
 --   status 1: beat recorded; 0: this wid was reaped (fence: stop and re-register);
@@ -24,6 +30,13 @@
 -- (ZADD, LPUSH, LMOVE...), and lets a script that has already written run to its end. Heartbeats
 -- must go on when Redis is full, or every worker fences and nothing drains the queue: so the
 -- deadline is written as ZREM then ZADD, and ZREM cannot grow memory.
+-- Caps: a settle or a reap that frees a slot moves a waiting job to ready at once. The beat is
+-- the safety net behind them: a step with free slots and waiting jobs (a cap raised by a
+-- restart, a write lost in a failover) gets that many jobs moved back. More moved than slots
+-- free costs nothing but a claim: the claim decides, and moves extras aside again.
+-- Rates: the beat wakes rate-limited steps whose time has come (rates.lua), as the promoter
+-- does; the promoters of the replicas that moved jobs aside wake on time, the beat is the net
+-- behind them should those replicas die. With k = 0 and r = 0 nothing of this runs.
 local err = guard({KEYS[1], 'zset', KEYS[2], 'zset', KEYS[3], 'zset', KEYS[4], 'list', KEYS[5], 'list',
                    KEYS[7], 'set', KEYS[8], 'string'})
 if err then return err end
@@ -54,6 +67,26 @@ end
 local next_due = -1
 local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
 if first[2] then next_due = math.max(0, tonumber(first[2]) - now) end
+for i = 1, tonumber(ARGV[8] or '0') do
+  local list = KEYS[9 + i]
+  if redis.call('TYPE', list).ok == 'list' then
+    local free = tonumber(ARGV[8 + 2 * i]) - tonumber(redis.call('HGET', KEYS[9], ARGV[7 + 2 * i]) or '0')
+    for _ = 1, free do
+      if not redis.call('LMOVE', list, KEYS[4], 'RIGHT', 'RIGHT') then break end
+    end
+  end
+end
+local k = tonumber(ARGV[8] or '0')
+local r = tonumber(ARGV[9 + 2 * k] or '0')
+if r > 0 and redis.call('TYPE', KEYS[11 + k]).ok == 'zset' then
+  local rates = {}
+  for i = 1, r do
+    local a = 9 + 2 * k + 3 * (i - 1)
+    local interval = tonumber(ARGV[a + 2])
+    rates[ARGV[a + 1]] = {interval = interval, tau = (tonumber(ARGV[a + 3]) - 1) * interval, list = KEYS[11 + k + i]}
+  end
+  wake_rates(KEYS[10 + k], KEYS[11 + k], KEYS[4], tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000, rates)
+end
 local reap = 0
 if redis.call('ZCARD', KEYS[2]) > 0 or
    #redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[4]), 'LIMIT', 0, 1) > 0 then

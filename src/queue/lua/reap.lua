@@ -1,15 +1,26 @@
 -- Returns a dead worker's in-flight jobs to ready, atomically (no pop-then-push gap).
 -- KEYS[1] workers ZSET   KEYS[2] reaped ZSET   KEYS[3] proc LIST of the victim   KEYS[4] ready LIST
 -- KEYS[5] interrupts HASH   KEYS[6] poison LIST   KEYS[7] attempts HASH
+-- KEYS[8] cap_used HASH (step -> slots held)   KEYS[9] slots HASH of the victim
+-- KEYS[10..9+k] throttled LIST of each capped step, in the order of ARGV's names
 -- ARGV[1] victim wid   ARGV[2] grace ms   ARGV[3] max recoveries
+-- ARGV[4] k, the number of capped steps   ARGV[5..4+k] their names
 -- Returns {moved, poisoned}, or {-1, 0} when the victim heartbeated meanwhile.
 -- A job recovered more than max recoveries times keeps killing its workers: it goes to the
 -- poison outbox (drained into the dead-letter table) instead of cycling forever.
 -- Only the reap itself counts a recovery: the victim was running those jobs when it stopped.
 -- A re-drain of a tombstoned list (the victim already reaped) finds jobs that reached the list
 -- afterwards and never ran there, so it just returns them.
-local err = guard({KEYS[1], 'zset', KEYS[2], 'zset', KEYS[3], 'list', KEYS[4], 'list',
-                   KEYS[5], 'hash', KEYS[6], 'list', KEYS[7], 'hash'})
+-- The victim's cap slots are freed with its jobs, and as many waiting jobs of each step as slots
+-- freed move to ready: a dead worker holds no slot past its reap. (Its slots hash is read even
+-- with k = 0: a reaper without caps still frees the slots of a victim that had them.)
+local wanted = {KEYS[1], 'zset', KEYS[2], 'zset', KEYS[3], 'list', KEYS[4], 'list',
+                KEYS[5], 'hash', KEYS[6], 'list', KEYS[7], 'hash', KEYS[8], 'hash', KEYS[9], 'hash'}
+for i = 10, #KEYS do
+  wanted[#wanted + 1] = KEYS[i]
+  wanted[#wanted + 1] = 'list'
+end
+local err = guard(wanted)
 if err then return err end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -38,4 +49,16 @@ while true do
     moved = moved + 1
   end
 end
+local waiting = {}
+for i = 1, tonumber(ARGV[4] or '0') do waiting[ARGV[4 + i]] = KEYS[9 + i] end
+local slots = redis.call('HGETALL', KEYS[9])
+for i = 1, #slots, 2 do
+  local held, step = string.match(slots[i + 1], '^(%d+) (.*)$')
+  held = tonumber(held)
+  if redis.call('HINCRBY', KEYS[8], step, -held) <= 0 then redis.call('HDEL', KEYS[8], step) end
+  for _ = 1, held do
+    if not waiting[step] or not redis.call('LMOVE', waiting[step], KEYS[4], 'RIGHT', 'RIGHT') then break end
+  end
+end
+if #slots > 0 then redis.call('DEL', KEYS[9]) end
 return {moved, poisoned}

@@ -5,8 +5,11 @@
 -- an op may write is type-checked before the first LREM (the guard): a write that would fail
 -- after its payload was removed would lose the payload.
 -- KEYS[1] proc LIST   KEYS[2] delayed ZSET   KEYS[3] attempts HASH   KEYS[4] interrupts HASH
--- KEYS[5] ready LIST   KEYS[6] paused_steps SET   KEYS[7..] held LISTs of the ops' steps
--- ARGV: triples (op, payload, arg), but a 'delay' op is four long:
+-- KEYS[5] ready LIST   KEYS[6] paused_steps SET   KEYS[7] cap_used HASH (step -> slots held)
+-- KEYS[8] slots HASH (this worker's cap slots: sha1(payload) -> '<count> <step>')
+-- KEYS[9..] held LISTs of the ops' steps and throttled LISTs of the capped steps, named by index
+-- ARGV[1] k, the number of capped steps   ARGV[2..1+2k] (step, KEYS index of its throttled list)
+-- ARGV[2+2k..]: triples (op, payload, arg), but a 'delay' op is four long:
 --   'done'    outcome committed to Postgres (succeeded or dead): forget its counters
 --   'retry'   count a failed attempt, schedule the payload arg ms from now
 --   'delay'   (op, payload, arg, scheduled) claimed before its due time: schedule `scheduled` (the
@@ -18,26 +21,54 @@
 --             an attempt. If the step was resumed meanwhile, it goes back to ready instead:
 --             nothing would ever drain the held list.
 -- Returns one integer per op: 1 settled, 0 not ours.
+-- Caps: whatever the op, a job that leaves our list frees the cap slot it held (if it held one),
+-- and one job waiting for a slot of that step moves to the consumer end of ready, so it is
+-- claimed next. With k = 0 this worker never took a slot: nothing is looked up.
 -- LREM counts from the right (-1): our list grows on the left, so the jobs that finish first,
 -- the oldest, sit at the right end and are found after a short scan. The counters of done jobs
 -- are deleted with one HDEL per hash for the whole batch (chunked: Lua's unpack has a limit).
 local CHUNK = 1000
+local k = tonumber(ARGV[1])
 local wanted = {KEYS[1], 'list', KEYS[2], 'zset', KEYS[3], 'hash', KEYS[4], 'hash', KEYS[5], 'list',
                 KEYS[6], 'set'}
-for i = 7, #KEYS do
+if k > 0 then
+  wanted[#wanted + 1] = KEYS[7]
+  wanted[#wanted + 1] = 'hash'
+  wanted[#wanted + 1] = KEYS[8]
+  wanted[#wanted + 1] = 'hash'
+end
+for i = 9, #KEYS do
   wanted[#wanted + 1] = KEYS[i]
   wanted[#wanted + 1] = 'list'
 end
 local err = guard(wanted)
 if err then return err end
+local waiting = {}
+for i = 1, k do waiting[ARGV[2 * i]] = KEYS[tonumber(ARGV[1 + 2 * i])] end
+-- Frees the cap slot the payload held, if any, and lets one waiting job of its step go.
+local function release(p)
+  local sum = redis.sha1hex(p)
+  local v = redis.call('HGET', KEYS[8], sum)
+  if not v then return end
+  local held, step = string.match(v, '^(%d+) (.*)$')
+  held = tonumber(held)
+  if held > 1 then
+    redis.call('HSET', KEYS[8], sum, (held - 1) .. ' ' .. step)
+  else
+    redis.call('HDEL', KEYS[8], sum)
+  end
+  if redis.call('HINCRBY', KEYS[7], step, -1) <= 0 then redis.call('HDEL', KEYS[7], step) end
+  if waiting[step] then redis.call('LMOVE', waiting[step], KEYS[5], 'RIGHT', 'RIGHT') end
+end
 local now
 local res, done = {}, {}
-local i = 1
+local i = 2 + 2 * k
 while i <= #ARGV do
   local op, p = ARGV[i], ARGV[i + 1]
   local width = op == 'delay' and 4 or 3
   local r = redis.call('LREM', KEYS[1], -1, p)
   if r == 1 then
+    if k > 0 then release(p) end
     if op == 'done' then
       done[#done + 1] = redis.sha1hex(p)
     elseif op == 'retry' or op == 'delay' then
