@@ -3,6 +3,8 @@
 //                  [--scenarios noop,bound,sleep,paced,rss,cmds,idle,startup] [--quick] [--no-quiet]
 //        bench/run --scenarios flood [--n 20000] [--reps 3] [--flood-clients 50] [--flood-max 2000000]
 //        (step-worker's noop backlog without, then with, a flood of GET /metrics and /health)
+//        bench/run --scenarios limits [--n 200000] [--reps 3]
+//        (step-worker's noop backlog without, then with, a cap and a rate on a step it never runs)
 // Prints markdown tables (min / median over the repetitions) and step-worker / peer ratios, each
 // against the peer's best configuration for that figure (see lib/report.mjs). `bound` measures
 // Postgres alone (pgbench) and Redis alone (redis-benchmark) doing the worker's work, after the
@@ -131,6 +133,18 @@ try {
       for (const on of [false, true]) {
         record(await backlog(env, 'step-worker', { scenario: on ? 'flood-on' : 'flood-off', rep, n, step: 'builtin.noop',
           input: noopInput, flood: on ? flood : undefined }));
+      }
+    }
+  }
+  if (scenarios.has('limits')) {
+    // Flow limits on a step the backlog never runs must cost the noop backlog nothing (#13:
+    // within 10 %). Alternated, as the flood is.
+    const limits = { STEP_CONCURRENCY: 'builtin.sleep=4', STEP_RATE_LIMITS: 'builtin.sleep=10/1s' };
+    if (!systems.includes('step-worker')) log('limits: step-worker is not among --systems; skipped');
+    for (let rep = 1; rep <= reps && systems.includes('step-worker'); rep++) {
+      for (const on of [false, true]) {
+        record(await backlog(env, 'step-worker', { scenario: on ? 'limits-on' : 'limits-off', rep, n,
+          step: 'builtin.noop', input: noopInput, workerEnv: on ? limits : {} }));
       }
     }
   }

@@ -257,6 +257,145 @@ async fn a_capped_step_waits_for_its_slot_while_other_steps_run(env: TestEnv) {
     worker.stop().await.unwrap();
 }
 
+/// The claim reads a job's step without decoding every payload: one whose step is written with
+/// JSON escapes, or with spacing around its colon, is still counted against its step's cap.
+async fn a_capped_step_is_capped_however_its_name_is_written(env: TestEnv) {
+    let worker = env
+        .start(&[("STEP_CONCURRENCY", "builtin.sleep=1"), ("WORKER_CONCURRENCY", "4")])
+        .await;
+    let spellings = [
+        r#""step":"builtin\u002esleep""#,
+        r#""step" : "builtin.sleep""#,
+        r#""step":"\u0062uiltin.sleep""#,
+        r#""step":"builtin.sleep""#,
+    ];
+    for (i, step) in spellings.iter().enumerate() {
+        env.push(&format!(r#"{{"id":"spelt-{i}",{step},"input":{{"ms":300}}}}"#))
+            .await;
+    }
+    env.wait_count("4 results", "SELECT count(*) FROM step_results", 4, WAIT)
+        .await;
+    let sleeps = intervals(&env, "builtin.sleep").await;
+    assert_eq!(sleeps.len(), 4, "{sleeps:?}");
+    assert_eq!(max_overlap(&sleeps), 1, "{sleeps:?}");
+    worker.stop().await.unwrap();
+}
+
+/// Counts, with `redis-cli MONITOR`, the commands sent by the clients that name one queue's keys
+/// (all their commands, so a `PING` counts too). Commands run inside scripts (`[0 lua]`) are not
+/// sent, and are not counted.
+struct CommandCounter {
+    child: Child,
+    counts: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl CommandCounter {
+    /// Returns once MONITOR sees commands (a marker `ECHO` is sent until it does).
+    async fn start(env: &TestEnv) -> Self {
+        // redis://host:port[/db]
+        let authority = env.redis_url.trim_start_matches("redis://").split('/').next().unwrap();
+        let (host, port) = authority.rsplit_once(':').unwrap_or((authority, "6379"));
+        let mut child = Command::new("redis-cli")
+            .args(["-h", host, "-p", port, "monitor"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-cli is installed (scripts/test installs it)");
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let queue_key = env.queue_key.clone();
+        let marker = common::unique("monitor-attached-");
+        let (attached_tx, attached) = std::sync::mpsc::channel();
+        let seen_marker = marker.clone();
+        let counts = std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut sent: std::collections::HashMap<String, u64> = Default::default();
+            let mut ours: std::collections::HashSet<String> = Default::default();
+            for line in out.lines().map_while(Result::ok) {
+                if line.contains(&seen_marker) {
+                    let _ = attached_tx.send(());
+                    continue;
+                }
+                // 1764556800.123456 [0 127.0.0.1:50000] "EVALSHA" "…" …
+                let Some(client) = line
+                    .split_once('[')
+                    .and_then(|(_, r)| r.split_once(']'))
+                    .map(|(c, _)| c)
+                else {
+                    continue;
+                };
+                if client.ends_with(" lua") {
+                    continue;
+                }
+                *sent.entry(client.to_owned()).or_default() += 1;
+                if line.contains(&queue_key) {
+                    ours.insert(client.to_owned());
+                }
+            }
+            sent.iter().filter(|(c, _)| ours.contains(*c)).map(|(_, n)| n).sum()
+        });
+        let counter = CommandCounter {
+            child,
+            counts: Some(counts),
+        };
+        let conn = env.redis.clone();
+        common::wait_for("MONITOR to attach", WAIT, || {
+            let mut conn = conn.clone();
+            let marker = marker.clone();
+            let attached = &attached;
+            async move {
+                let _: String = redis::cmd("ECHO").arg(&marker).query_async(&mut conn).await.unwrap();
+                attached.recv_timeout(Duration::from_millis(100)).is_ok()
+            }
+        })
+        .await;
+        counter
+    }
+
+    /// Stops MONITOR and returns the count.
+    fn stop(mut self) -> u64 {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.counts.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for CommandCounter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Jobs waiting on a cap cost no polling: with 2,000 jobs queued behind a cap of 2, the worker sends
+/// at most README's budget of 3 Redis commands per completed job.
+#[tokio::test]
+async fn jobs_waiting_on_a_cap_cost_no_polling_storm() {
+    let env = TestEnv::new().await;
+    for i in 0..2000 {
+        env.push_job(&format!("capped-{i}"), "builtin.sleep", json!({"ms": 5}))
+            .await;
+    }
+    let counter = CommandCounter::start(&env).await;
+    let worker = env
+        .start(&[("STEP_CONCURRENCY", "builtin.sleep=2"), ("WORKER_CONCURRENCY", "8")])
+        .await;
+    env.wait_count("2,000 results", "SELECT count(*) FROM step_results", 2000, WAIT)
+        .await;
+    let (_, metrics) = common::get(&format!("http://{}/metrics", worker.http_addr.unwrap())).await;
+    worker.stop().await.unwrap();
+    let sent = counter.stop();
+    let throttled = common::metric(
+        &metrics,
+        "step_worker_throttled_total{reason=\"concurrency\",step=\"builtin.sleep\"}",
+    )
+    .unwrap_or(0.0);
+    assert!(throttled >= 1900.0, "the jobs did not wait on the cap: {metrics}");
+    let per_job = sent as f64 / 2000.0;
+    eprintln!("{sent} commands sent for 2,000 capped jobs: {per_job:.2} a job");
+    assert!(sent > 0, "MONITOR saw none of the worker's commands");
+    assert!(per_job <= 3.0, "{sent} commands for 2,000 jobs: {per_job:.2} a job");
+}
+
 #[test]
 fn an_invalid_limit_stops_startup_naming_the_variable_and_the_entry() {
     let out = common::step_worker(&[("STEP_CONCURRENCY", "email.send=5,charge=0")], &["config", "check"]);
@@ -375,6 +514,7 @@ async fn a_rate_limited_step_waits_for_its_start(env: TestEnv) {
 
 on_each_driver!(
     a_capped_step_waits_for_its_slot_while_other_steps_run,
+    a_capped_step_is_capped_however_its_name_is_written,
     a_rate_limited_step_waits_for_its_start,
     a_native_step_that_asks_for_back_pressure_holds_its_step
 );

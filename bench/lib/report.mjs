@@ -141,6 +141,24 @@ function floodSection(runs) {
     + `${ratio >= 0.9 ? 'Within' : 'Not within'} 10 % of the throughput without.\n`;
 }
 
+/** Step-worker's noop backlog without and with flow limits on a step it never runs. */
+function limitsSection(runs) {
+  const off = runs.filter((r) => r.scenario === 'limits-off');
+  const on = runs.filter((r) => r.scenario === 'limits-on');
+  if (!off.length || !on.length) return '';
+  const med = (rs, f) => median(rs.map(f));
+  const ratio = med(on, (r) => r.throughput) / med(off, (r) => r.throughput);
+  const row = [String(on[0].n), mm(off, 'throughput', 0), mm(on, 'throughput', 0), fmt(ratio, 3),
+    mm(off, 'cpuPer10k'), mm(on, 'cpuPer10k'), mm(off, 'callsPerJob'), mm(on, 'callsPerJob'),
+    String(max([...off, ...on].map((r) => r.lost)))];
+  return `### Backlog with flow limits on another step (step-worker, builtin.noop with persistence)\n\n${table(['jobs',
+    'jobs/s without', 'jobs/s with', 'with / without (medians)', 'worker CPU s / 10k without', 'worker CPU s / 10k with',
+    'Redis calls / job without', 'Redis calls / job with', 'lost'], [row])}\n\n`
+    + `${on.length} run(s) each, alternated. With: \`STEP_CONCURRENCY=builtin.sleep=4\`, `
+    + '`STEP_RATE_LIMITS=builtin.sleep=10/1s`. '
+    + `${ratio >= 0.9 ? 'Within' : 'Not within'} 10 % of the throughput without.\n`;
+}
+
 /**
  * The bound from each server alone (bench/lib/bound.mjs) beside step-worker's noop backlog of
  * the same run (median), and the bound the run's own CPU figures give: all cores divided by the
@@ -196,6 +214,7 @@ export function report(results) {
   }
   out.push(boundSection(runs, m.nproc));
   out.push(floodSection(runs));
+  out.push(limitsSection(runs));
   const cmds = runs.filter((r) => r.scenario === 'cmds');
   if (cmds.length) {
     out.push(`### Redis commands per job at full load (backlog, counted with MONITOR)\n\n${table(

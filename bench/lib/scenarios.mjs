@@ -122,9 +122,10 @@ function figures(env, s, n, before, after, stats, extra = {}) {
 /**
  * All jobs enqueued first (worker idle and ready), then released at once: throughput. With
  * `flood` (options for `startFlood`, step-worker only), scrapes and probes hammer the worker's
- * HTTP port from just before the release until the last row is written.
+ * HTTP port from just before the release until the last row is written. `workerEnv` is added to
+ * the worker's environment (step-worker only: the flow-limit comparison).
  */
-export async function backlog(env, sysName, { scenario, rep, n, step, input, concurrency, flood }) {
+export async function backlog(env, sysName, { scenario, rep, n, step, input, concurrency, flood, workerEnv }) {
   const quiet = await waitQuiet(env.quiet);
   const s = await setUp({ ...env, concurrency: concurrency ?? env.concurrency }, sysName, scenario, rep);
   try {
@@ -132,7 +133,7 @@ export async function backlog(env, sysName, { scenario, rep, n, step, input, con
     const enqueuedAt = Date.now();
     for (const j of jobs) j.enqueued_at = enqueuedAt;
     await s.sys.enqueueBacklog(jobs);
-    await s.sys.start(s.logPath);
+    await s.sys.start(s.logPath, workerEnv);
     await sleep(500);
     let monitor = null;
     if (env.monitor) {

@@ -39,14 +39,19 @@
 -- The attempt counters are read with one HMGET for the whole batch.
 --
 -- Caps (STEP_CONCURRENCY). With k = 0 nothing below reads or checks a cap key: the claim costs
--- what it did before caps existed. With caps, each candidate's step is read with cjson (a payload
--- that does not decode has no step and so no cap: the runner dead-letters it). A job of a capped
--- step whose slots are all held is not claimed and is not an attempt: it moves to its step's
--- throttled list, and the batch goes on past it, so other steps keep flowing. A slot taken is
--- recorded under the payload's sha1 in this worker's slots hash: settle.lua frees it (and moves
--- one waiting job of the step back to ready) when the job leaves our list, reap.lua frees all of
--- a dead worker's slots. The scan looks up to SCAN_EXTRA candidates beyond n, so a backlog of
--- waiting jobs ahead of other work is moved aside in a few claims, not one per claim.
+-- what it did before caps existed. With caps, a candidate's step is read with cjson only when
+-- the payload could be of a limited step: it holds one of their names in quotes, or a backslash
+-- (a name written with JSON escapes); any other payload is of no limited step and costs a few
+-- plain substring searches, so a limit on one step costs the others almost nothing. A payload
+-- that does not decode has no step and so no limit: the runner dead-letters it. A job of a
+-- capped step whose slots are all held is not claimed and is not an attempt: it moves to its
+-- step's throttled list, and the batch goes on past it, so other steps keep flowing. A slot
+-- taken is recorded under the payload's sha1 in this worker's slots hash: settle.lua frees it
+-- (and moves one waiting job of the step back to ready) when the job leaves our list, reap.lua
+-- frees all of a dead worker's slots. When jobs were moved aside and the batch is not full, the
+-- scan looks up to SCAN_EXTRA candidates further (once), so a backlog of waiting jobs ahead of
+-- other work is moved aside in a few claims, not one per claim; a claim that moved nothing aside
+-- reads no more than n.
 -- A BLMOVE'd payload over its cap leaves our list for the throttled list (reply: throttled = 1).
 --
 -- Rates (STEP_RATE_LIMITS) follow the same path: a GCRA per step (see rates.lua). A job whose
@@ -122,8 +127,23 @@ if any_hold then
   end
 end
 local limited = k > 0 or r > 0 or held
+-- Quoted names of every limited or held step: a payload holding none of them (and no backslash)
+-- is of no limited step, and is not decoded.
+local names = {}
+local function name(step) names[#names + 1] = '"' .. step .. '"' end
+for step in pairs(caps) do name(step) end
+for step in pairs(rates) do name(step) end
+for step in pairs(holds) do name(step) end
+local function may_be_limited(p)
+  if string.find(p, '\\', 1, true) then return true end
+  for _, q in ipairs(names) do
+    if string.find(p, q, 1, true) then return true end
+  end
+  return false
+end
 -- The limits of a payload's step: {step, cap, rate}, or nil (no limit, or no step to read).
 local function limits_of(p)
+  if not limited or not may_be_limited(p) then return nil end
   local ok, job = pcall(cjson.decode, p)
   if not (ok and type(job) == 'table' and type(job.step) == 'string') then return nil end
   local c, rt, hold = caps[job.step], rates[job.step], holds[job.step]
@@ -152,53 +172,66 @@ local function wait_list(l, reason)
   if reason == 'rate' then return l.rate.list end
   return l.cap.list
 end
-local candidates = {}
-if n > 0 then
-  local scan = n
-  if limited then scan = n + SCAN_EXTRA end
-  local tail = redis.call('LRANGE', KEYS[1], -scan, -1)
+-- Candidates from ready, oldest first, with their sha1 and suspect flag; read in chunks.
+local candidates, sums, suspect = {}, {}, {}
+local function fetch(count)
+  local from = #candidates
+  local tail = redis.call('LRANGE', KEYS[1], -(from + count), -(from + 1))
   -- tail[#tail] is the rightmost (oldest) payload: it is claimed first.
-  for i = #tail, 1, -1 do candidates[#candidates + 1] = tail[i] end
-end
-local first_extra = 7 + 2 * k + 3 * r
-local sums = {}
-for i, p in ipairs(candidates) do sums[i] = redis.sha1hex(p) end
-for i = first_extra, #ARGV do sums[#sums + 1] = redis.sha1hex(ARGV[i]) end
-local suspect = {}
-if threshold > 0 and #sums > 0 then
-  local counts = redis.call('HMGET', KEYS[5], unpack(sums))
-  for i = 1, #sums do suspect[i] = tonumber(counts[i] or '0') >= threshold end
+  for i = #tail, 1, -1 do
+    candidates[#candidates + 1] = tail[i]
+    sums[#sums + 1] = redis.sha1hex(tail[i])
+  end
+  if threshold > 0 and #sums > from then
+    local counts = redis.call('HMGET', KEYS[5], unpack(sums, from + 1, #sums))
+    for i = from + 1, #sums do suspect[i] = tonumber(counts[i - from] or '0') >= threshold end
+  end
+  return #tail
 end
 -- The BLMOVE'd payloads are the batch's first members.
-local blmoved, blmoved_suspect = #sums - #candidates, false
-local slotted, waits, extra_waits = {}, {}, {}
-for i = #candidates + 1, #sums do
-  if suspect[i] then blmoved_suspect = true end
-  if limited then
-    local p = ARGV[first_extra + i - #candidates - 1]
-    local l = limits_of(p)
-    local reason = admit(l)
-    if not reason then
-      if l and l.cap then slotted[#slotted + 1] = {i, l} end
-    else
-      extra_waits[i] = true
-      waits[#waits + 1] = {p, l, reason}
-    end
+local first_extra = 7 + 2 * k + 3 * r
+local bl, bsums, bsuspect = {}, {}, {}
+for i = first_extra, #ARGV do
+  bl[#bl + 1] = ARGV[i]
+  bsums[#bsums + 1] = redis.sha1hex(ARGV[i])
+end
+if threshold > 0 and #bsums > 0 then
+  local counts = redis.call('HMGET', KEYS[5], unpack(bsums))
+  for j = 1, #bsums do bsuspect[j] = tonumber(counts[j] or '0') >= threshold end
+end
+local blmoved_suspect = false
+local slotted, waits, bl_waits = {}, {}, {}
+for j, p in ipairs(bl) do
+  if bsuspect[j] then blmoved_suspect = true end
+  local l = limits_of(p)
+  local reason = admit(l)
+  if not reason then
+    if l and l.cap then slotted[#slotted + 1] = {bsums[j], l} end
+  elseif l then
+    bl_waits[j] = true
+    waits[#waits + 1] = {p, l, reason}
   end
 end
 -- taken: candidate indexes, oldest first; consumed: candidates leaving ready (taken or waiting).
-local taken, consumed, waiting = {}, 0, 0
-if not blmoved_suspect then
-  for i, p in ipairs(candidates) do
-    if #taken >= n then break end
-    local l
-    if limited then l = limits_of(p) end
+local taken, consumed, waiting, aside = {}, 0, 0, 0
+if not blmoved_suspect and n > 0 then
+  local full = fetch(n) == n
+  local i = 1
+  while #taken < n do
+    if i > #candidates then
+      -- Jobs moved aside left the batch short: look further once, as far as SCAN_EXTRA.
+      if not (full and aside > 0) then break end
+      full = false
+      if fetch(SCAN_EXTRA) == 0 then break end
+    end
+    local p = candidates[i]
+    local l = limits_of(p)
     if suspect[i] then
-      if alone and blmoved == 0 and #taken == 0 then
+      if alone and #bl == 0 and #taken == 0 then
         local reason = admit(l)
         if not reason then
           taken[1] = i
-          if l and l.cap then slotted[#slotted + 1] = {i, l} end
+          if l and l.cap then slotted[#slotted + 1] = {sums[i], l} end
         else
           waits[#waits + 1] = {p, l, reason}
         end
@@ -211,16 +244,16 @@ if not blmoved_suspect then
     local reason = admit(l)
     if not reason then
       taken[#taken + 1] = i
-      if l and l.cap then slotted[#slotted + 1] = {i, l} end
+      if l and l.cap then slotted[#slotted + 1] = {sums[i], l} end
     else
       waits[#waits + 1] = {p, l, reason}
+      aside = aside + 1
     end
     consumed = i
+    i = i + 1
   end
 end
-for i in pairs(extra_waits) do
-  redis.call('LREM', KEYS[2], 1, ARGV[first_extra + i - #candidates - 1])
-end
+for j in pairs(bl_waits) do redis.call('LREM', KEYS[2], 1, bl[j]) end
 if consumed > 0 then redis.call('LTRIM', KEYS[1], 0, -consumed - 1) end
 if #taken > 0 then
   local payloads = {}
@@ -253,27 +286,26 @@ for _, w in ipairs(waits) do
   end
 end
 for _, s in ipairs(slotted) do
-  local sum, step = sums[s[1]], s[2].step
+  local sum, step = s[1], s[2].step
   redis.call('HINCRBY', KEYS[6], step, 1)
   local held = tonumber(string.match(redis.call('HGET', KEYS[7], sum) or '0', '^%d+') or '0')
   redis.call('HSET', KEYS[7], sum, (held + 1) .. ' ' .. step)
 end
 local fields = {}
 for j, i in ipairs(taken) do fields[j] = sums[i] end
-for i = #candidates + 1, #sums do fields[#fields + 1] = sums[i] end
+for j = 1, #bsums do fields[#fields + 1] = bsums[j] end
 local counts = {}
 if #fields > 0 then counts = redis.call('HMGET', KEYS[4], unpack(fields)) end
-local function flag(i) return suspect[i] and 1 or 0 end
 local out = {}
 for j, i in ipairs(taken) do
   out[#out + 1] = candidates[i]
   out[#out + 1] = tonumber(counts[j] or '0')
-  out[#out + 1] = flag(i)
+  out[#out + 1] = suspect[i] and 1 or 0
 end
 local extra = {}
-for i = #candidates + 1, #sums do
-  extra[#extra + 1] = tonumber(counts[#taken + i - #candidates] or '0')
-  extra[#extra + 1] = flag(i)
-  extra[#extra + 1] = extra_waits[i] and 1 or 0
+for j = 1, #bsums do
+  extra[#extra + 1] = tonumber(counts[#taken + j] or '0')
+  extra[#extra + 1] = bsuspect[j] and 1 or 0
+  extra[#extra + 1] = bl_waits[j] and 1 or 0
 end
 return {0, out, extra, waiting, throttled, wake}

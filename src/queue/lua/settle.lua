@@ -23,7 +23,8 @@
 -- Returns one integer per op: 1 settled, 0 not ours.
 -- Caps: whatever the op, a job that leaves our list frees the cap slot it held (if it held one),
 -- and one job waiting for a slot of that step moves to the consumer end of ready, so it is
--- claimed next. With k = 0 this worker never took a slot: nothing is looked up.
+-- claimed next. With k = 0, or while this worker holds no slot (a cap on a step it is not
+-- running), nothing is looked up per job.
 -- LREM counts from the right (-1): our list grows on the left, so the jobs that finish first,
 -- the oldest, sit at the right end and are found after a short scan. The counters of done jobs
 -- are deleted with one HDEL per hash for the whole batch (chunked: Lua's unpack has a limit).
@@ -60,6 +61,7 @@ local function release(p)
   if redis.call('HINCRBY', KEYS[7], step, -1) <= 0 then redis.call('HDEL', KEYS[7], step) end
   if waiting[step] then redis.call('LMOVE', waiting[step], KEYS[5], 'RIGHT', 'RIGHT') end
 end
+local holding = k > 0 and redis.call('EXISTS', KEYS[8]) == 1
 local now
 local res, done = {}, {}
 local i = 2 + 2 * k
@@ -68,7 +70,7 @@ while i <= #ARGV do
   local width = op == 'delay' and 4 or 3
   local r = redis.call('LREM', KEYS[1], -1, p)
   if r == 1 then
-    if k > 0 then release(p) end
+    if holding then release(p) end
     if op == 'done' then
       done[#done + 1] = redis.sha1hex(p)
     elseif op == 'retry' or op == 'delay' then
