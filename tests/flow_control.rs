@@ -213,6 +213,105 @@ async fn a_killed_replica_holding_slots_frees_them_when_it_is_reaped() {
     .await;
 }
 
+/// SIGSTOPs a replica past its deadline while it holds cap slots: the others take the slots over
+/// when it is reaped, and when it wakes, fenced, it cannot push the slots held past the cap.
+#[tokio::test]
+async fn a_frozen_replica_cannot_exceed_the_cap_after_it_is_fenced() {
+    let env = TestEnv::new().await;
+    let caps = [("STEP_CONCURRENCY", "builtin.sleep=2")];
+    let frozen = Replica::spawn(&env, &caps);
+    common::wait_for("the replica to register", WAIT, || async {
+        env.live_workers().await == 1
+    })
+    .await;
+    for i in 0..2 {
+        env.push_job(&format!("frozen-{i}"), "builtin.sleep", json!({"ms": 1500}))
+            .await;
+    }
+    common::wait_for("the replica to hold both slots", WAIT, || async {
+        cap_used(&env, "builtin.sleep").await == 2
+    })
+    .await;
+    let pid = frozen.0.id() as i32;
+    // SAFETY: a plain signal to a child process this test started and still owns.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    for i in 0..6 {
+        env.push_job(&format!("later-{i}"), "builtin.sleep", json!({"ms": 300}))
+            .await;
+    }
+    let frozen_slots: Vec<String> = env.redis.clone().keys(env.key("slots:*")).await.unwrap();
+    assert_eq!(frozen_slots.len(), 1, "the slots are recorded as the frozen worker's");
+    let _other = Replica::spawn(&env, &caps);
+    let highest = AtomicI64::new(0);
+    let sample = || async {
+        let used = cap_used(&env, "builtin.sleep").await;
+        highest.fetch_max(used, Ordering::Relaxed);
+        used
+    };
+    common::wait_for("the frozen replica to be reaped and its slots taken", WAIT, || async {
+        let gone = !env.redis.clone().exists::<_, bool>(&frozen_slots[0]).await.unwrap();
+        sample().await == 2 && gone
+    })
+    .await;
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    common::wait_for("all eight jobs to finish", WAIT, || async {
+        sample().await;
+        env.count("SELECT count(*) FROM step_results").await == 8
+    })
+    .await;
+    common::wait_for("every slot to be freed", WAIT, || async { sample().await == 0 }).await;
+    let highest = highest.into_inner();
+    assert!(highest <= 2, "slots held never pass the cap: {highest}");
+    let sleeps = intervals(&env, "builtin.sleep").await;
+    assert_eq!(sleeps.len(), 8, "{sleeps:?}");
+    assert!(max_overlap(&sleeps) <= 2, "{sleeps:?}");
+    drop(frozen);
+}
+
+/// Pausing a capped step still holds its jobs (none runs, none is an attempt, the slots are given
+/// back), and after resuming they run within the cap.
+#[tokio::test]
+async fn pausing_a_capped_step_holds_its_jobs_and_resuming_runs_them_within_the_cap() {
+    let env = TestEnv::new().await;
+    let worker = env
+        .start(&[("STEP_CONCURRENCY", "builtin.sleep=1"), ("WORKER_CONCURRENCY", "4")])
+        .await;
+    let out = env.cli(&["pause", "--step", "builtin.sleep"]).await;
+    assert!(out.status.success(), "{out:?}");
+    common::wait_for("the worker to see the paused step", WAIT, || async {
+        let (_, body) = common::get(&format!("http://{}/health", worker.http_addr.unwrap())).await;
+        body.contains("builtin.sleep")
+    })
+    .await;
+    for i in 0..3 {
+        env.push_job(&format!("held-{i}"), "builtin.sleep", json!({"ms": 200}))
+            .await;
+    }
+    env.push_job("free", "builtin.noop", json!({})).await;
+    assert_eq!(env.wait_result("free", WAIT).await.status, "succeeded");
+    common::wait_for(
+        "the paused step's jobs to be held, its slot given back",
+        WAIT,
+        || async { env.llen(&env.key("held:builtin.sleep")).await == 3 && cap_used(&env, "builtin.sleep").await == 0 },
+    )
+    .await;
+    assert_eq!(env.count("SELECT count(*) FROM step_results").await, 1);
+    let out = env.cli(&["resume", "--step", "builtin.sleep"]).await;
+    assert!(out.status.success(), "{out:?}");
+    env.wait_count("four results", "SELECT count(*) FROM step_results", 4, WAIT)
+        .await;
+    let sleeps = intervals(&env, "builtin.sleep").await;
+    assert_eq!(max_overlap(&sleeps), 1, "{sleeps:?}");
+    assert_eq!(
+        env.count("SELECT count(*) FROM step_results WHERE status = 'succeeded' AND attempts = 1")
+            .await,
+        4,
+        "holding is not an attempt"
+    );
+    worker.stop().await.unwrap();
+}
+
 /// One worker, one slot for the capped step: the capped jobs run one after another, the others
 /// beside them, on either driver.
 async fn a_capped_step_waits_for_its_slot_while_other_steps_run(env: TestEnv) {
