@@ -587,11 +587,13 @@ async fn a_rate_limited_step_starts_at_its_rate_across_three_replicas() {
 
 /// The rate on either driver, with one worker.
 async fn a_rate_limited_step_waits_for_its_start(env: TestEnv) {
-    let worker = env.start(&[("STEP_RATE_LIMITS", "builtin.noop=20/1s")]).await;
+    // Queued before the worker starts: pushed one by one to a running worker on a loaded machine,
+    // they could arrive slower than the rate and never need to wait.
     for i in 0..30 {
         env.push_job(&format!("noop-{i}"), "builtin.noop", json!({})).await;
     }
     env.push_job("sleep", "builtin.sleep", json!({"ms": 1})).await;
+    let worker = env.start(&[("STEP_RATE_LIMITS", "builtin.noop=20/1s")]).await;
     env.wait_count("31 results", "SELECT count(*) FROM step_results", 31, WAIT)
         .await;
     let starts = intervals(&env, "builtin.noop").await;
