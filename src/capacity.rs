@@ -23,6 +23,11 @@ use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore, SemaphorePermit
 pub struct Capacity {
     run: Arc<Semaphore>,
     held: Arc<Semaphore>,
+    /// Lent run slots: a job waiting for its duplicate check may give its run slot to the next
+    /// claim and take one of these instead, `concurrency` of them, so checks overlap running
+    /// steps while a replica holds at most `concurrency` checked-or-waiting jobs beyond its
+    /// running ones (it never hoards the queue).
+    checking: Arc<Semaphore>,
     concurrency: usize,
     hold_max: usize,
 }
@@ -32,12 +37,15 @@ pub struct Capacity {
 pub struct Slot {
     run: Option<OwnedSemaphorePermit>,
     _held: OwnedSemaphorePermit,
+    /// Taken in place of the run slot while the job is checked ([`Capacity::lend_run_slot`]).
+    checking: Option<OwnedSemaphorePermit>,
 }
 
 impl Slot {
     /// The step's attempt is over: let another step start while this job waits to be settled.
     pub fn step_ended(&mut self) {
         self.run = None;
+        self.checking = None;
     }
 }
 
@@ -50,6 +58,7 @@ impl Capacity {
         Capacity {
             run: Arc::new(Semaphore::new(concurrency)),
             held: Arc::new(Semaphore::new(hold_max)),
+            checking: Arc::new(Semaphore::new(concurrency)),
             concurrency,
             hold_max,
         }
@@ -62,6 +71,7 @@ impl Capacity {
         Slot {
             run: Some(run.expect("the run semaphore is never closed")),
             _held: held.expect("the hold semaphore is never closed"),
+            checking: None,
         }
     }
 
@@ -72,6 +82,7 @@ impl Capacity {
         Some(Slot {
             run: Some(run),
             _held: held,
+            checking: None,
         })
     }
 
@@ -97,13 +108,36 @@ impl Capacity {
             slots.push(Slot {
                 run: run.split(1),
                 _held: held.split(1).expect("at least as many holds as run slots"),
+                checking: None,
             });
         }
         slots.push(Slot {
             run: Some(run),
             _held: held,
+            checking: None,
         });
         slots
+    }
+
+    /// Lets the next claim use `slot`'s run slot while the job waits for its duplicate check
+    /// ([`crate::dedup`]), if a lent slot is free; otherwise the job keeps its run slot.
+    pub fn lend_run_slot(&self, slot: &mut Slot) {
+        if slot.run.is_some()
+            && let Ok(checking) = self.checking.clone().try_acquire_owned()
+        {
+            slot.checking = Some(checking);
+            slot.run = None;
+        }
+    }
+
+    /// Takes a run slot again for a job whose check is over (nothing if it kept its own), and
+    /// gives the lent slot back.
+    pub async fn run_again(&self, slot: &mut Slot) {
+        if slot.run.is_none() {
+            let run = self.run.clone().acquire_owned().await;
+            slot.run = Some(run.expect("the run semaphore is never closed"));
+        }
+        slot.checking = None;
     }
 
     /// Jobs claimed and not yet settled, plus the holds [`Capacity::acquire_all`] has taken (it
@@ -125,6 +159,36 @@ mod tests {
     use super::*;
 
     #[tokio::test]
+    async fn jobs_being_checked_lend_their_run_slots_at_most_concurrency_at_once() {
+        let capacity = Capacity::new(2, 10);
+        let mut checked: Vec<Slot> = (0..2).map(|_| capacity.try_acquire().unwrap()).collect();
+        assert!(capacity.try_acquire().is_none());
+        for slot in &mut checked {
+            capacity.lend_run_slot(slot);
+        }
+        // Both run slots are free for the next claim...
+        let mut next: Vec<Slot> = (0..2).map(|_| capacity.try_acquire().unwrap()).collect();
+        // ...whose jobs cannot lend theirs too: two are lent already.
+        for slot in &mut next {
+            capacity.lend_run_slot(slot);
+        }
+        assert!(capacity.try_acquire().is_none(), "at most 2 running and 2 checked");
+        // A checked job waits for a run slot, and gives its lent one back when it has it.
+        let (first, second) = checked.split_at_mut(1);
+        let waiting = capacity.run_again(&mut first[0]);
+        tokio::pin!(waiting);
+        assert!((&mut waiting).now_or_never().is_none(), "no run slot is free");
+        next[0].step_ended();
+        waiting.await;
+        next[1].step_ended();
+        second[0].step_ended();
+        // checked[0] runs; the other lent slot is back, so one job can be checked again.
+        let mut again = capacity.try_acquire().unwrap();
+        capacity.lend_run_slot(&mut again);
+        assert!(again.run.is_none() && again.checking.is_some());
+    }
+
+    #[tokio::test]
     async fn a_finished_job_awaiting_its_settle_frees_its_run_slot_within_the_backlog() {
         let capacity = Capacity::new(1, 3);
         let mut finished = Vec::new();
@@ -141,6 +205,19 @@ mod tests {
         assert!((&mut fifth).now_or_never().is_none());
         finished.remove(0);
         assert!((&mut fifth).now_or_never().is_some(), "a settle makes room");
+    }
+
+    #[tokio::test]
+    async fn a_job_that_gave_its_run_slot_up_waits_for_one_before_it_runs() {
+        let capacity = Capacity::new(1, 1);
+        let mut waiting = capacity.try_acquire().expect("a free slot");
+        waiting.step_ended();
+        let mut running = capacity.try_acquire().expect("its run slot was given up");
+        let again = capacity.run_again(&mut waiting);
+        tokio::pin!(again);
+        assert!((&mut again).now_or_never().is_none(), "one step runs at once");
+        running.step_ended();
+        assert!((&mut again).now_or_never().is_some());
     }
 
     #[tokio::test]

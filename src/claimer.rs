@@ -30,6 +30,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::capacity::{Capacity, Slot};
 use crate::config::Config;
+use crate::dedup::Verdict;
 use crate::health::Health;
 use crate::inflight::InFlight;
 use crate::lease::{Identity, Lease};
@@ -46,6 +47,42 @@ const BLOCK_MARGIN: Duration = Duration::from_millis(250);
 /// A blocking claim shorter than this is not worth a round trip: the lease is about to lapse.
 const MIN_BLOCK: Duration = Duration::from_millis(50);
 
+/// What a job's task needs, cloned into the task that checks a batch before its jobs start.
+struct Starter {
+    runner: Arc<Runner>,
+    finished: UnboundedSender<Finished>,
+    tasks: TaskTracker,
+    queue: Queue,
+    metrics: Arc<Metrics>,
+    /// The lease's execution token: a lost lease cancels every running step.
+    exec: CancellationToken,
+}
+
+impl Starter {
+    /// Runs `claimed` in a task of its own; `escort` (a suspect's other slots) is held until its
+    /// step ends.
+    fn spawn(&self, claimed: Claimed, escort: Vec<Slot>) {
+        let cancel = self.exec.child_token();
+        let (runner, finished) = (self.runner.clone(), self.finished.clone());
+        let (queue, metrics) = (self.queue.clone(), self.metrics.clone());
+        self.tasks.spawn(async move {
+            let mut f = runner.run(claimed, cancel).await;
+            if let Some((step, hold)) = &f.hold_step {
+                // Now, not with the settle after the commit: every replica stops calling the
+                // service at once.
+                hold_step(&queue, &metrics, step, *hold).await;
+            }
+            f.claimed.slot.step_ended();
+            f.claimed.ended_clock = Some(std::time::Instant::now());
+            // The suspect's step is over, whatever its outcome: others may run beside it.
+            drop(escort);
+            // The pipeline outlives every job task; if it is gone the process is exiting and the
+            // job stays in our Redis list for the reaper.
+            let _ = finished.send(f);
+        });
+    }
+}
+
 pub struct Claimer {
     pub config: Arc<Config>,
     pub queue: Queue,
@@ -55,6 +92,7 @@ pub struct Claimer {
     pub inflight: Arc<InFlight>,
     pub capacity: Arc<Capacity>,
     pub runner: Arc<Runner>,
+    pub dedup: Arc<crate::dedup::Dedup>,
     pub finished: UnboundedSender<Finished>,
     pub tasks: TaskTracker,
     /// The blocking connection's server-side id, for `CLIENT UNBLOCK` at shutdown (0: none).
@@ -333,13 +371,16 @@ impl Claimer {
         ClaimOutcome::Failed
     }
 
-    /// Starts one task per claimed job. Unused slots are dropped here (freed). A suspect is only
-    /// ever claimed alone with every slot held: it keeps all of them until its step ends, so
-    /// nothing starts beside it.
+    /// Starts one task per claimed job, after one duplicate check for the whole batch
+    /// ([`crate::dedup`]; none with `DUPLICATE_CHECK=off`), which runs in a task of its own so
+    /// the claim loop goes on at once.
+    /// Unused slots are dropped here (freed). A suspect is only ever claimed alone with every
+    /// slot held: it keeps all of them until its step ends, so nothing starts beside it.
     fn start(&self, jobs: Vec<(Payload, Counters)>, slots: Vec<Slot>, identity: &Arc<Identity>) {
         let claimed_at = chrono::Utc::now();
         let claimed_clock = std::time::Instant::now();
         let mut slots = slots.into_iter();
+        let mut batch = Vec::with_capacity(jobs.len());
         for (payload, counters) in jobs {
             let Some(slot) = slots.next() else { break };
             let escort: Vec<Slot> = if counters.suspect {
@@ -348,6 +389,7 @@ impl Claimer {
             } else {
                 Vec::new()
             };
+            // Tracked from the claim on: the job is in our Redis list while it is checked.
             let ticket = self.inflight.track(payload.clone(), identity.clone());
             let claimed = Claimed {
                 payload,
@@ -358,28 +400,50 @@ impl Claimer {
                 ended_clock: None,
                 slot,
                 ticket,
+                verdict: Verdict::Run { active: None },
             };
-            let cancel = self.lease.exec_token().child_token();
-            let runner = self.runner.clone();
-            let finished = self.finished.clone();
-            let queue = self.queue.clone();
-            let metrics = self.metrics.clone();
-            self.tasks.spawn(async move {
-                let mut f = runner.run(claimed, cancel).await;
-                if let Some((step, hold)) = &f.hold_step {
-                    // Now, not with the settle after the commit: every replica stops calling
-                    // the service at once.
-                    hold_step(&queue, &metrics, step, *hold).await;
-                }
-                f.claimed.slot.step_ended();
-                f.claimed.ended_clock = Some(std::time::Instant::now());
-                // The suspect's step is over, whatever its outcome: others may run beside it.
-                drop(escort);
-                // The pipeline outlives every job task; if it is gone the process is exiting
-                // and the job stays in our Redis list for the reaper.
-                let _ = finished.send(f);
-            });
+            batch.push((claimed, escort));
         }
+        drop(slots);
+        let starter = Starter {
+            runner: self.runner.clone(),
+            finished: self.finished.clone(),
+            tasks: self.tasks.clone(),
+            queue: self.queue.clone(),
+            metrics: self.metrics.clone(),
+            exec: self.lease.exec_token(),
+        };
+        if !self.config.duplicate_check {
+            // Ids are trusted to be unique: every job starts at once.
+            for (claimed, escort) in batch {
+                starter.spawn(claimed, escort);
+            }
+            return;
+        }
+        let (dedup, capacity) = (self.dedup.clone(), self.capacity.clone());
+        let wid = identity.wid.clone();
+        self.tasks.spawn(async move {
+            let payloads: Vec<Payload> = batch.iter().map(|(c, _)| c.payload.clone()).collect();
+            // The jobs being checked lend their run slots to the next claim (at most
+            // WORKER_CONCURRENCY lent at once): the check's round trips overlap running steps
+            // instead of idling run slots, which at full speed would bound throughput by
+            // WORKER_CONCURRENCY / the check's latency. A suspect keeps every slot: nothing may
+            // start beside it.
+            for (claimed, _) in batch.iter_mut().filter(|(_, escort)| escort.is_empty()) {
+                capacity.lend_run_slot(&mut claimed.slot);
+            }
+            let verdicts = dedup.check(&wid, &payloads, &starter.exec).await;
+            for ((mut claimed, escort), verdict) in batch.into_iter().zip(verdicts) {
+                // Only a job that runs needs a run slot; every job gives its lent slot back.
+                if matches!(verdict, Verdict::Run { .. }) {
+                    capacity.run_again(&mut claimed.slot).await;
+                } else {
+                    claimed.slot.step_ended();
+                }
+                claimed.verdict = verdict;
+                starter.spawn(claimed, escort);
+            }
+        });
     }
 
     /// Hands back payloads that sit in our Redis list but are unknown to this process: a claim

@@ -152,6 +152,19 @@ pub fn valid_id(s: &str) -> bool {
     !s.is_empty() && s.chars().count() <= MAX_ID_LEN && !s.contains('\0')
 }
 
+/// The job id of a payload, read without decoding the rest (the duplicate check asks the store
+/// about a whole claim batch before any of its jobs is decoded). `None` when the payload has no
+/// usable id: [`decode`] then dead-letters it, and there is nothing to check.
+pub fn peek_id(payload: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Id<'a> {
+        #[serde(borrow)]
+        id: Option<std::borrow::Cow<'a, str>>,
+    }
+    let id = serde_json::from_slice::<Id>(payload).ok()?.id?;
+    valid_id(&id).then(|| id.into_owned())
+}
+
 fn required_string(map: &mut Map<String, Value>, field: &str, max: usize) -> Result<String, String> {
     match map.remove(field) {
         None | Some(Value::Null) => Err(format!("missing required field `{field}`")),

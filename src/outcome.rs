@@ -24,6 +24,8 @@ pub struct Claimed {
     pub ended_clock: Option<Instant>,
     pub slot: Slot,
     pub ticket: crate::inflight::Ticket,
+    /// What the checks before its start decided ([`crate::dedup`]).
+    pub verdict: crate::dedup::Verdict,
 }
 
 /// How the job leaves this worker's list once its rows are committed.
@@ -37,6 +39,9 @@ pub enum Settle {
     /// counted. `payload` re-enters the queue `after` from now: the claimed bytes, or a copy
     /// stamped with its enqueue time (see `job::due`).
     Delay { after: Duration, payload: Payload },
+    /// Its id already has a terminal result: nothing ran, no attempt is counted, no row is
+    /// written; it leaves the list as a done job does.
+    Duplicate,
     /// Unfinished (shutdown or lost lease): back to ready, not counted as an attempt.
     Requeue,
     /// Its step is paused: wait in the step's held list, not counted as an attempt.

@@ -176,7 +176,13 @@ impl Pipeline {
                 .push(item);
         }
         for (proc, group) in groups {
-            let ops: Vec<SettleOp> = group.iter().map(|f| settle_op(f)).collect();
+            // A release right after its job's own op: the copy is marked running until it has
+            // left our list, and the mark goes only if it did (see `SettleOp::Release`).
+            let mut ops: Vec<SettleOp> = Vec::with_capacity(group.len() * 2);
+            for f in &group {
+                ops.push(settle_op(f));
+                ops.extend(release_op(f));
+            }
             let mut pause = RETRY_MIN;
             let owned = loop {
                 if group[0].claimed.identity.is_reaped() {
@@ -237,6 +243,7 @@ impl Pipeline {
                 self.promoter.schedule(*after);
             }
             Settle::Requeue => self.metrics.job(&f.step_label, "requeued"),
+            Settle::Duplicate => self.metrics.job(&f.step_label, "duplicate"),
             Settle::Hold(_) => self.metrics.job(&f.step_label, "held"),
         }
     }
@@ -248,6 +255,7 @@ fn settle_name(settle: &Settle) -> &'static str {
         Settle::Done => "done",
         Settle::Retry(_) => "retry",
         Settle::Delay { .. } => "delay",
+        Settle::Duplicate => "duplicate",
         Settle::Requeue => "requeue",
         Settle::Hold(_) => "hold",
     }
@@ -256,12 +264,22 @@ fn settle_name(settle: &Settle) -> &'static str {
 fn settle_op(f: &Finished) -> SettleOp {
     let p = f.claimed.payload.clone();
     match &f.settle {
-        Settle::Done => SettleOp::Done(p),
+        // A duplicate leaves the list as a done job does: its counters are forgotten too (the
+        // copy that finished forgot them already).
+        Settle::Done | Settle::Duplicate => SettleOp::Done(p),
         Settle::Retry(delay) => SettleOp::Retry(p, *delay),
         Settle::Delay { after, payload } => SettleOp::Delay(p, *after, payload.clone()),
         Settle::Requeue => SettleOp::Requeue(p),
         Settle::Hold(step) => SettleOp::Hold(p, step.clone()),
     }
+}
+
+/// The running mark this job's copy took before it started ([`crate::dedup`]), if any.
+fn release_op(f: &Finished) -> Option<SettleOp> {
+    f.claimed
+        .verdict
+        .active()
+        .map(|id| SettleOp::Release { id: id.to_owned() })
 }
 
 /// The rows of some finished jobs, with at most one result row per job id (Postgres refuses a
@@ -270,7 +288,10 @@ fn batch_of<'a>(items: impl Iterator<Item = &'a Finished>) -> Batch {
     let mut batch = Batch::default();
     let mut seen = std::collections::HashSet::new();
     for f in items {
-        if matches!(f.settle, Settle::Requeue | Settle::Hold(_) | Settle::Delay { .. }) {
+        if matches!(
+            f.settle,
+            Settle::Requeue | Settle::Hold(_) | Settle::Delay { .. } | Settle::Duplicate
+        ) {
             continue;
         }
         if let Some(r) = &f.result {

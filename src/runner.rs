@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use crate::backoff::retry_delay;
 use crate::config::Config;
+use crate::dedup::{RUNNING_ELSEWHERE_WAIT, Verdict};
 use crate::handler::{Registry, Retry, StepContext, StepError};
 use crate::job::{self, Job};
 use crate::metrics::Metrics;
@@ -25,8 +26,9 @@ use crate::redact::Redactor;
 use crate::store::{AttemptRecord, DeadLetterRecord, ResultRecord, Status, stored_json};
 use crate::trace::attempt as trace;
 
-/// Metric label for payloads that could not be decoded.
-const INVALID: &str = "invalid";
+/// Metric label for payloads that could not be decoded, and for jobs handed back before anything
+/// decoded them.
+pub const INVALID: &str = "invalid";
 /// Metric label for steps with no handler (step names from payloads are unbounded).
 const UNKNOWN: &str = "unknown";
 /// Metric label shared by the steps a fallback runs that were not named in advance
@@ -105,6 +107,31 @@ impl Runner {
                 };
             }
         };
+        // Before everything else: a job that already finished, or is running elsewhere, is
+        // neither delayed, held nor run.
+        match claimed.verdict {
+            Verdict::Finished { .. } => {
+                tracing::info!(job.id = %job.id, job.step = %job.step,
+                    "the job already has a terminal result; this copy is settled without running");
+                return Decided {
+                    settle: Settle::Duplicate,
+                    ..Decided::requeue(self.label(&job.step))
+                };
+            }
+            Verdict::RunningElsewhere => {
+                tracing::info!(job.id = %job.id, job.step = %job.step,
+                    "another copy of the job is running; this copy waits in the delayed set");
+                return Decided {
+                    settle: Settle::Delay {
+                        after: RUNNING_ELSEWHERE_WAIT,
+                        payload: claimed.payload.clone(),
+                    },
+                    ..Decided::requeue(self.label(&job.step))
+                };
+            }
+            Verdict::HandBack { .. } => return Decided::requeue(self.label(&job.step)),
+            Verdict::Run { .. } => {}
+        }
         // Before anything that judges the job (its handler, a paused step): by its due time the
         // step may be deployed or resumed. No span either: a claim too early is not an attempt.
         if let job::Due::Later { after, payload } = job.due(&claimed.payload, Utc::now()) {

@@ -256,6 +256,12 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
             metrics: metrics.clone(),
             pause: pause.clone(),
         }),
+        dedup: Arc::new(crate::dedup::Dedup::new(
+            store.clone(),
+            queue.clone(),
+            metrics.clone(),
+            health.clone(),
+        )),
         finished: finished_tx,
         tasks: tasks.clone(),
         blocking_id: blocking_id.clone(),

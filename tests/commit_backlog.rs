@@ -19,11 +19,12 @@ const JOBS: usize = 6;
 /// would show well inside this; it is an observation window, not a wait for an event.
 const NO_CLAIM_WINDOW: Duration = Duration::from_millis(1500);
 
-/// Blocks every write to `step_results` (reads still pass) in an open transaction, until
-/// [`release`] rolls it back.
+/// Blocks every write to `step_results` in an open transaction, until [`release`] rolls it
+/// back. Reads still pass, the duplicate check's `FOR KEY SHARE` included (`SHARE` mode conflicts
+/// with writes, not with row locks).
 async fn block_commits(database_url: &str) -> PgConnection {
     let mut conn = PgConnection::connect(database_url).await.unwrap();
-    sqlx::raw_sql("BEGIN; LOCK TABLE step_results IN EXCLUSIVE MODE")
+    sqlx::raw_sql("BEGIN; LOCK TABLE step_results IN SHARE MODE")
         .execute(&mut conn)
         .await
         .unwrap();

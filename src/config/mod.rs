@@ -71,6 +71,7 @@ struct RawEnv {
     claim_batch_size: Option<String>,
     persist_batch_size: Option<String>,
     commit_backlog: Option<String>,
+    duplicate_check: Option<String>,
     step_handler_url: Option<String>,
     step_handler_token: Option<String>,
     step_routes: Option<String>,
@@ -163,6 +164,11 @@ pub struct Config {
     /// it is `persist_batch_size`: one full batch can wait for its commit while steps keep
     /// running. 0 makes a finished job keep its run slot until it is settled.
     pub commit_backlog: usize,
+    /// `DUPLICATE_CHECK` (default off): on, a claimed job whose id already has a terminal result
+    /// is settled without running, and two copies of one id never run at once
+    /// ([`crate::dedup`], README guarantee 8). Off trusts producers' ids to be unique and saves
+    /// the check's cost (about half the peak rate of no-op steps, see docs/benchmark.md).
+    pub duplicate_check: bool,
     /// Dispatch of steps without a native handler to HTTP endpoints (off unless routed).
     pub http_steps: HttpSteps,
     /// `RESULT_RETENTION` and `RETENTION_CHECK_MS`.
@@ -369,6 +375,7 @@ impl Config {
                 0,
                 10_000,
             )? as usize,
+            duplicate_check: parse_bool("DUPLICATE_CHECK", raw.duplicate_check.as_deref(), false)?,
             http_steps,
             retention,
             limits,
@@ -431,6 +438,10 @@ impl Config {
             ("CLAIM_BATCH_SIZE", self.claim_batch_size.to_string()),
             ("PERSIST_BATCH_SIZE", self.persist_batch_size.to_string()),
             ("COMMIT_BACKLOG", self.commit_backlog.to_string()),
+            (
+                "DUPLICATE_CHECK",
+                if self.duplicate_check { "on" } else { "off" }.to_owned(),
+            ),
         ];
         lines.extend(self.http_steps.describe());
         lines.extend(self.limits.describe());

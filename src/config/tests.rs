@@ -375,3 +375,11 @@ fn a_bad_result_retention_entry_is_named() {
     let err = config(&[("RETENTION_CHECK_MS", "0")]).unwrap_err();
     assert_eq!(err.variable, "RETENTION_CHECK_MS");
 }
+
+#[test]
+fn the_duplicate_check_is_off_unless_turned_on() {
+    assert!(!config(&[]).unwrap().duplicate_check);
+    assert!(config(&[("DUPLICATE_CHECK", "on")]).unwrap().duplicate_check);
+    let err = config(&[("DUPLICATE_CHECK", "sometimes")]).unwrap_err();
+    assert_eq!(err.variable, "DUPLICATE_CHECK");
+}

@@ -284,3 +284,27 @@ fn run_at_and_delay_ms_together_are_refused_naming_both() {
     let nulls = ok(r#"{"id":"j","step":"s","run_at":null,"delay_ms":5}"#);
     assert_eq!((nulls.run_at, nulls.delay), (None, Some(Duration::from_millis(5))));
 }
+
+#[test]
+fn peek_id_reads_the_id_decode_would_accept_and_nothing_else() {
+    let peek = |s: &str| peek_id(s.as_bytes());
+    assert_eq!(
+        peek(r#"{"step":"s","input":{"id":"inner"},"id":"j\"1"}"#),
+        Some("j\"1".to_owned())
+    );
+    assert_eq!(
+        peek(r#"{"id":"j1","step":"s"}"#),
+        ok(r#"{"id":"j1","step":"s"}"#).id.into()
+    );
+    for bad in [
+        r#"{"id":""}"#,
+        r#"{"id":7}"#,
+        r#"{"id":"a\u0000b"}"#,
+        r#"{"step":"s"}"#,
+        "[1]",
+        "not json",
+    ] {
+        assert_eq!(peek(bad), None, "{bad}");
+    }
+    assert_eq!(peek(&format!(r#"{{"id":"{}"}}"#, "x".repeat(MAX_ID_LEN + 1))), None);
+}

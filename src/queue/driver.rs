@@ -107,6 +107,16 @@ impl Queue {
         }
     }
 
+    /// For each of `ids` (a claimed batch's, in order), whether worker `wid` may run that copy:
+    /// no other copy of the id is running on a live worker, nor earlier in `ids`. Granted ids
+    /// are released by a [`SettleOp::Release`] in the job's settle.
+    pub async fn take_active(&self, wid: &str, ids: &[&str]) -> RedisResult<Vec<bool>> {
+        match self {
+            Queue::Redis(q) => q.take_active(wid, ids).await,
+            Queue::Memory(m) => Ok(m.take_active(wid, ids)),
+        }
+    }
+
     pub async fn settle(&self, proc: &str, ops: &[SettleOp]) -> RedisResult<Vec<bool>> {
         match self {
             Queue::Redis(q) => q.settle(proc, ops).await,

@@ -27,6 +27,9 @@ pub struct Keys {
     pub paused: String,
     /// SET of paused step names (`step-worker pause --step`); their jobs wait in `held` lists.
     pub paused_steps: String,
+    /// HASH job id → worker id: the copy of that id running now (`active.lua`), so two copies
+    /// of one id never run at once.
+    pub active: String,
     /// STRING, a random value written once and never removed: only Redis data loss removes or
     /// replaces it, so a heartbeat can prove (not guess) that a registration was lost.
     pub epoch: String,
@@ -61,6 +64,7 @@ impl Keys {
             rate_tat: format!("{tag}:rate_tat"),
             rate_wake: format!("{tag}:rate_wake"),
             step_holds: format!("{tag}:step_holds"),
+            active: format!("{tag}:active"),
             proc_prefix: format!("{tag}:proc:"),
         }
     }

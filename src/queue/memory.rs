@@ -70,6 +70,8 @@ struct State {
     attempts: HashMap<Payload, u32>,
     /// `STEP_CONCURRENCY`: slots held and jobs waiting for one.
     caps: Caps,
+    /// Job id → the worker running a copy of it (active.lua).
+    active: HashMap<String, String>,
 }
 
 /// Every memory queue of this process, by queue key, so producers in the process (the HTTP
@@ -220,23 +222,51 @@ impl MemoryQueue {
         self.inner.wake.notify_one();
     }
 
+    /// active.lua: grants each id to `wid` unless a live worker (or an earlier id of `ids`)
+    /// holds it.
+    pub fn take_active(&self, wid: &str, ids: &[&str]) -> Vec<bool> {
+        let mut s = self.state();
+        let s = &mut *s;
+        ids.iter()
+            .map(|id| {
+                let free = match s.active.get(*id) {
+                    None => true,
+                    Some(holder) => holder != wid && !s.workers.contains_key(holder),
+                };
+                if free {
+                    s.active.insert((*id).to_owned(), wid.to_owned());
+                }
+                free
+            })
+            .collect()
+    }
+
     /// settle.lua: each op applies only if the payload is still in `proc`.
     pub fn settle(&self, proc: &str, ops: &[SettleOp]) -> Vec<bool> {
         let now = now_ms();
         let mut s = self.state();
         let mut woke = false;
+        let mut last = false;
         let res = ops
             .iter()
-            .map(|op| {
+            .filter_map(|op| {
                 let p = match op {
+                    // As settle.lua: only after its job's op found the job ours; no reply entry.
+                    SettleOp::Release { id } => {
+                        if last {
+                            s.active.remove(id);
+                        }
+                        return None;
+                    }
                     SettleOp::Done(p)
                     | SettleOp::Retry(p, _)
                     | SettleOp::Delay(p, _, _)
                     | SettleOp::Requeue(p)
                     | SettleOp::Hold(p, _) => p,
                 };
-                if !s.remove_from(proc, p) {
-                    return false;
+                last = s.remove_from(proc, p);
+                if !last {
+                    return Some(false);
                 }
                 if let Some(freed) = s.caps.release(proc, p) {
                     s.ready.push_back(freed);
@@ -264,8 +294,9 @@ impl MemoryQueue {
                         s.ready.push_back(p.clone());
                         woke = true;
                     }
+                    SettleOp::Release { .. } => unreachable!("handled above"),
                 }
-                true
+                Some(true)
             })
             .collect();
         drop(s);

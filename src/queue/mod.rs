@@ -13,6 +13,7 @@
 //!   every command queued behind it on a shared connection, and the redis crate's default 500 ms
 //!   response timeout would abandon a `BLMOVE` that the server still completes.
 
+mod active;
 mod admin;
 mod conn;
 mod driver;
@@ -135,6 +136,10 @@ pub enum SettleOp {
     Requeue(Payload),
     /// Park in the held list of its paused step, not counted as an attempt.
     Hold(Payload, String),
+    /// The copy of job id `id` this worker ran is no longer running: remove the id's
+    /// [`Queue::take_active`] entry. Put right after the job's own op, and applied only if that
+    /// op found the job in our list (the mark is then still ours); it has no entry in the reply.
+    Release { id: String },
 }
 
 /// Queue depths, read at scrape time.
@@ -439,15 +444,16 @@ impl RedisQueue {
             .key(&k.interrupts)
             .key(&k.ready)
             .key(&k.paused_steps)
+            .key(&k.active)
             .key(&k.cap_used)
             .key(k.slots_of_proc(proc))
             .arg(self.caps.len());
         // Held and throttled lists are declared as keys like every other key the script touches
-        // (KEYS[9..]); an op or a capped step names its list by its KEYS index.
+        // (KEYS[10..]); an op or a capped step names its list by its KEYS index.
         for (i, (step, _)) in self.caps.iter().enumerate() {
-            inv.key(k.throttled(step)).arg(step).arg(9 + i);
+            inv.key(k.throttled(step)).arg(step).arg(10 + i);
         }
-        let first_held = 9 + self.caps.len();
+        let first_held = 10 + self.caps.len();
         let mut held: Vec<&str> = Vec::new();
         for op in ops {
             match op {
@@ -466,6 +472,7 @@ impl RedisQueue {
                     });
                     inv.arg("hold").arg(&p[..]).arg(first_held + at)
                 }
+                SettleOp::Release { id } => inv.arg("release").arg(id),
             };
         }
         for step in held {

@@ -19,6 +19,7 @@ pub struct Scripts {
     pub resume_step: Script,
     pub schedule: Script,
     pub hold_step: Script,
+    pub active: Script,
 }
 
 /// The type check every payload-moving script runs before its first write (see the file).
@@ -50,6 +51,7 @@ impl Scripts {
             resume_step: Script::new(include_str!("lua/resume_step.lua")),
             schedule: Script::new(include_str!("lua/schedule.lua")),
             hold_step: Script::new(include_str!("lua/hold_step.lua")),
+            active: guarded(include_str!("lua/active.lua")),
         }
     }
 }

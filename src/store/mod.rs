@@ -5,6 +5,7 @@
 
 mod batch;
 pub mod dead_letters;
+mod finished;
 mod migrate;
 mod pg;
 mod prune;

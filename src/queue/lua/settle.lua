@@ -5,9 +5,9 @@
 -- an op may write is type-checked before the first LREM (the guard): a write that would fail
 -- after its payload was removed would lose the payload.
 -- KEYS[1] proc LIST   KEYS[2] delayed ZSET   KEYS[3] attempts HASH   KEYS[4] interrupts HASH
--- KEYS[5] ready LIST   KEYS[6] paused_steps SET   KEYS[7] cap_used HASH (step -> slots held)
--- KEYS[8] slots HASH (this worker's cap slots: sha1(payload) -> '<count> <step>')
--- KEYS[9..] held LISTs of the ops' steps and throttled LISTs of the capped steps, named by index
+-- KEYS[5] ready LIST   KEYS[6] paused_steps SET   KEYS[7] active HASH   KEYS[8] cap_used HASH
+-- (step -> slots held)   KEYS[9] slots HASH (this worker's cap slots: sha1(payload) -> '<count> <step>')
+-- KEYS[10..] held LISTs of the ops' steps and throttled LISTs of the capped steps, named by index
 -- ARGV[1] k, the number of capped steps   ARGV[2..1+2k] (step, KEYS index of its throttled list)
 -- ARGV[2+2k..]: triples (op, payload, arg), but a 'delay' op is four long:
 --   'done'    outcome committed to Postgres (succeeded or dead): forget its counters
@@ -20,7 +20,11 @@
 --   'hold'    its step is paused: park it in the held list KEYS[arg] (`{queue}:held:<step>`), not
 --             an attempt. If the step was resumed meanwhile, it goes back to ready instead:
 --             nothing would ever drain the held list.
--- Returns one integer per op: 1 settled, 0 not ours.
+--   'release' (op, job id), two long, right after the op of the job it concerns: that copy of
+--             the id is no longer running (active.lua). Applied only if that op found the job in
+--             our list: then the mark is still this worker's (marks are taken over only from a
+--             worker that was reaped, and reaping empties its list). It adds nothing to the reply.
+-- Returns one integer per op but 'release': 1 settled, 0 not ours.
 -- Caps: whatever the op, a job that leaves our list frees the cap slot it held (if it held one),
 -- and one job waiting for a slot of that step moves to the consumer end of ready, so it is
 -- claimed next. With k = 0, or while this worker holds no slot (a cap on a step it is not
@@ -31,14 +35,14 @@
 local CHUNK = 1000
 local k = tonumber(ARGV[1])
 local wanted = {KEYS[1], 'list', KEYS[2], 'zset', KEYS[3], 'hash', KEYS[4], 'hash', KEYS[5], 'list',
-                KEYS[6], 'set'}
+                KEYS[6], 'set', KEYS[7], 'hash'}
 if k > 0 then
-  wanted[#wanted + 1] = KEYS[7]
-  wanted[#wanted + 1] = 'hash'
   wanted[#wanted + 1] = KEYS[8]
   wanted[#wanted + 1] = 'hash'
+  wanted[#wanted + 1] = KEYS[9]
+  wanted[#wanted + 1] = 'hash'
 end
-for i = 9, #KEYS do
+for i = 10, #KEYS do
   wanted[#wanted + 1] = KEYS[i]
   wanted[#wanted + 1] = 'list'
 end
@@ -49,26 +53,35 @@ for i = 1, k do waiting[ARGV[2 * i]] = KEYS[tonumber(ARGV[1 + 2 * i])] end
 -- Frees the cap slot the payload held, if any, and lets one waiting job of its step go.
 local function release(p)
   local sum = redis.sha1hex(p)
-  local v = redis.call('HGET', KEYS[8], sum)
+  local v = redis.call('HGET', KEYS[9], sum)
   if not v then return end
   local held, step = string.match(v, '^(%d+) (.*)$')
   held = tonumber(held)
   if held > 1 then
-    redis.call('HSET', KEYS[8], sum, (held - 1) .. ' ' .. step)
+    redis.call('HSET', KEYS[9], sum, (held - 1) .. ' ' .. step)
   else
-    redis.call('HDEL', KEYS[8], sum)
+    redis.call('HDEL', KEYS[9], sum)
   end
-  if redis.call('HINCRBY', KEYS[7], step, -1) <= 0 then redis.call('HDEL', KEYS[7], step) end
+  if redis.call('HINCRBY', KEYS[8], step, -1) <= 0 then redis.call('HDEL', KEYS[8], step) end
   if waiting[step] then redis.call('LMOVE', waiting[step], KEYS[5], 'RIGHT', 'RIGHT') end
 end
-local holding = k > 0 and redis.call('EXISTS', KEYS[8]) == 1
+local holding = k > 0 and redis.call('EXISTS', KEYS[9]) == 1
 local now
 local res, done = {}, {}
 local i = 2 + 2 * k
+local last = 0
 while i <= #ARGV do
   local op, p = ARGV[i], ARGV[i + 1]
   local width = op == 'delay' and 4 or 3
-  local r = redis.call('LREM', KEYS[1], -1, p)
+  if op == 'release' then width = 2 end
+  local r = 0
+  if op == 'release' then
+    if last == 1 then redis.call('HDEL', KEYS[7], p) end
+  else
+    r = redis.call('LREM', KEYS[1], -1, p)
+    last = r
+    res[#res + 1] = r
+  end
   if r == 1 then
     if holding then release(p) end
     if op == 'done' then
@@ -100,7 +113,6 @@ while i <= #ARGV do
       redis.call('RPUSH', KEYS[5], p)
     end
   end
-  res[#res + 1] = r
   i = i + width
 end
 for from = 1, #done, CHUNK do
