@@ -10,40 +10,11 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use common::TestEnv;
+use common::{TestEnv, WorkerProcess};
 use redis::AsyncCommands;
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// A worker process, SIGKILLed when dropped so a failing test leaves nothing behind.
-struct Replica(Child);
-
-impl Replica {
-    fn spawn(env: &TestEnv, extra: &[(&str, &str)]) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_step-worker"))
-            .env_clear()
-            .envs(env.vars())
-            .envs(extra.iter().copied())
-            .env("LOG_LEVEL", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        Replica(child)
-    }
-
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 async fn intervals(env: &TestEnv, step: &str) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
     env.step_intervals(step).await
@@ -88,7 +59,7 @@ async fn cap_used(env: &TestEnv, step: &str) -> i64 {
 async fn a_capped_step_runs_at_most_its_cap_across_three_replicas_and_other_steps_are_not_delayed() {
     let env = TestEnv::new().await;
     let caps = [("STEP_CONCURRENCY", "builtin.sleep=3"), ("WORKER_CONCURRENCY", "10")];
-    let _replicas: Vec<Replica> = (0..3).map(|_| Replica::spawn(&env, &caps)).collect();
+    let _replicas: Vec<WorkerProcess> = (0..3).map(|_| WorkerProcess::spawn(&env, &caps)).collect();
     common::wait_for("three replicas to register", WAIT, || async {
         env.live_workers().await == 3
     })
@@ -143,7 +114,7 @@ async fn a_capped_step_runs_at_most_its_cap_across_three_replicas_and_other_step
 async fn a_killed_replica_holding_slots_frees_them_when_it_is_reaped() {
     let env = TestEnv::new().await;
     let caps = [("STEP_CONCURRENCY", "builtin.sleep=3")];
-    let mut doomed = Replica::spawn(&env, &caps);
+    let mut doomed = WorkerProcess::spawn(&env, &caps);
     common::wait_for("the doomed replica to register", WAIT, || async {
         env.live_workers().await == 1
     })
@@ -183,7 +154,7 @@ async fn a_killed_replica_holding_slots_frees_them_when_it_is_reaped() {
     let doomed_slots: Vec<String> = env.redis.clone().keys(env.key("slots:*")).await.unwrap();
     assert_eq!(doomed_slots.len(), 1, "the slots are recorded as the dead worker's");
 
-    let _others: Vec<Replica> = (0..2).map(|_| Replica::spawn(&env, &caps)).collect();
+    let _others: Vec<WorkerProcess> = (0..2).map(|_| WorkerProcess::spawn(&env, &caps)).collect();
     let highest = AtomicI64::new(0);
     common::wait_for(
         "the dead worker's slots to be freed and the cap reached again",
@@ -219,7 +190,7 @@ async fn a_killed_replica_holding_slots_frees_them_when_it_is_reaped() {
 async fn a_frozen_replica_cannot_exceed_the_cap_after_it_is_fenced() {
     let env = TestEnv::new().await;
     let caps = [("STEP_CONCURRENCY", "builtin.sleep=2")];
-    let frozen = Replica::spawn(&env, &caps);
+    let frozen = WorkerProcess::spawn(&env, &caps);
     common::wait_for("the replica to register", WAIT, || async {
         env.live_workers().await == 1
     })
@@ -241,7 +212,7 @@ async fn a_frozen_replica_cannot_exceed_the_cap_after_it_is_fenced() {
     }
     let frozen_slots: Vec<String> = env.redis.clone().keys(env.key("slots:*")).await.unwrap();
     assert_eq!(frozen_slots.len(), 1, "the slots are recorded as the frozen worker's");
-    let _other = Replica::spawn(&env, &caps);
+    let _other = WorkerProcess::spawn(&env, &caps);
     let highest = AtomicI64::new(0);
     let sample = || async {
         let used = cap_used(&env, "builtin.sleep").await;
@@ -550,7 +521,7 @@ fn busiest_window(intervals: &[(DateTime<Utc>, DateTime<Utc>)], window: Duration
 async fn a_rate_limited_step_starts_at_its_rate_across_three_replicas() {
     let env = TestEnv::new().await;
     let limit = [("STEP_RATE_LIMITS", "builtin.noop=20/1s")];
-    let replicas: Vec<Replica> = (0..3).map(|_| Replica::spawn(&env, &limit)).collect();
+    let replicas: Vec<WorkerProcess> = (0..3).map(|_| WorkerProcess::spawn(&env, &limit)).collect();
     common::wait_for("three replicas to register", WAIT, || async {
         env.live_workers().await == 3
     })

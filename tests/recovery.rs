@@ -2,10 +2,9 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::TestEnv;
+use common::{TestEnv, WorkerProcess};
 use redis::AsyncCommands;
 use serde_json::json;
 use sqlx::Connection;
@@ -14,35 +13,6 @@ use step_worker::queue::{BeatMode, BeatStatus, Counters, Payload, RedisQueue, Se
 const WAIT: Duration = Duration::from_secs(30);
 /// A worker's claim with the default MAX_RECOVERIES (suspects from two recoveries), not alone.
 const ISOLATE: Suspects = Suspects::Isolate { at: 2, alone: false };
-
-/// A worker process that is SIGKILLed when dropped, so a failing test leaves nothing behind.
-struct WorkerProcess(Child);
-
-impl WorkerProcess {
-    fn spawn(env: &TestEnv, extra: &[(&str, &str)]) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_step-worker"))
-            .env_clear()
-            .envs(env.vars())
-            .envs(extra.iter().copied())
-            .env("LOG_LEVEL", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        WorkerProcess(child)
-    }
-
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for WorkerProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 #[tokio::test]
 async fn jobs_of_a_killed_worker_are_completed_by_another_exactly_once() {

@@ -209,6 +209,21 @@ impl RedisQueue {
         self
     }
 
+    /// The limits as claim.lua and heartbeat.lua take them: the caps' count and each cap's
+    /// throttled list (a key), step and cap; then the rate keys, the rates' count and each rate's
+    /// waiting list (a key), step, interval (ms) and burst.
+    fn limit_args(&self, inv: &mut redis::ScriptInvocation<'_>) {
+        let k = &self.keys;
+        inv.arg(self.caps.len());
+        for (step, cap) in self.caps.iter() {
+            inv.key(k.throttled(step)).arg(step).arg(*cap);
+        }
+        inv.key(&k.rate_tat).key(&k.rate_wake).arg(self.rates.len());
+        for (step, interval, burst) in self.rates.iter() {
+            inv.key(k.rate_waiting(step)).arg(step).arg(*interval).arg(*burst);
+        }
+    }
+
     fn is_limited(&self) -> bool {
         !self.caps.is_empty() || !self.rates.is_empty()
     }
@@ -298,15 +313,8 @@ impl RedisQueue {
             .arg(grace.as_millis() as u64)
             .arg(scripts::PROMOTE_LIMIT)
             .arg(known)
-            .arg(candidate)
-            .arg(self.caps.len());
-        for (step, cap) in self.caps.iter() {
-            inv.key(k.throttled(step)).arg(step).arg(*cap);
-        }
-        inv.key(&k.rate_tat).key(&k.rate_wake).arg(self.rates.len());
-        for (step, interval, burst) in self.rates.iter() {
-            inv.key(k.rate_waiting(step)).arg(step).arg(*interval).arg(*burst);
-        }
+            .arg(candidate);
+        self.limit_args(&mut inv);
         let (status, next_due, reap, poison, paused, paused_steps, epoch): (
             i64,
             i64,
@@ -361,15 +369,8 @@ impl RedisQueue {
             .arg(wid)
             .arg(n)
             .arg(at)
-            .arg(u8::from(alone))
-            .arg(self.caps.len());
-        for (step, cap) in self.caps.iter() {
-            inv.key(k.throttled(step)).arg(step).arg(*cap);
-        }
-        inv.key(&k.rate_tat).key(&k.rate_wake).arg(self.rates.len());
-        for (step, interval, burst) in self.rates.iter() {
-            inv.key(k.rate_waiting(step)).arg(step).arg(*interval).arg(*burst);
-        }
+            .arg(u8::from(alone));
+        self.limit_args(&mut inv);
         inv.key(&k.step_holds).key(&k.delayed);
         for p in extra {
             // The payload, not its sha1: its step decides whether it may run (a step may be held

@@ -562,3 +562,33 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// The binary run as a worker process with `env`'s variables and `extra`, logging warnings to the
+/// test's stderr; SIGKILLed when dropped, so a failing test leaves nothing behind.
+pub struct WorkerProcess(pub std::process::Child);
+
+impl WorkerProcess {
+    pub fn spawn(env: &TestEnv, extra: &[(&str, &str)]) -> Self {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_step-worker"))
+            .env_clear()
+            .envs(env.vars())
+            .envs(extra.iter().copied())
+            .env("LOG_LEVEL", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        WorkerProcess(child)
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
