@@ -54,7 +54,8 @@ struct Starter {
     tasks: TaskTracker,
     queue: Queue,
     metrics: Arc<Metrics>,
-    /// The lease's execution token: a lost lease cancels every running step.
+    /// The lease's execution token: a lost lease cancels every running step (each job's own
+    /// token, on its ticket, is a child of it).
     exec: CancellationToken,
 }
 
@@ -62,7 +63,7 @@ impl Starter {
     /// Runs `claimed` in a task of its own; `escort` (a suspect's other slots) is held until its
     /// step ends.
     fn spawn(&self, claimed: Claimed, escort: Vec<Slot>) {
-        let cancel = self.exec.child_token();
+        let cancel = claimed.ticket.token().clone();
         let (runner, finished) = (self.runner.clone(), self.finished.clone());
         let (queue, metrics) = (self.queue.clone(), self.metrics.clone());
         self.tasks.spawn(async move {
@@ -337,7 +338,8 @@ impl Claimer {
     ) -> ClaimOutcome {
         // It is in our Redis list while it waits, so it must be known here as a running job is
         // (a registry loss puts it back); `start` tracks it again before this ticket is dropped.
-        let _waiting = self.inflight.track(payload.clone(), identity.clone());
+        let token = self.lease.exec_token().child_token();
+        let _waiting = self.inflight.track(payload.clone(), identity.clone(), token);
         // Ours are among the slots to wait for; nothing else acquires meanwhile.
         drop(slots);
         self.health.claim_waiting(true);
@@ -381,6 +383,7 @@ impl Claimer {
         let claimed_clock = std::time::Instant::now();
         let mut slots = slots.into_iter();
         let mut batch = Vec::with_capacity(jobs.len());
+        let exec = self.lease.exec_token();
         for (payload, counters) in jobs {
             let Some(slot) = slots.next() else { break };
             let escort: Vec<Slot> = if counters.suspect {
@@ -390,7 +393,10 @@ impl Claimer {
                 Vec::new()
             };
             // Tracked from the claim on: the job is in our Redis list while it is checked.
-            let ticket = self.inflight.track(payload.clone(), identity.clone());
+            // Its token is a child of the lease's: a lost lease stops it, and so can an operator.
+            let ticket = self
+                .inflight
+                .track(payload.clone(), identity.clone(), exec.child_token());
             let claimed = Claimed {
                 payload,
                 identity: identity.clone(),
@@ -411,7 +417,7 @@ impl Claimer {
             tasks: self.tasks.clone(),
             queue: self.queue.clone(),
             metrics: self.metrics.clone(),
-            exec: self.lease.exec_token(),
+            exec,
         };
         if !self.config.duplicate_check {
             // Ids are trusted to be unique: every job starts at once.

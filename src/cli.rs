@@ -61,6 +61,16 @@ pub enum Command {
         #[arg(long, env = "TRACESTATE")]
         tracestate: Option<String>,
     },
+    /// Cancel jobs: waiting ones are removed, running ones stopped within one heartbeat; each
+    /// ends with a `cancelled` result row.
+    Cancel {
+        /// Job ids.
+        #[arg(required_unless_present = "run", conflicts_with = "run")]
+        ids: Vec<String>,
+        /// Every job of this workflow run (`run_id`) instead.
+        #[arg(long)]
+        run: Option<String>,
+    },
     /// Inspect, replay and purge dead letters.
     Dlq {
         #[command(subcommand)]

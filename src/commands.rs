@@ -103,6 +103,7 @@ pub async fn admin(config: Config, command: Command) -> anyhow::Result<()> {
             )
             .await
         }
+        Command::Cancel { ids, run } => admin::cancel::run(&admin, &ids, run.as_deref()).await,
         Command::Pause { step } => admin::control::pause(&admin, step.as_deref()).await,
         Command::Resume { step } => admin::control::resume(&admin, step.as_deref()).await,
         Command::PurgeReady { yes } => admin::control::purge_ready(&admin, yes).await,

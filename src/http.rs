@@ -153,6 +153,9 @@ pub fn router(state: AppState) -> Router {
             "/jobs/{id}",
             get(|s: State<AppState>, headers, id| async move {
                 or_stopping(s.on_io(crate::http_jobs::result(s.clone(), headers, id)).await)
+            })
+            .delete(|s: State<AppState>, headers, id| async move {
+                or_stopping(s.on_io(crate::http_jobs::cancel(s.clone(), headers, id)).await)
             }),
         )
         .with_state(state.clone())

@@ -2,9 +2,10 @@
 //! the job contract exactly as `step-worker enqueue` validates them. Either every job is accepted
 //! or none is. A request's W3C `traceparent` (and `tracestate`) header goes to the jobs that carry
 //! no `traceparent` field of their own, so an instrumented producer's jobs join its trace with no
-//! change to their bodies. `GET /jobs/{id}`: the job's result row, once it has one. Both are protected by
-//! `ADMIN_TOKEN` (bearer); without a token they are open outside production (the quickstart) and
-//! disabled in production.
+//! change to their bodies. `GET /jobs/{id}`: the job's result row, once it has one.
+//! `DELETE /jobs/{id}`: cancel the job ([`crate::cancel`]). All are protected by `ADMIN_TOKEN`
+//! (bearer); without a token they are open outside production (the quickstart) and disabled in
+//! production.
 
 use std::collections::HashMap;
 
@@ -111,6 +112,70 @@ pub async fn result(State(s): State<AppState>, headers: HeaderMap, Path(id): Pat
     }
 }
 
+/// `DELETE /jobs/{id}`: 200 `{"job_id", "status": "cancelled", "recorded"}` when the job was
+/// waiting (removed; `recorded` false if its row is left to a heartbeat because Postgres refused
+/// it now); 202 `{"job_id", "status": "cancelling", "worker_id"}` when a worker holds it (it stops
+/// within one heartbeat and writes the row); 404 when no job has the id; 409 `{"error",
+/// "status"}` when it already finished; 503 when Redis or Postgres failed (nothing changed).
+/// No `browser_safe` check: DELETE is not a method a page on another origin can send without a
+/// CORS preflight, which this server never grants.
+pub async fn cancel(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Err(refusal) = authorize(&s, &headers) {
+        return *refusal;
+    }
+    cancel_answer(&s, id, "HTTP").await
+}
+
+/// Cancels job `id` on behalf of `via` (logged) and answers as `DELETE /jobs/{id}` documents;
+/// the console's cancel action answers the same.
+pub(crate) async fn cancel_answer(s: &AppState, id: String, via: &str) -> Response {
+    use crate::cancel::CancelError;
+    if !crate::job::valid_id(&id) {
+        return error(StatusCode::NOT_FOUND, format!("no job {:?}", shown(&id)), None);
+    }
+    let by = s.lease.identity().wid.clone();
+    let target = crate::queue::CancelTarget::Id(id.clone());
+    match crate::cancel::cancel(&s.queue, &s.store, &target, &by).await {
+        Ok(report) => {
+            tracing::info!(job.id = %id, via, removed = report.removed.len(), running = report.running.len(), "job cancelled");
+            match report.running.first() {
+                Some((_, worker)) => (
+                    StatusCode::ACCEPTED,
+                    Json(json!({ "job_id": id, "status": "cancelling", "worker_id": worker })),
+                )
+                    .into_response(),
+                None => (
+                    StatusCode::OK,
+                    Json(json!({ "job_id": id, "status": "cancelled", "recorded": report.recorded })),
+                )
+                    .into_response(),
+            }
+        }
+        Err(CancelError::Finished { id, status }) => {
+            let e = CancelError::Finished {
+                id,
+                status: status.clone(),
+            };
+            let body = json!({ "error": e.to_string(), "status": status });
+            (StatusCode::CONFLICT, Json(body)).into_response()
+        }
+        Err(e @ CancelError::NotFound(_)) => error(StatusCode::NOT_FOUND, e.to_string(), None),
+        Err(e @ CancelError::Queue(_)) => {
+            s.metrics.redis_errors.with_label_values(&["cancel"]).inc();
+            error(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), None)
+        }
+        Err(e @ CancelError::Store(_)) => {
+            s.metrics.postgres_errors.with_label_values(&["cancel"]).inc();
+            error(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), None)
+        }
+    }
+}
+
+/// An id as it may be echoed back: bounded.
+fn shown(id: &str) -> String {
+    id.chars().take(crate::job::MAX_ID_LEN).collect()
+}
+
 /// The request's trace context headers, when the `traceparent` is valid. An invalid one is
 /// ignored, as the specification asks of a receiver: it comes from the producer's tracing
 /// library, and must not cost its jobs (a `tracestate` that does not parse is left out alone).
@@ -193,7 +258,7 @@ pub(crate) fn bearer(value: &str) -> Option<&str> {
 }
 
 fn not_found(id: &str) -> Response {
-    let shown: String = id.chars().take(crate::job::MAX_ID_LEN).collect();
+    let shown = shown(id);
     error(
         StatusCode::NOT_FOUND,
         format!("no result for job {shown:?} yet: it is queued, running, waiting for a retry, or unknown"),

@@ -25,6 +25,7 @@
 pub mod admin;
 pub mod backoff;
 pub mod builtin;
+pub mod cancel;
 pub mod capacity;
 pub mod claimer;
 pub mod cli;

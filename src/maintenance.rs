@@ -1,6 +1,7 @@
 //! Background duties that keep the protocol moving: the heartbeat (which keeps the lease and
 //! learns what else needs doing), the reaper that rescues dead workers' jobs, the promoter that
-//! returns due retries to the ready list, and the drain of the poison outbox into Postgres.
+//! returns due retries to the ready list, the drain of the poison outbox into Postgres, and the
+//! worker's side of cancellations.
 //!
 //! Idle cost matters (managed Redis bills per command): the heartbeat script also promotes due
 //! retries and reports whether reaping or a poison drain is needed, so an idle worker sends one
@@ -25,6 +26,7 @@ use crate::metrics::Metrics;
 use crate::queue::{Beat, BeatMode, BeatStatus, Queue};
 use crate::store::Store;
 
+mod cancelled;
 mod poison;
 mod promoter;
 pub mod retention;
@@ -46,6 +48,8 @@ pub struct Maintenance {
     pub blocking_id: Arc<std::sync::atomic::AtomicI64>,
     /// What the last beat said needs doing, handed from the heartbeat to the duties task.
     pub duties: Duties,
+    /// Cancelled ids the last beat found this worker not holding (see `forget_cancels`).
+    pub cancels_missing: Mutex<std::collections::HashSet<String>>,
 }
 
 /// The latest beat's report, waiting for the duties task. Only the latest matters: each beat
@@ -140,6 +144,7 @@ impl Maintenance {
             Ok(Ok(beat)) => {
                 self.health.redis_ok();
                 if self.on_beat(&id, beat.status, sent).await {
+                    self.fire_cancels(&beat);
                     self.duties.post(beat);
                 }
             }
@@ -242,6 +247,13 @@ impl Maintenance {
         if beat.poison_pending > 0 {
             self.drain_poison().await;
         }
+        let following = !self.cancels_missing.lock().unwrap().is_empty();
+        if !beat.cancel.is_empty() || !beat.cancel_orphans.is_empty() || following {
+            self.settle_cancels(beat).await;
+        }
+        if beat.cancelled_pending > 0 {
+            self.drain_cancelled().await;
+        }
     }
 
     /// Rescues the jobs of every worker whose deadline has passed. Public so tests can drive it.
@@ -261,9 +273,12 @@ impl Maintenance {
         };
         for victim in victims.iter().filter(|v| **v != owner) {
             match self.queue.reap(victim, self.grace(), self.config.max_recoveries).await {
-                Ok(Some((moved, poisoned))) if moved + poisoned > 0 => {
+                Ok(Some((moved, poisoned, cancelled))) if moved + poisoned + cancelled > 0 => {
                     self.metrics.recovered.inc_by(moved);
-                    tracing::warn!(worker = %victim, recovered = moved, poisoned, "returned a dead worker's jobs to the queue");
+                    tracing::warn!(worker = %victim, recovered = moved, poisoned, cancelled, "returned a dead worker's jobs to the queue");
+                    if cancelled > 0 {
+                        self.drain_cancelled().await;
+                    }
                 }
                 Ok(_) => {}
                 Err(e) => {

@@ -49,6 +49,8 @@ enum Attempt {
     },
     /// Cancelled before it finished (lost lease or shutdown): not an attempt.
     Interrupted,
+    /// An operator cancelled the job while it ran: terminal, not retried.
+    Cancelled,
 }
 
 pub struct Runner {
@@ -107,6 +109,13 @@ impl Runner {
                 };
             }
         };
+        // An operator cancelled it between its claim and now: it ends here, whatever else would
+        // have happened to it (delayed, held, checked).
+        if claimed.ticket.cancelled_by_operator() {
+            tracing::info!(job.id = %job.id, job.step = %job.step, "cancelled by an operator before it started");
+            self.metrics.job(&self.label(&job.step), "cancelled");
+            return cancelled(claimed, &job, self.label(&job.step), claimed.failures, None);
+        }
         // Before everything else: a job that already finished, or is running elsewhere, is
         // neither delayed, held nor run.
         match claimed.verdict {
@@ -254,7 +263,10 @@ impl Runner {
                     retry: Retry::Retryable { retry_after: None },
                 },
             },
-            _ = cancel.cancelled() => Attempt::Interrupted,
+            _ = cancel.cancelled() => match claimed.ticket.cancelled_by_operator() {
+                true => Attempt::Cancelled,
+                false => Attempt::Interrupted,
+            },
         };
         let elapsed = clock.elapsed();
         drop(running);
@@ -277,6 +289,13 @@ impl Runner {
             },
             other => other,
         };
+        // A step that saw its operator's cancellation and returned an error failed because of
+        // it: the outcome is the cancellation, not a failure to retry. (One that returned its
+        // output finished its work first: that stands.)
+        let result = match result {
+            Attempt::Failed { .. } if claimed.ticket.cancelled_by_operator() => Attempt::Cancelled,
+            other => other,
+        };
         let finished_at = Utc::now();
         // What a step says is stored, logged and reported: masked and bounded once, here.
         let result = match result {
@@ -291,6 +310,7 @@ impl Runner {
             Attempt::Succeeded(_) => ("succeeded", None),
             Attempt::Failed { outcome, error, .. } => (*outcome, Some(error.as_str())),
             Attempt::Interrupted => ("interrupted", None),
+            Attempt::Cancelled => ("cancelled", None),
         };
         step_span.end(outcome_label, error);
         trace::outcome(span, outcome_label, error);
@@ -330,6 +350,13 @@ impl Runner {
             Attempt::Interrupted => {
                 tracing::info!("step interrupted; the job goes back to the queue");
                 Decided::requeue(label)
+            }
+            Attempt::Cancelled => {
+                tracing::info!(
+                    duration_ms = elapsed.as_millis() as u64,
+                    "cancelled by an operator while running"
+                );
+                cancelled(claimed, &job, label, attempt, Some((started_at, finished_at)))
             }
             Attempt::Failed { outcome, error, retry } => {
                 let record = AttemptRecord {
@@ -444,6 +471,41 @@ impl Runner {
             span: Span::none(),
             hold_step: None,
         }
+    }
+}
+
+/// The `cancelled` result of a job an operator cancelled: `attempts` counts the attempt it was
+/// stopped in, if it had started (`ran`: when it started and stopped). Terminal: settled as done.
+fn cancelled(
+    claimed: &Claimed,
+    job: &Job,
+    label: Arc<str>,
+    attempts: u32,
+    ran: Option<(chrono::DateTime<Utc>, chrono::DateTime<Utc>)>,
+) -> Decided {
+    let result = ResultRecord {
+        job_id: job.id.clone(),
+        run_id: job.run_id.clone(),
+        step: job.step.clone(),
+        status: Status::Cancelled,
+        attempts: stored_count(attempts),
+        output: None,
+        error: Some(crate::cancel::reason(ran.is_some())),
+        enqueued_at: job.enqueued_at,
+        started_at: ran.map(|(start, _)| start),
+        finished_at: ran.map_or_else(Utc::now, |(_, end)| end),
+        duration_ms: ran.map(|(start, end)| (end - start).num_milliseconds()),
+        worker_id: claimed.identity.wid.clone(),
+    };
+    Decided {
+        settle: Settle::Done,
+        result: Some(result),
+        dead_letter: None,
+        attempt: None,
+        step_label: label,
+        ran_for: Duration::ZERO,
+        span: Span::none(),
+        hold_step: None,
     }
 }
 

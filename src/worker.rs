@@ -173,6 +173,7 @@ pub async fn start(config: Config, registry: Registry, shutdown: Shutdown) -> an
         pause: pause.clone(),
         blocking_id: blocking_id.clone(),
         duties: Default::default(),
+        cancels_missing: Default::default(),
     });
     if retry_until(&health, "redis", "register the worker", stop, || maintenance.register())
         .await?

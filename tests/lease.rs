@@ -30,7 +30,7 @@ async fn a_reaped_worker_is_told_so_after_its_tombstone_is_gone_and_only_data_lo
     env.push_job("late-1", "builtin.noop", json!(null)).await;
     assert_eq!(queue.claim(wid, &proc, 1, &[], ISOLATE).await.unwrap().jobs.len(), 1);
     common::wait_for("the frozen worker to be reaped", WAIT, || async {
-        queue.reap(wid, Duration::ZERO, 3).await.unwrap() == Some((1, 0))
+        queue.reap(wid, Duration::ZERO, 3).await.unwrap() == Some((1, 0, 0))
     })
     .await;
     // The tombstone is trimmed (as TOMBSTONE_KEEP_MS later), and the worker comes back.
@@ -96,7 +96,7 @@ async fn a_re_drain_of_a_reaped_workers_list_is_not_counted_as_an_interruption()
     env.push(running).await;
     assert_eq!(queue.claim(wid, &proc, 1, &[], ISOLATE).await.unwrap().jobs.len(), 1);
     common::wait_for("the worker to be reaped", WAIT, || async {
-        queue.reap(wid, Duration::ZERO, 3).await.unwrap() == Some((1, 0))
+        queue.reap(wid, Duration::ZERO, 3).await.unwrap() == Some((1, 0, 0))
     })
     .await;
     let mut redis = env.redis.clone();

@@ -146,7 +146,7 @@ async fn a_reaped_worker_can_no_longer_settle_its_jobs() {
 
     // Its deadline passes without a beat: any live worker may reap it.
     common::wait_for("the ghost's deadline to pass", WAIT, || async {
-        queue.reap(wid, Duration::ZERO, 3).await.unwrap() == Some((1, 0))
+        queue.reap(wid, Duration::ZERO, 3).await.unwrap() == Some((1, 0, 0))
     })
     .await;
     assert_eq!(env.ready_len().await, 1, "the job is back in ready");

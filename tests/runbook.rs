@@ -30,6 +30,7 @@ const PLACEHOLDERS: &[(&str, &str)] = &[
     ("dead-letter-id", "0190b3f2-6c1e-7b3a-9a4e-3f1c2d4e5f60"),
     ("step", "email.send"),
     ("run-id", "run-2041"),
+    ("job-id", "job-2041"),
 ];
 
 /// A `--help` run that takes longer than this did not stop at the help: it is doing real work.

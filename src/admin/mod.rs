@@ -1,5 +1,5 @@
-//! The operator's commands (`stats`, `enqueue`, `dlq`, `pause`/`resume`, `purge-ready`, `smoke`,
-//! `load`). They read the same environment configuration as the daemon and talk to the same Redis
+//! The operator's commands (`stats`, `enqueue`, `cancel`, `dlq`, `pause`/`resume`, `purge-ready`,
+//! `smoke`, `load`). They read the same environment configuration as the daemon and talk to the same Redis
 //! keys and Postgres tables through the same protocol, so nothing here can bypass the delivery
 //! rules: jobs move only by the queue's scripts, and nothing is deleted from `step.ready` without
 //! first being written to the dead-letter table.
@@ -7,6 +7,7 @@
 //! Exit codes: 0 success, 1 the operation failed, 2 invalid configuration or arguments, 3 not
 //! confirmed (a destructive command without `--yes` and without a terminal to ask on).
 
+pub mod cancel;
 pub mod control;
 pub mod dlq;
 pub mod enqueue;

@@ -1,12 +1,11 @@
 //! The console's actions: replay dead letters (one, or a filtered set after a dry-run count),
-//! pause and resume the queue or one step. Each is logged once, with what it did. Cancelling a
-//! job is not here: the worker has no cancel operation yet.
+//! pause and resume the queue or one step, cancel a job. Each is logged once, with what it did.
 
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use chrono::{DateTime, Utc};
@@ -198,6 +197,25 @@ async fn switch(
                 unavailable(action, e)
             }
             Err(_) => unavailable(action, "timed out"),
+        }
+    })
+    .await
+}
+
+/// Cancels one job, as `DELETE /jobs/{id}` does (same answers), behind the console's POST rules.
+pub(super) async fn cancel(State(c): State<Console>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Err(refusal) = c.admit(&headers, true) {
+        return *refusal;
+    }
+    let console = c.clone();
+    c.on_io(async move {
+        let work = crate::http_jobs::cancel_answer(&console.app, id, "console");
+        match tokio::time::timeout(ACTION_TIMEOUT, work).await {
+            Ok(answer) => {
+                console.invalidate();
+                answer
+            }
+            Err(_) => unavailable("cancel", "timed out"),
         }
     })
     .await

@@ -61,6 +61,7 @@ pub fn router(app: AppState) -> Router {
         .route("/api/overview", get(read::overview))
         .route("/api/dead-letters", get(read::dead_letters))
         .route("/api/jobs/{id}", get(read::job))
+        .route("/api/jobs/{id}/cancel", post(act::cancel))
         .route("/api/dead-letters/replay", post(act::replay))
         .route("/api/pause", post(act::pause))
         .route("/api/resume", post(act::resume))

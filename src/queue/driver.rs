@@ -8,7 +8,10 @@ use std::time::Duration;
 use redis::RedisResult;
 
 use super::memory::{Full, MemoryQueue};
-use super::{Beat, BeatMode, BlockingConn, ClaimReply, Depths, Keys, Payload, RedisQueue, SettleOp, Suspects};
+use super::{
+    Beat, BeatMode, BlockingConn, CancelReply, CancelTarget, ClaimReply, Depths, Keys, Payload, RedisQueue, SettleOp,
+    Suspects,
+};
 
 /// Why a push was refused: Redis failed, or the memory queue is at `MEMORY_QUEUE_MAX_JOBS`.
 #[derive(Debug, thiserror::Error)]
@@ -132,10 +135,52 @@ impl Queue {
         }
     }
 
-    pub async fn reap(&self, victim: &str, grace: Duration, max_recoveries: u32) -> RedisResult<Option<(u64, u64)>> {
+    pub async fn reap(
+        &self,
+        victim: &str,
+        grace: Duration,
+        max_recoveries: u32,
+    ) -> RedisResult<Option<(u64, u64, u64)>> {
         match self {
             Queue::Redis(q) => q.reap(victim, grace, max_recoveries).await,
             Queue::Memory(_) => Ok(None),
+        }
+    }
+
+    /// Cancels `target`'s jobs: waiting ones move to the cancelled outbox, claimed ones are
+    /// flagged for their worker's next heartbeat. `by` names who cancels, in the rows.
+    pub async fn cancel(&self, target: &CancelTarget, by: &str) -> RedisResult<CancelReply> {
+        match self {
+            Queue::Redis(q) => q.cancel(target, by).await,
+            Queue::Memory(m) => Ok(m.cancel(target, by)),
+        }
+    }
+
+    /// Forgets the cancellations of `ids` addressed to worker `wid` (it no longer holds them).
+    pub async fn cancel_forget(&self, wid: &str, ids: &[String]) -> RedisResult<()> {
+        match self {
+            Queue::Redis(q) => q.cancel_forget(wid, ids).await,
+            Queue::Memory(m) => {
+                m.cancel_forget(wid, ids);
+                Ok(())
+            }
+        }
+    }
+
+    pub async fn cancelled_peek(&self, n: usize) -> RedisResult<Vec<Vec<u8>>> {
+        match self {
+            Queue::Redis(q) => q.cancelled_peek(n).await,
+            Queue::Memory(m) => Ok(m.cancelled_peek(n)),
+        }
+    }
+
+    pub async fn cancelled_remove(&self, entries: &[Vec<u8>]) -> RedisResult<()> {
+        match self {
+            Queue::Redis(q) => q.cancelled_remove(entries).await,
+            Queue::Memory(m) => {
+                m.cancelled_remove(entries);
+                Ok(())
+            }
         }
     }
 

@@ -42,6 +42,12 @@ pub struct Keys {
     /// ZSET step → held on every replica until, ms (back-pressure: a 429 or 503 with
     /// Retry-After).
     pub step_holds: String,
+    /// HASH `<wid>\n<job id>` → requested at (ms): cancellations of jobs in a worker's
+    /// in-flight list, for that worker's heartbeat to fire (`cancel.lua`).
+    pub cancel: String,
+    /// LIST outbox of cancelled payloads (`attempts|at_ms|by|payload`), waiting for their
+    /// `cancelled` result rows.
+    pub cancelled: String,
     proc_prefix: String,
 }
 
@@ -65,6 +71,8 @@ impl Keys {
             rate_wake: format!("{tag}:rate_wake"),
             step_holds: format!("{tag}:step_holds"),
             active: format!("{tag}:active"),
+            cancel: format!("{tag}:cancel"),
+            cancelled: format!("{tag}:cancelled"),
             proc_prefix: format!("{tag}:proc:"),
         }
     }
@@ -140,6 +148,8 @@ mod tests {
             &k.rate_tat,
             &k.rate_wake,
             &k.step_holds,
+            &k.cancel,
+            &k.cancelled,
             &k.rate_waiting("email.send"),
             &k.slots("h:1:ab"),
             &k.throttled("email.send"),

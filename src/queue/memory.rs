@@ -19,6 +19,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 
 use super::memory_caps::{Admission, Caps, SCAN_EXTRA};
+
+mod cancel;
 use super::{Beat, BeatMode, BeatStatus, ClaimReply, Counters, Depths, Keys, Payload, SettleOp};
 
 /// Due retries moved per promotion, as `scripts::PROMOTE_LIMIT` does for Redis.
@@ -72,6 +74,11 @@ struct State {
     caps: Caps,
     /// Job id → the worker running a copy of it (active.lua).
     active: HashMap<String, String>,
+    /// `<in-flight list>\n<job id>` of the claimed jobs an operator cancelled (cancel.lua's
+    /// hash, keyed by list rather than worker id: the list is what a claim records here).
+    cancel: HashSet<String>,
+    /// The cancelled outbox: `attempts|at_ms|by|payload` entries waiting for their rows.
+    cancelled: VecDeque<Vec<u8>>,
 }
 
 /// Every memory queue of this process, by queue key, so producers in the process (the HTTP
@@ -151,7 +158,9 @@ impl MemoryQueue {
             status
         };
         let (_, next_due) = self.promote();
-        beat(status, next_due)
+        let mut beat = beat(status, next_due);
+        (beat.cancel, beat.cancelled_pending) = self.cancels_for(wid);
+        beat
     }
 
     /// claim.lua: move up to `n` of the oldest ready jobs into `proc`, with attempt counts. No
@@ -410,6 +419,9 @@ fn beat(status: BeatStatus, next_due: Option<Duration>) -> Beat {
         poison_pending: 0,
         paused: false,
         paused_steps: Vec::new(),
+        cancel: Vec::new(),
+        cancelled_pending: 0,
+        cancel_orphans: Vec::new(),
     }
 }
 

@@ -187,6 +187,22 @@ impl Caps {
         self.waiting.get_mut(&step)?.pop_back()
     }
 
+    /// Removes and returns the waiting jobs (for a slot or a start) that `wanted` picks
+    /// (a cancellation).
+    pub fn remove_waiting(&mut self, mut wanted: impl FnMut(&Payload) -> bool) -> Vec<Payload> {
+        let mut removed = Vec::new();
+        for list in self.waiting.values_mut().chain(self.rate_waiting.values_mut()) {
+            list.retain(|p| {
+                let pick = wanted(p);
+                if pick {
+                    removed.push(p.clone());
+                }
+                !pick
+            });
+        }
+        removed
+    }
+
     /// Jobs waiting per limited step and reason.
     pub fn waiting(&self) -> Vec<(String, &'static str, u64)> {
         let caps = self

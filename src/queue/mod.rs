@@ -15,6 +15,7 @@
 
 mod active;
 mod admin;
+mod cancel;
 mod conn;
 mod driver;
 mod keys;
@@ -29,6 +30,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisError, RedisResult};
 
 pub use admin::WorkerInfo;
+pub use cancel::{CancelReply, CancelTarget};
 pub use conn::Endpoint;
 pub use conn::RedisConn;
 pub use driver::{Blocking, PushError, Queue};
@@ -63,6 +65,13 @@ pub struct Beat {
     pub paused: bool,
     /// Steps an operator paused.
     pub paused_steps: Vec<String>,
+    /// Ids of jobs in this worker's in-flight list that an operator cancelled (`cancel.lua`).
+    pub cancel: Vec<String>,
+    /// Cancelled payloads in the outbox waiting for their result rows.
+    pub cancelled_pending: u64,
+    /// Cancellations (`<wid>\n<job id>`) addressed to workers that are gone without being reaped
+    /// (they deregistered at shutdown and handed their jobs back): any worker follows them.
+    pub cancel_orphans: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -315,7 +324,9 @@ impl RedisQueue {
             .arg(known)
             .arg(candidate);
         self.limit_args(&mut inv);
-        let (status, next_due, reap, poison, paused, paused_steps, epoch): (
+        inv.key(&k.cancel).key(&k.cancelled);
+        #[allow(clippy::type_complexity)]
+        let (status, next_due, reap, poison, paused, paused_steps, epoch, cancel, cancelled_pending, cancel_orphans): (
             i64,
             i64,
             i64,
@@ -323,6 +334,9 @@ impl RedisQueue {
             i64,
             Vec<String>,
             String,
+            Vec<String>,
+            u64,
+            Vec<String>,
         ) = inv.invoke_async(&mut self.conn.clone()).await?;
         if !epoch.is_empty() {
             *self.epoch.lock().unwrap() = epoch;
@@ -339,6 +353,9 @@ impl RedisQueue {
             poison_pending: poison,
             paused: paused == 1,
             paused_steps,
+            cancel,
+            cancelled_pending,
+            cancel_orphans,
         })
     }
 
@@ -501,8 +518,15 @@ impl RedisQueue {
             .await
     }
 
-    /// Returns `victim`'s jobs to ready; `None` if it turned out to be alive.
-    pub async fn reap(&self, victim: &str, grace: Duration, max_recoveries: u32) -> RedisResult<Option<(u64, u64)>> {
+    /// Returns `victim`'s jobs to ready (but those an operator cancelled, which go to the
+    /// cancelled outbox); `None` if it turned out to be alive, else (returned, poisoned,
+    /// cancelled).
+    pub async fn reap(
+        &self,
+        victim: &str,
+        grace: Duration,
+        max_recoveries: u32,
+    ) -> RedisResult<Option<(u64, u64, u64)>> {
         let k = &self.keys;
         let mut inv = self.scripts.reap.key(&k.workers);
         inv.key(&k.reaped)
@@ -513,6 +537,8 @@ impl RedisQueue {
             .key(&k.attempts)
             .key(&k.cap_used)
             .key(k.slots(victim))
+            .key(&k.cancel)
+            .key(&k.cancelled)
             .arg(victim)
             .arg(grace.as_millis() as u64)
             .arg(max_recoveries)
@@ -520,8 +546,8 @@ impl RedisQueue {
         for (step, _) in self.caps.iter() {
             inv.key(k.throttled(step)).arg(step);
         }
-        let (moved, poisoned): (i64, u64) = inv.invoke_async(&mut self.conn.clone()).await?;
-        Ok((moved >= 0).then_some((moved as u64, poisoned)))
+        let (moved, poisoned, cancelled): (i64, u64, u64) = inv.invoke_async(&mut self.conn.clone()).await?;
+        Ok((moved >= 0).then_some((moved as u64, poisoned, cancelled)))
     }
 
     /// Moves due retries to ready; returns how many and when the next one is due.

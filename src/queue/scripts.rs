@@ -20,6 +20,7 @@ pub struct Scripts {
     pub schedule: Script,
     pub hold_step: Script,
     pub active: Script,
+    pub cancel: Script,
 }
 
 /// The type check every payload-moving script runs before its first write (see the file).
@@ -52,6 +53,7 @@ impl Scripts {
             schedule: Script::new(include_str!("lua/schedule.lua")),
             hold_step: Script::new(include_str!("lua/hold_step.lua")),
             active: guarded(include_str!("lua/active.lua")),
+            cancel: guarded(include_str!("lua/cancel.lua")),
         }
     }
 }

@@ -17,6 +17,8 @@ use crate::queue::Payload;
 pub enum Status {
     Succeeded,
     Dead,
+    /// An operator cancelled the job (`step-worker cancel`, `DELETE /jobs/{id}`).
+    Cancelled,
 }
 
 impl Status {
@@ -24,6 +26,7 @@ impl Status {
         match self {
             Status::Succeeded => "succeeded",
             Status::Dead => "dead",
+            Status::Cancelled => "cancelled",
         }
     }
 }

@@ -2,7 +2,7 @@
 //! keeps a finished id from running again (README, "Guarantees"). One statement per claim batch,
 //! whatever its size, so its cost is one round trip per batch and not one per job.
 //!
-//! Every `step_results` row is terminal (`succeeded` or `dead`): a row is only ever written for a
+//! Every `step_results` row is terminal (`succeeded`, `dead` or `cancelled`): a row is only ever written for a
 //! job's last outcome, so the check needs no status filter. A replayed dead letter has no row
 //! any more (`dlq replay` deletes the `dead` row in the transaction that marks the letter
 //! replayed), which is what re-arms its job.

@@ -3,7 +3,8 @@
 // already running and a dead letter already filed; exits non-zero on the first failed check.
 //
 // Environment: CONSOLE_URL (the worker's base URL), CONSOLE_TOKEN (its ADMIN_TOKEN),
-// CONSOLE_JOB_ID (the dead job's id, markup on purpose), CONSOLE_SCREENSHOTS (a directory),
+// CONSOLE_JOB_ID (the dead job's id, markup on purpose), CONSOLE_CANCEL_ID (a delayed job's id,
+// to cancel from the job panel), CONSOLE_SCREENSHOTS (a directory),
 // CHROMIUM (the browser, default /usr/bin/chromium).
 import { chromium } from 'playwright-core';
 import { mkdirSync } from 'node:fs';
@@ -17,6 +18,7 @@ const env = (name, fallback) => {
 const base = env('CONSOLE_URL');
 const token = env('CONSOLE_TOKEN');
 const jobId = env('CONSOLE_JOB_ID');
+const cancelId = env('CONSOLE_CANCEL_ID');
 const shots = env('CONSOLE_SCREENSHOTS');
 // Long enough for a worker on a busy two-core machine to run the replayed job and commit it.
 const WAIT_MS = 30000;
@@ -35,8 +37,18 @@ const check = (ok, what) => {
 };
 try {
   const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  // Any dialog but the cancel confirmation would be a script run from the page's data.
   const dialogs = [];
-  page.on('dialog', (d) => { dialogs.push(d.message()); d.dismiss(); });
+  const confirmations = [];
+  page.on('dialog', (d) => {
+    if (d.type() === 'confirm' && d.message().startsWith('Cancel job ' + cancelId + '?')) {
+      confirmations.push(d.message());
+      d.accept();
+    } else {
+      dialogs.push(d.message());
+      d.dismiss();
+    }
+  });
   // The API requests made once the token is given (the first one, before, goes without it).
   const apiRequests = [];
   let tokenGiven = false;
@@ -78,6 +90,17 @@ try {
   check((await page.locator('img').count()) === 0 && dialogs.length === 0, 'still no element or script from the id');
   const second = path('2-replayed-job-succeeded.png');
   await page.screenshot({ path: second, fullPage: true });
+
+  // Cancel: a job with no result yet offers the button; after the confirmation it is cancelled.
+  check(await page.locator('#cancel-job').isHidden(), 'a finished job offers no cancel');
+  await page.fill('#job-id', cancelId);
+  await page.click('#job-form button[type=submit]');
+  await page.locator('#cancel-job').waitFor({ state: 'visible', timeout: WAIT_MS });
+  await page.click('#cancel-job');
+  await page.locator('#notice', { hasText: 'job ' + cancelId + ' cancelled' }).waitFor({ timeout: WAIT_MS });
+  await page.locator('#job-result .status-cancelled').waitFor({ timeout: WAIT_MS });
+  check(confirmations.length === 1, 'the cancel was confirmed once first');
+  check(await page.locator('#cancel-job').isHidden(), 'a cancelled job offers no second cancel');
 
   const auth = apiRequests.map((r) => r.headers());
   check(auth.length > 0 && auth.every((h) => h.authorization === 'Bearer ' + token && !h.cookie),

@@ -38,7 +38,7 @@ fn missing() -> Option<String> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn console_in_headless_chromium_replays_a_dead_letter_until_its_job_succeeds() {
+async fn console_in_headless_chromium_replays_a_dead_letter_and_cancels_a_waiting_job() {
     if let Some(what) = missing() {
         match std::env::var("STEP_WORKER_BROWSER_SKIP") {
             Ok(why) => {
@@ -74,6 +74,10 @@ async fn console_in_headless_chromium_replays_a_dead_letter_until_its_job_succee
     env.push_job(MARKUP_ID, "console.flaky", json!({})).await;
     env.wait_count("the dead letter", "SELECT count(*) FROM step_dead_letters", 1, WAIT)
         .await;
+    // Waits in the delayed set far longer than the test: the page cancels it.
+    const CANCEL_ID: &str = "console-cancel-1";
+    env.push(&json!({"id": CANCEL_ID, "step": "console.flaky", "delay_ms": 600_000}).to_string())
+        .await;
 
     let shots = std::env::var("CONSOLE_SCREENSHOTS")
         .map(PathBuf::from)
@@ -84,6 +88,7 @@ async fn console_in_headless_chromium_replays_a_dead_letter_until_its_job_succee
         .env("CONSOLE_URL", format!("http://{}", worker.http_addr.unwrap()))
         .env("CONSOLE_TOKEN", TOKEN)
         .env("CONSOLE_JOB_ID", MARKUP_ID)
+        .env("CONSOLE_CANCEL_ID", CANCEL_ID)
         .env("CONSOLE_SCREENSHOTS", &shots)
         .env("CHROMIUM", chromium())
         .kill_on_drop(true)
@@ -108,6 +113,11 @@ async fn console_in_headless_chromium_replays_a_dead_letter_until_its_job_succee
             .await,
         1
     );
+    assert_eq!(
+        env.result(CANCEL_ID).await.expect("a cancelled row").status,
+        "cancelled"
+    );
+    assert_eq!(env.delayed_len().await, 0, "the cancelled job left the delayed set");
     for name in ["1-dead-letter.png", "2-replayed-job-succeeded.png"] {
         let png = std::fs::read(shots.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(png.starts_with(b"\x89PNG"), "{name} is a PNG");

@@ -223,8 +223,10 @@ async function refreshJob() {
     if (e.status !== 404) throw e;
     dl.replaceChildren(el('dt', 'job id'), el('dd', shownJob), el('dt', 'status'), el('dd', 'no result yet (' + e.message + ')'));
     $('job-attempts').replaceChildren();
+    $('cancel-job').hidden = false;
     return;
   }
+  $('cancel-job').hidden = job.result !== null;
   const r = job.result;
   const fields = [['job id', job.job_id]];
   if (r) {
@@ -239,6 +241,17 @@ async function refreshJob() {
   fill($('job-attempts'), job.attempts.map((a) => row([
     a.attempt, a.outcome, el('td', a.error === null ? '' : a.error, 'error'), when(a.started_at), when(a.finished_at), a.worker_id,
   ])), 'no failed attempt', 6);
+}
+
+// Cancels the job the panel shows, after the operator confirms (DELETE /jobs/{id}'s answers).
+async function cancelJob() {
+  const id = shownJob;
+  if (id === null || !window.confirm('Cancel job ' + id + '? A waiting job never runs; a running one is stopped.')) return;
+  const answer = await api('POST', '/api/jobs/' + encodeURIComponent(id) + '/cancel', {});
+  notice(answer.status === 'cancelling'
+    ? 'job ' + id + ' is being cancelled on worker ' + answer.worker_id + ' (within a heartbeat)'
+    : 'job ' + id + ' cancelled', 'info');
+  await refresh();
 }
 
 async function refresh() {
@@ -299,6 +312,7 @@ function wire() {
     pendingReplay = null;
     $('confirm').hidden = true;
   });
+  $('cancel-job').addEventListener('click', () => cancelJob().catch(failed));
   $('job-form').addEventListener('submit', (ev) => {
     ev.preventDefault();
     showJob($('job-id').value.trim()).catch(failed);

@@ -13,8 +13,10 @@
 -- ARGV[8] k, the number of capped steps   ARGV[9..8+2k] (step, cap) pairs, as KEYS[10..]
 -- ARGV[9+2k] r, the number of rate-limited steps   ARGV[10+2k..9+2k+3r] (step, interval ms,
 --   burst) triples
+-- KEYS[#KEYS - 1] cancel HASH (`<wid>\n<job id>` -> requested at ms)   KEYS[#KEYS] cancelled LIST
 -- Returns {status, next_due_in_ms (-1: none), reap_needed (0|1), poison_pending, paused (0|1),
---          {paused step names}, epoch}
+--          {paused step names}, epoch, {ids of this worker's jobs an operator cancelled},
+--          cancelled_pending, {cancel entries of workers that are gone (`<wid>\n<id>`)}}
 --   status 1: beat recorded; 0: this wid was reaped (fence: stop and re-register);
 --   2: Redis lost data, this wid with it: re-registered.
 --
@@ -37,18 +39,19 @@
 -- Rates: the beat wakes rate-limited steps whose time has come (rates.lua), as the promoter
 -- does; the promoters of the replicas that moved jobs aside wake on time, the beat is the net
 -- behind them should those replicas die. With k = 0 and r = 0 nothing of this runs.
+local cancel, cancelled = KEYS[#KEYS - 1], KEYS[#KEYS]
 local err = guard({KEYS[1], 'zset', KEYS[2], 'zset', KEYS[3], 'zset', KEYS[4], 'list', KEYS[5], 'list',
-                   KEYS[7], 'set', KEYS[8], 'string'})
+                   KEYS[7], 'set', KEYS[8], 'string', cancel, 'hash', cancelled, 'list'})
 if err then return err end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local epoch = redis.call('GET', KEYS[8])
 local status = 1
 if ARGV[3] ~= 'register' and not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
-  if redis.call('ZSCORE', KEYS[2], ARGV[1]) then return {0, -1, 0, 0, 0, {}, epoch or ''} end
+  if redis.call('ZSCORE', KEYS[2], ARGV[1]) then return {0, -1, 0, 0, 0, {}, epoch or '', {}, 0, {}} end
   if epoch and (ARGV[6] == '' or epoch == ARGV[6]) then
     redis.call('ZADD', KEYS[2], now, ARGV[1])
-    return {0, -1, 0, 0, 0, {}, epoch}
+    return {0, -1, 0, 0, 0, {}, epoch, {}, 0, {}}
   end
   status = 2
 end
@@ -92,5 +95,22 @@ if redis.call('ZCARD', KEYS[2]) > 0 or
    #redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[4]), 'LIMIT', 0, 1) > 0 then
   reap = 1
 end
+-- Cancellations: one HLEN while there are none, the usual case. This worker's are returned by
+-- job id; those of a worker that is neither registered nor reaped (it deregistered at shutdown,
+-- handing its jobs back) are orphans, returned whole for any worker to follow.
+local cancels, orphans = {}, {}
+if redis.call('HLEN', cancel) > 0 then
+  local prefix = ARGV[1] .. '\n'
+  for _, f in ipairs(redis.call('HKEYS', cancel)) do
+    if string.sub(f, 1, #prefix) == prefix then
+      cancels[#cancels + 1] = string.sub(f, #prefix + 1)
+    else
+      local w = string.match(f, '^([^\n]*)\n')
+      if w and not redis.call('ZSCORE', KEYS[1], w) and not redis.call('ZSCORE', KEYS[2], w) then
+        orphans[#orphans + 1] = f
+      end
+    end
+  end
+end
 return {status, next_due, reap, redis.call('LLEN', KEYS[5]), redis.call('EXISTS', KEYS[6]),
-        redis.call('SMEMBERS', KEYS[7]), epoch}
+        redis.call('SMEMBERS', KEYS[7]), epoch, cancels, redis.call('LLEN', cancelled), orphans}
