@@ -10,10 +10,11 @@
 //! first, the reaper sends the job to the outbox instead of back to the queue.
 
 use crate::queue::{CancelTarget, Queue};
-use crate::store::{Batch, ResultRecord, Status, Store};
+use crate::store::{Batch, DeadLetterRecord, ResultRecord, Status, Store};
 
-/// A cancelled outbox entry's fields: `attempts|at_ms|by|payload`.
-const ENTRY_FIELDS: usize = 4;
+/// A cancelled outbox entry's fields: `attempts|at_ms|by|held|payload`, `held` 1 when a worker
+/// held the job (claimed or running) and 0 when it was waiting.
+const ENTRY_FIELDS: usize = 5;
 
 /// What a cancellation did.
 #[derive(Debug, Default)]
@@ -26,6 +27,9 @@ pub struct Report {
     /// (job id, worker id) of each job found claimed or running: the worker stops it within one
     /// heartbeat and writes its row.
     pub running: Vec<(String, String)>,
+    /// What went wrong after the jobs were removed (nothing is lost by it: a worker's heartbeat
+    /// finishes the job), for the command line to print.
+    pub warnings: Vec<String>,
 }
 
 impl Report {
@@ -67,25 +71,26 @@ pub async fn cancel(queue: &Queue, store: &Store, target: &CancelTarget, by: &st
         recorded: true,
         ..Report::default()
     };
-    let mut batch = Batch::default();
-    for entry in &reply.removed {
-        if let Some(row) = row(entry) {
-            report.removed.push((row.job_id.clone(), row.step.clone()));
-            if !batch.results.iter().any(|r| r.job_id == row.job_id) {
-                batch.results.push(row);
-            }
-        }
-    }
+    let batch = rows(&reply.removed, by);
+    report.removed = batch
+        .results
+        .iter()
+        .map(|r| (r.job_id.clone(), r.step.clone()))
+        .collect();
     if !reply.removed.is_empty() {
         match store.persist(&batch).await {
             Ok(_) => {
-                if let Err(e) = queue.cancelled_remove(&reply.removed).await {
+                if let Err(e) = queue.cancelled_remove(&reply.removed, true).await {
                     // Filed again by a heartbeat's drain: the rows are keyed by job id.
-                    tracing::warn!(error = %e, "clearing the cancelled outbox failed; a worker will clear it");
+                    let warning = format!("clearing the cancelled outbox failed ({e}); a worker's heartbeat clears it");
+                    tracing::warn!("{warning}");
+                    report.warnings.push(warning);
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, "writing cancelled rows failed; a worker's heartbeat will write them");
+                let warning = format!("writing the cancelled rows failed ({e}); a worker's heartbeat writes them");
+                tracing::warn!("{warning}");
+                report.warnings.push(warning);
                 report.recorded = false;
             }
         }
@@ -93,7 +98,13 @@ pub async fn cancel(queue: &Queue, store: &Store, target: &CancelTarget, by: &st
     if report.is_empty()
         && let CancelTarget::Id(id) = target
     {
-        // It may have finished while we looked.
+        // Cancelled before, its row still to be written; or finished while we looked.
+        if reply.pending {
+            return Err(CancelError::Finished {
+                id: id.clone(),
+                status: "cancelled".to_owned(),
+            });
+        }
         finished_check(store, id).await?;
         return Err(CancelError::NotFound(id.clone()));
     }
@@ -110,20 +121,75 @@ async fn finished_check(store: &Store, id: &str) -> Result<(), CancelError> {
     }
 }
 
-/// The `error` text of a cancelled row: whether the job was stopped while running.
-pub fn reason(ran: bool) -> String {
-    match ran {
-        true => "cancelled: an operator cancelled the job while it ran".to_owned(),
-        false => "cancelled: an operator cancelled the job before it ran".to_owned(),
-    }
+/// Where a job was when its cancellation took effect, for the row's `error` text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Waiting in Redis: it never ran.
+    Waiting,
+    /// Claimed by a worker that then died or handed it on before it could stop it.
+    Held,
+    /// Running: its step was stopped.
+    Running,
+    /// Claimed, stopped before its step started.
+    Claimed,
 }
 
-/// The `cancelled` row of a cancelled outbox entry (`attempts|at_ms|by|payload`); `None` for an
+/// The `error` text of a cancelled row.
+pub fn reason(stage: Stage) -> String {
+    let when = match stage {
+        Stage::Waiting => "before it ran",
+        Stage::Held => "while a worker held it (claimed, or running)",
+        Stage::Running => "while it ran",
+        Stage::Claimed => "after its claim, before its step started",
+    };
+    format!("cancelled: an operator cancelled the job {when}")
+}
+
+/// The rows of cancelled outbox entries: a `cancelled` result per job id, and for an entry
+/// whose payload has no usable id (never written, as only valid ids match; kept so that such an
+/// entry could not vanish without a record) a dead letter with the raw payload. `by` is the
+/// dead letter's worker id.
+pub fn rows(entries: &[Vec<u8>], by: &str) -> Batch {
+    let mut batch = Batch::default();
+    for entry in entries {
+        match row(entry) {
+            Some(r) if batch.results.iter().any(|b| b.job_id == r.job_id) => {}
+            Some(r) => batch.results.push(r),
+            None => {
+                tracing::error!("a cancelled outbox entry without a usable job id is filed as a dead letter");
+                let payload = entry.splitn(ENTRY_FIELDS, |b| *b == b'|').last().unwrap_or(entry);
+                batch.dead_letters.push(DeadLetterRecord {
+                    id: uuid::Uuid::now_v7(),
+                    job_id: None,
+                    run_id: None,
+                    step: None,
+                    reason: "invalid_envelope".to_owned(),
+                    error: Some("cancelled by an operator, and its envelope has no usable id".to_owned()),
+                    attempts: 0,
+                    payload: payload.into(),
+                    worker_id: by.to_owned(),
+                    dead_at: chrono::Utc::now(),
+                    with_result: false,
+                });
+            }
+        }
+    }
+    batch
+}
+
+/// The `cancelled` row of a cancelled outbox entry (`attempts|at_ms|by|held|payload`); `None` for an
 /// entry that does not parse or a payload without an id (neither is ever written: jobs are
 /// matched by id).
 pub fn row(entry: &[u8]) -> Option<ResultRecord> {
     let mut parts = entry.splitn(ENTRY_FIELDS, |b| *b == b'|');
-    let (attempts, at, by, payload) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let (attempts, at, by, held, payload) = (
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+    );
+    let stage = if held == b"1" { Stage::Held } else { Stage::Waiting };
     let attempts = std::str::from_utf8(attempts).ok()?.parse::<i32>().unwrap_or(0);
     let at = std::str::from_utf8(at)
         .ok()
@@ -136,6 +202,9 @@ pub fn row(entry: &[u8]) -> Option<ResultRecord> {
         Ok(job) => (job.id, job.run_id, job.step, job.enqueued_at),
         Err((_, salvage)) => (salvage.id?, salvage.run_id, salvage.step.unwrap_or_default(), None),
     };
+    if !crate::job::valid_id(&job_id) {
+        return None;
+    }
     Some(ResultRecord {
         job_id,
         run_id,
@@ -143,7 +212,7 @@ pub fn row(entry: &[u8]) -> Option<ResultRecord> {
         status: Status::Cancelled,
         attempts,
         output: None,
-        error: Some(reason(false)),
+        error: Some(reason(stage)),
         enqueued_at,
         started_at: None,
         finished_at: at,
@@ -158,7 +227,7 @@ mod tests {
 
     #[test]
     fn an_outbox_entry_becomes_its_cancelled_row() {
-        let entry = br#"2|1764547200000|cli@host|{"id":"j-1","step":"email.send","run_id":"r-1","input":{}}"#;
+        let entry = br#"2|1764547200000|cli@host|0|{"id":"j-1","step":"email.send","run_id":"r-1","input":{}}"#;
         let r = row(entry).expect("a row");
         assert_eq!((r.job_id.as_str(), r.step.as_str()), ("j-1", "email.send"));
         assert_eq!(
@@ -167,11 +236,23 @@ mod tests {
         );
         assert_eq!(r.finished_at.timestamp_millis(), 1_764_547_200_000);
         assert_eq!(r.worker_id, "cli@host");
+        assert!(r.error.unwrap().ends_with("before it ran"));
+        let held = row(br#"3|1|host:1:ab|1|{"id":"j-2","step":"s"}"#).unwrap();
+        assert!(held.error.unwrap().contains("while a worker held it"));
     }
 
     #[test]
-    fn an_entry_that_does_not_parse_has_no_row() {
+    fn an_entry_without_a_usable_id_is_filed_as_a_dead_letter_not_dropped() {
         assert!(row(b"no separators").is_none());
-        assert!(row(b"0|1|by|not json").is_none());
+        assert!(row(b"0|1|by|0|not json").is_none());
+        let entries = [
+            br#"0|1|by|0|{"id":"","step":"s"}"#.to_vec(),
+            br#"0|1|by|0|{"id":"ok-1","step":"s"}"#.to_vec(),
+            br#"0|1|by|0|{"id":"ok-1","step":"s"}"#.to_vec(),
+        ];
+        let batch = rows(&entries, "cli:x");
+        assert_eq!(batch.results.len(), 1, "one row per id");
+        assert_eq!(batch.dead_letters.len(), 1);
+        assert_eq!(&batch.dead_letters[0].payload[..], br#"{"id":"","step":"s"}"#);
     }
 }

@@ -63,12 +63,13 @@ pub enum Command {
     },
     /// Cancel jobs: waiting ones are removed, running ones stopped within one heartbeat; each
     /// ends with a `cancelled` result row.
+    #[command(override_usage = "step-worker cancel <ID>...\n       step-worker cancel --run <RUN_ID>")]
     Cancel {
         /// Job ids.
-        #[arg(required_unless_present = "run", conflicts_with = "run")]
+        #[arg(value_name = "ID", required_unless_present = "run", conflicts_with = "run")]
         ids: Vec<String>,
         /// Every job of this workflow run (`run_id`) instead.
-        #[arg(long)]
+        #[arg(long, value_name = "RUN_ID")]
         run: Option<String>,
     },
     /// Inspect, replay and purge dead letters.

@@ -357,6 +357,7 @@ async fn refresh_gauges(s: &AppState) {
                 ("delayed", d.delayed),
                 ("in_flight", d.in_flight),
                 ("poison", d.poison),
+                ("cancelled", d.cancelled),
                 ("held", d.held),
             ] {
                 m.queue_depth.with_label_values(&[queue]).set(n as i64);

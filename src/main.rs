@@ -12,6 +12,14 @@ const RUNTIME_SHUTDOWN: std::time::Duration = std::time::Duration::from_millis(3
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, None | Some(Command::Run)) {
+        // A command's output piped into `head` ends when the reader goes: the default SIGPIPE
+        // action ends the command quietly, where Rust's ignored SIGPIPE would make `println!`
+        // panic with a backtrace. The daemon keeps it ignored: a closed socket is an error to
+        // handle, not a reason to exit.
+        // SAFETY: called before any thread of ours exists; SIG_DFL is a valid disposition.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {

@@ -104,7 +104,7 @@ impl Metrics {
         let queue_depth = IntGaugeVec::new(
             Opts::new(
                 "step_worker_queue_depth",
-                "Jobs per queue structure at scrape time: ready, delayed (retries), in_flight (claimed), dead (dead letters not replayed), poison (awaiting their dead letter), held (jobs of paused steps).",
+                "Jobs per queue structure at scrape time: ready, delayed (retries), in_flight (claimed), dead (dead letters not replayed), poison (awaiting their dead letter), cancelled (awaiting their cancelled row), held (jobs of paused steps).",
             ),
             &["queue"],
         )

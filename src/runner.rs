@@ -490,7 +490,10 @@ fn cancelled(
         status: Status::Cancelled,
         attempts: stored_count(attempts),
         output: None,
-        error: Some(crate::cancel::reason(ran.is_some())),
+        error: Some(crate::cancel::reason(match ran {
+            Some(_) => crate::cancel::Stage::Running,
+            None => crate::cancel::Stage::Claimed,
+        })),
         enqueued_at: job.enqueued_at,
         started_at: ran.map(|(start, _)| start),
         finished_at: ran.map_or_else(Utc::now, |(_, end)| end),

@@ -23,6 +23,7 @@ const WAIT: Duration = Duration::from_secs(20);
 /// Counts its calls and returns at once.
 const COUNT: &str = "count.calls";
 /// Counts its calls and returns when the test releases it (or its cancellation fires).
+/// A job whose input is `{"fail": true}` fails (retryably) when released.
 const BLOCK: &str = "block.until.released";
 /// The tests' heartbeat (tests/common): a running job's cancellation must fire within one.
 const HEARTBEAT: Duration = Duration::from_millis(200);
@@ -36,7 +37,13 @@ on_each_driver!(
     a_running_job_sees_its_cancellation_within_a_heartbeat_and_is_not_retried,
     unknown_ids_are_404_and_finished_ones_409_with_their_status,
     a_later_copy_of_a_cancelled_id_is_not_run_with_the_duplicate_check,
+    a_job_that_fails_before_its_worker_sees_the_cancellation_is_not_retried,
+    a_job_handed_back_at_shutdown_after_its_cancellation_does_not_run_again,
 );
+
+/// A heartbeat slow enough that a step can end between a cancellation and the beat that would
+/// fire it: what happens to the job then is the job's settle's to decide.
+const SLOW_BEAT: [(&str, &str); 2] = [("HEARTBEAT_INTERVAL_MS", "3000"), ("WORKER_DEADLINE_MS", "9000")];
 
 /// The steps' calls per job id, whether each saw its cancellation, and the release switch.
 #[derive(Clone)]
@@ -67,12 +74,16 @@ impl Steps {
                 *count.lock().unwrap().entry(ctx.job_id.clone()).or_default() += 1;
                 async move { Ok::<_, StepError>(json!(null)) }
             })
-            .register(BLOCK, move |ctx: StepContext, _input: Value| {
+            .register(BLOCK, move |ctx: StepContext, input: Value| {
                 *calls.lock().unwrap().entry(ctx.job_id.clone()).or_default() += 1;
                 let (saw, mut released) = (saw.clone(), release.subscribe());
+                let fail = input["fail"] == json!(true);
                 async move {
                     tokio::select! {
-                        _ = released.wait_for(|r| *r) => Ok(json!("released")),
+                        _ = released.wait_for(|r| *r) => match fail {
+                            true => Err(StepError::retryable("failed when released")),
+                            false => Ok(json!("released")),
+                        },
                         _ = ctx.cancel.cancelled() => {
                             saw.lock().unwrap().insert(ctx.job_id.clone(), Instant::now());
                             Err(StepError::retryable("stopped by its cancellation"))
@@ -201,6 +212,10 @@ async fn a_running_job_sees_its_cancellation_within_a_heartbeat_and_is_not_retri
         env.attempts("running-1").await.is_empty(),
         "a cancellation is no failed attempt"
     );
+    if !env.is_memory() {
+        let left: i64 = env.redis.clone().hlen(env.key("cancel")).await.unwrap();
+        assert_eq!(left, 0, "the job's settle forgot its cancellation");
+    }
     let metrics = common::get(&format!("http://{}/metrics", worker.http_addr.unwrap()))
         .await
         .1;
@@ -293,6 +308,14 @@ async fn the_cli_cancels_a_held_job_and_every_job_of_a_run() {
     }
     assert!(env.result("b-0").await.is_none());
     assert_eq!(env.ready_payloads().await.len(), 1, "run-b's job stays");
+    // Ids are producers' text: shown with control characters escaped.
+    let odd = "esc\u{1b}[2J-1";
+    env.push(&json!({"id": odd, "step": COUNT}).to_string()).await;
+    let out = env.cli(&["cancel", odd]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains(r"esc\u{1b}[2J-1: cancelled"), "{stdout}");
+    assert!(!stdout.contains('\u{1b}'), "{stdout}");
     // An unknown id and a finished one fail the command and say why; a cancelled one does not.
     let out = env.cli(&["cancel", "a-0", "nobody", "held-1"]).await;
     let (stdout, stderr) = (
@@ -330,7 +353,12 @@ async fn a_cancelled_job_of_a_dead_worker_is_not_run_again() {
     );
     let worker = steps.start(&env, &[]).await;
     let row = env.wait_result("orphan-1", WAIT).await;
-    assert_eq!(row.status, "cancelled");
+    assert_eq!(
+        (row.status.as_str(), row.attempts),
+        ("cancelled", 1),
+        "the attempt it was in counts"
+    );
+    assert!(row.error.as_deref().unwrap().contains("while a worker held it"));
     assert_eq!(
         row.worker_id, dead,
         "filed by the reaper under the worker it was sent to"
@@ -382,5 +410,162 @@ async fn a_cancellation_follows_a_job_its_worker_handed_on_and_one_whose_worker_
     .await;
     assert_eq!(env.delayed_len().await, 0);
     assert_eq!(steps.calls("handed-on-1") + steps.calls("orphan-1"), 0);
+    worker.stop().await.unwrap();
+}
+
+async fn a_job_that_fails_before_its_worker_sees_the_cancellation_is_not_retried(env: TestEnv) {
+    let steps = Steps::new();
+    let worker = steps.start(&env, &SLOW_BEAT).await;
+    env.push_job("fails-1", BLOCK, json!({"fail": true})).await;
+    common::wait_for("the step to run", WAIT, || async { steps.calls("fails-1") == 1 }).await;
+    assert_eq!(delete(&worker, "fails-1").await.0, 202);
+    // It fails now, long before the next beat could fire its cancellation: its retry goes to the
+    // cancelled outbox instead of the delayed set.
+    steps.release.send_replace(true);
+    let row = env.wait_result("fails-1", WAIT).await;
+    assert_eq!((row.status.as_str(), row.attempts), ("cancelled", 1));
+    assert!(row.error.unwrap().contains("while a worker held it"));
+    assert_eq!(env.attempts("fails-1").await.len(), 1, "its failed attempt is kept");
+    assert_eq!(
+        env.delayed_len().await + env.ready_len().await,
+        0,
+        "no retry is scheduled"
+    );
+    assert_eq!(steps.calls("fails-1"), 1, "never run again");
+    assert_eq!(env.attempt_counters().await, 0);
+    worker.stop().await.unwrap();
+}
+
+async fn a_job_handed_back_at_shutdown_after_its_cancellation_does_not_run_again(env: TestEnv) {
+    let steps = Steps::new();
+    let mut vars = SLOW_BEAT.to_vec();
+    vars.push(("SHUTDOWN_TIMEOUT_MS", "300"));
+    let worker = steps.start(&env, &vars).await;
+    steps.occupy_the_slot(&env, "shut-1").await;
+    assert_eq!(delete(&worker, "shut-1").await.0, 202);
+    // Stopped before a beat fired the cancellation: the step is interrupted and handed back.
+    worker.stop().await.unwrap();
+    assert!(env.result("shut-1").await.is_none());
+    assert_eq!(
+        env.ready_len().await,
+        0,
+        "handed back to the cancelled outbox, not the queue"
+    );
+    let next = steps.start(&env, &[]).await;
+    let row = env.wait_result("shut-1", WAIT).await;
+    assert_eq!(row.status, "cancelled");
+    assert_eq!(steps.calls("shut-1"), 1, "never run again");
+    next.stop().await.unwrap();
+}
+
+/// Only jobs with a valid id match: a malformed payload of the run stays where it is, for the
+/// worker to dead-letter with its reason, instead of vanishing with no record.
+#[tokio::test]
+async fn malformed_payloads_are_never_removed_by_a_cancel() {
+    let env = TestEnv::new().await;
+    let migrated = env.cli(&["migrate"]).await;
+    assert!(migrated.status.success(), "{migrated:?}");
+    let long = "x".repeat(201);
+    for id in ["", "nul\\u0000id", long.as_str()] {
+        env.push(&format!(r#"{{"id":"{id}","step":"{COUNT}","run_id":"run-m"}}"#))
+            .await;
+    }
+    env.push(&json!({"id": "fine-1", "step": COUNT, "run_id": "run-m"}).to_string())
+        .await;
+    let out = env.cli(&["cancel", "--run", "run-m"]).await;
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(env.result("fine-1").await.unwrap().status, "cancelled");
+    assert_eq!(env.ready_len().await, 3, "the malformed payloads stay");
+    let out = env.cli(&["cancel", &long]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not a job id"),
+        "{out:?}"
+    );
+    assert_eq!(env.ready_len().await, 3);
+    assert_eq!(env.llen(&env.key("cancelled")).await, 0);
+    assert_eq!(env.count("SELECT count(*) FROM step_dead_letters").await, 0);
+}
+
+/// A job waiting on a flow limit is found by a canceller configured without that limit (another
+/// replica's `DELETE`, an operator's shell), and a big run's outbox is cleared.
+#[tokio::test]
+async fn a_canceller_without_the_limits_finds_jobs_waiting_on_them_and_clears_a_big_run() {
+    let env = TestEnv::new().await;
+    let steps = Steps::new();
+    let cap = format!("{BLOCK}=1");
+    let worker = steps.start(&env, &[("STEP_CONCURRENCY", cap.as_str())]).await;
+    steps.occupy_the_slot(&env, "cap-holder").await;
+    env.push_job("cap-waiting", BLOCK, json!({})).await;
+    let throttled = env.key(&format!("throttled:{BLOCK}"));
+    common::wait_for("the job to wait for the cap", WAIT, || async {
+        env.llen(&throttled).await == 1
+    })
+    .await;
+    let out = env.cli(&["cancel", "cap-waiting"]).await;
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(env.llen(&throttled).await, 0);
+    assert_eq!(env.result("cap-waiting").await.unwrap().status, "cancelled");
+    steps.release.send_replace(true);
+    env.wait_result("cap-holder", WAIT).await;
+    worker.stop().await.unwrap();
+
+    const BIG: usize = 20_000;
+    let mut redis = env.redis.clone();
+    let payloads: Vec<String> = (0..BIG)
+        .map(|i| json!({"id": format!("big-{i}"), "step": COUNT, "run_id": "run-big"}).to_string())
+        .collect();
+    for chunk in payloads.chunks(1000) {
+        let _: i64 = redis.lpush(&env.queue_key, chunk).await.unwrap();
+    }
+    let out = env.cli(&["cancel", "--run", "run-big"]).await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        out.stderr.is_empty(),
+        "no warning: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(env.ready_len().await, 0);
+    assert_eq!(env.llen(&env.key("cancelled")).await, 0, "the outbox is cleared");
+    let rows = env
+        .count("SELECT count(*) FROM step_results WHERE status = 'cancelled'")
+        .await;
+    assert_eq!(rows, BIG as i64 + 1);
+}
+
+/// Postgres refuses the row: the job is out of the queue, waits in the outbox, a second request
+/// says it is already cancelled, and a heartbeat writes the row once Postgres takes it.
+#[tokio::test]
+async fn a_row_postgres_refuses_waits_in_the_outbox_and_the_id_counts_as_cancelled() {
+    let env = TestEnv::new().await;
+    let steps = Steps::new();
+    let worker = steps.start(&env, &[]).await;
+    for sql in [
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN RAISE EXCEPTION 'refused for the test'; END $$",
+        "CREATE TRIGGER refuse BEFORE INSERT ON step_results FOR EACH ROW \
+         WHEN (NEW.job_id = 'refused-1') EXECUTE FUNCTION refuse()",
+    ] {
+        sqlx::query(sql).execute(&env.pg).await.unwrap();
+    }
+    env.push(&json!({"id": "refused-1", "step": COUNT, "delay_ms": 600_000}).to_string())
+        .await;
+    common::wait_for("the job to be delayed", WAIT, || async { env.delayed_len().await == 1 }).await;
+    let (status, body) = delete(&worker, "refused-1").await;
+    assert_eq!((status, body["recorded"].as_bool()), (200, Some(false)), "{body}");
+    assert_eq!(env.delayed_len().await, 0);
+    let (status, body) = delete(&worker, "refused-1").await;
+    assert_eq!((status, body["status"].as_str()), (409, Some("cancelled")), "{body}");
+    sqlx::query("DROP TRIGGER refuse ON step_results")
+        .execute(&env.pg)
+        .await
+        .unwrap();
+    let row = env.wait_result("refused-1", WAIT).await;
+    assert_eq!(row.status, "cancelled");
+    common::wait_for("the outbox to drain", WAIT, || async {
+        env.llen(&env.key("cancelled")).await == 0
+    })
+    .await;
+    assert_eq!(steps.calls("refused-1"), 0);
     worker.stop().await.unwrap();
 }

@@ -98,3 +98,24 @@ fn healthcheck_succeeds_without_probing_when_the_endpoint_is_switched_off() {
     let out = step_worker(&[("HEALTH_CHECK_ENABLED", "false")], &["healthcheck", "--url", &url]);
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// `step-worker stats | head`: when the reader goes away, a command ends quietly (SIGPIPE), not
+/// with a panic and a backtrace about a broken pipe.
+#[test]
+fn a_command_whose_reader_goes_away_ends_without_a_panic() {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_step-worker"))
+        .env_clear()
+        .env("APP_ENV", "development")
+        .args(["config", "check"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Closed before the command has written a line: its first write meets a broken pipe.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("Broken pipe"), "{stderr}");
+}

@@ -17,10 +17,21 @@ pub async fn run(admin: &Admin, ids: &[String], run: Option<&str>) -> anyhow::Re
     };
     let mut failed = 0;
     for target in &targets {
+        if let CancelTarget::Id(id) = target
+            && !crate::job::valid_id(id)
+        {
+            eprintln!(
+                "error: {:?} is not a job id (a job id is 1 to {} characters, without NUL)",
+                shown(id),
+                crate::job::MAX_ID_LEN
+            );
+            failed += 1;
+            continue;
+        }
         match crate::cancel::cancel(&queue, &admin.store, target, &by).await {
             Ok(report) => print_report(admin, target, &report),
             Err(CancelError::Finished { id, status }) if status == "cancelled" => {
-                println!("{id}: already cancelled");
+                println!("{}: already cancelled", shown(&id));
             }
             Err(e) => {
                 eprintln!("error: {e}");
@@ -38,19 +49,42 @@ fn print_report(admin: &Admin, target: &CancelTarget, report: &Report) {
     if report.is_empty()
         && let CancelTarget::Run(run) = target
     {
-        println!("run {run}: no job of it is queued, delayed, held, waiting or running");
+        println!(
+            "run {}: no job of it is queued, delayed, held, waiting or running",
+            shown(run)
+        );
     }
     for (id, step) in &report.removed {
         let recorded = match report.recorded {
             true => "",
             false => " (Postgres refused its row for now: a worker's heartbeat will write it)",
         };
-        println!("{id}: cancelled before it ran (step {step}){recorded}");
+        println!(
+            "{}: cancelled before it ran (step {}){recorded}",
+            shown(id),
+            shown(step)
+        );
     }
     for (id, worker) in &report.running {
         println!(
-            "{id}: cancelling on worker {worker}: it stops within one heartbeat ({} ms) and records `cancelled`",
+            "{}: cancelling on worker {}: it stops within one heartbeat ({} ms) and records `cancelled`",
+            shown(id),
+            shown(worker),
             admin.config.heartbeat_interval.as_millis()
         );
     }
+    for warning in &report.warnings {
+        eprintln!("warning: {warning}");
+    }
+}
+
+/// Text from producers (ids, step names) as it may go to a terminal: control characters are
+/// escaped, so an id cannot move the cursor, clear the screen or retitle the window.
+fn shown(text: &str) -> String {
+    text.chars()
+        .map(|c| match c.is_control() {
+            true => c.escape_default().to_string(),
+            false => c.to_string(),
+        })
+        .collect()
 }

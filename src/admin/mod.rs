@@ -49,7 +49,7 @@ impl Admin {
         // The memory queue lives inside the worker process: nothing outside it can reach it.
         if config.queue_driver == QueueDriver::Memory {
             return Err(Misconfigured(
-                "QUEUE_DRIVER=memory: the queue lives inside the running worker, where these commands cannot reach it; set REDIS_URL (or QUEUE_DRIVER=redis) to manage a Redis queue, or use POST /jobs to enqueue",
+                "QUEUE_DRIVER=memory: the queue lives inside the running worker, where these commands cannot reach it; set REDIS_URL (or QUEUE_DRIVER=redis) to manage a Redis queue, or use the worker's HTTP port: POST /jobs to enqueue, DELETE /jobs/{id} to cancel",
             )
             .into());
         }

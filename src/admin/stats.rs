@@ -14,6 +14,7 @@ struct Stats {
     in_flight: u64,
     held: u64,
     poison: u64,
+    cancelled: u64,
     dead_letters_pending: i64,
     paused: bool,
     paused_steps: Vec<PausedStep>,
@@ -90,6 +91,7 @@ pub async fn run(admin: &Admin, json: bool) -> anyhow::Result<()> {
         in_flight: d.in_flight,
         held: d.held,
         poison: d.poison,
+        cancelled: d.cancelled,
         dead_letters_pending: admin.store.pending_dead_letters().await?,
         paused: d.paused,
         paused_steps,
@@ -106,6 +108,9 @@ pub async fn run(admin: &Admin, json: bool) -> anyhow::Result<()> {
     println!("  in flight      {}", stats.in_flight);
     println!("  held (paused)  {}", stats.held);
     println!("  poison outbox  {}", stats.poison);
+    if stats.cancelled > 0 {
+        println!("  cancel outbox  {} (cancelled, rows not yet written)", stats.cancelled);
+    }
     println!("  dead letters   {} not replayed", stats.dead_letters_pending);
     for p in &stats.paused_steps {
         println!("paused step {} ({} jobs held)", p.step, p.held);

@@ -92,7 +92,7 @@ async fn read_overview(c: &Console) -> Result<Value, Box<Response>> {
         "paused": d.paused,
         "depths": {
             "ready": d.ready, "delayed": d.delayed, "in_flight": d.in_flight,
-            "held": d.held, "poison": d.poison, "dead": dead,
+            "held": d.held, "poison": d.poison, "cancelled": d.cancelled, "dead": dead,
         },
         "workers": workers,
         "paused_steps": paused_steps,

@@ -7,7 +7,6 @@ use std::collections::HashSet;
 
 use super::Maintenance;
 use crate::queue::{Beat, CancelTarget};
-use crate::store::Batch;
 
 /// Outbox entries filed per drain.
 const DRAIN: usize = 100;
@@ -101,20 +100,14 @@ impl Maintenance {
                 return tracing::warn!(error = %e, "reading the cancelled outbox failed");
             }
         };
-        let mut batch = Batch::default();
-        for entry in &entries {
-            match crate::cancel::row(entry) {
-                Some(row) if !batch.results.iter().any(|r| r.job_id == row.job_id) => batch.results.push(row),
-                Some(_) => {}
-                None => tracing::error!("malformed cancelled outbox entry dropped"),
-            }
-        }
+        let wid = self.lease.identity().wid.clone();
+        let batch = crate::cancel::rows(&entries, &wid);
         if let Err(e) = self.store.persist(&batch).await {
             self.metrics.postgres_errors.with_label_values(&["cancel"]).inc();
             return tracing::warn!(error = %e, "writing cancelled rows failed; retrying on a later beat");
         }
         tracing::info!(count = entries.len(), "recorded cancelled jobs");
-        if let Err(e) = self.queue.cancelled_remove(&entries).await {
+        if let Err(e) = self.queue.cancelled_remove(&entries, false).await {
             tracing::warn!(error = %e, "clearing the cancelled outbox failed; entries will be filed again");
         }
     }

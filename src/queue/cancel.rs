@@ -37,11 +37,31 @@ impl CancelTarget {
 /// What a cancellation did in the queue.
 #[derive(Debug, Default)]
 pub struct CancelReply {
-    /// Outbox entries (`attempts|at_ms|by|payload`) of the waiting jobs it removed.
+    /// Outbox entries (`attempts|at_ms|by|held|payload`) of the waiting jobs it removed.
     pub removed: Vec<Vec<u8>>,
     /// (worker id, job id) of each job found in a worker's in-flight list: that worker stops it
     /// within one heartbeat.
     pub running: Vec<(String, String)>,
+    /// Nothing matched, but a job of this id is in the cancelled outbox: it was cancelled and
+    /// its row is not written yet.
+    pub pending: bool,
+}
+
+/// Keys a `SCAN` step looks at: the queue's keys are few, the whole keyspace may not be.
+const SCAN_COUNT: u64 = 1000;
+/// `LREM`s per round trip when clearing outbox entries.
+const REMOVE_CHUNK: usize = 500;
+
+/// `pattern` with the glob's special characters escaped, so a queue name matches literally.
+fn glob_escape(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len());
+    for c in pattern.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Attempts before giving up when workers register or steps are paused faster than a
@@ -59,6 +79,7 @@ impl RedisQueue {
         // The outbox entry separates its fields with `|`.
         let by = by.replace('|', "_");
         let mut conn = self.conn.clone();
+        let waiting = self.waiting_lists().await?;
         for _ in 0..STALE_RETRIES {
             let (workers, paused): (Vec<String>, Vec<String>) = redis::pipe()
                 .zrange(&k.workers, 0, -1)
@@ -84,11 +105,8 @@ impl RedisQueue {
             for s in &paused {
                 inv.key(k.held(s)).arg(s);
             }
-            for (step, _) in self.caps.iter() {
-                inv.key(k.throttled(step));
-            }
-            for (step, _, _) in self.rates.iter() {
-                inv.key(k.rate_waiting(step));
+            for list in &waiting {
+                inv.key(list);
             }
             let reply: Vec<redis::Value> = inv.invoke_async(&mut conn).await?;
             let mut it = reply.into_iter();
@@ -96,7 +114,7 @@ impl RedisQueue {
             if fresh == 0 {
                 continue;
             }
-            let (Some(removed), Some(running)) = (it.next(), it.next()) else {
+            let (Some(removed), Some(running), Some(pending)) = (it.next(), it.next(), it.next()) else {
                 return Err(RedisError::from((
                     redis::ErrorKind::UnexpectedReturnType,
                     "cancel.lua: short reply",
@@ -105,12 +123,45 @@ impl RedisQueue {
             let removed: Vec<Vec<u8>> = redis::from_redis_value(removed)?;
             let running: Vec<String> = redis::from_redis_value(running)?;
             let running = running.chunks_exact(2).map(|c| (c[0].clone(), c[1].clone())).collect();
-            return Ok(CancelReply { removed, running });
+            let pending: i64 = redis::from_redis_value(pending)?;
+            return Ok(CancelReply {
+                removed,
+                running,
+                pending: pending == 1,
+            });
         }
         Err(RedisError::from((
             redis::ErrorKind::Client,
             "cancel: workers registered or steps were paused faster than the cancellation could read them",
         )))
+    }
+
+    /// Every list of jobs waiting on a flow limit: those of the limits this process is
+    /// configured with, and any other `throttled:` or `rate_waiting:` list found in Redis (a
+    /// replica with other limits, or a limit since removed, may have left jobs waiting there).
+    /// The search runs where the queue's slot lives (on a cluster, the owner of that slot).
+    async fn waiting_lists(&self) -> RedisResult<Vec<String>> {
+        let k = &self.keys;
+        let mut lists: Vec<String> = self.caps.iter().map(|(step, _)| k.throttled(step)).collect();
+        lists.extend(self.rates.iter().map(|(step, _, _)| k.rate_waiting(step)));
+        for prefix in [k.throttled(""), k.rate_waiting("")] {
+            let pattern = format!("{}*", glob_escape(&prefix));
+            let mut cursor = 0u64;
+            loop {
+                let mut cmd = redis::cmd("SCAN");
+                cmd.arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(SCAN_COUNT);
+                let (next, found): (u64, Vec<String>) =
+                    redis::from_redis_value(self.conn.query_at_owner(cmd, &k.ready).await?)?;
+                lists.extend(found);
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        lists.sort_unstable();
+        lists.dedup();
+        Ok(lists)
     }
 
     /// Forgets the cancellations of `ids` addressed to worker `wid`: it no longer holds them.
@@ -137,15 +188,29 @@ impl RedisQueue {
             .await
     }
 
-    /// Removes cancelled outbox entries whose rows are committed.
-    pub async fn cancelled_remove(&self, entries: &[Vec<u8>]) -> RedisResult<()> {
-        if entries.is_empty() {
-            return Ok(());
+    /// Removes cancelled outbox entries whose rows are committed. `newest` says where they sit:
+    /// at the head (just written by a cancellation, in `entries`' order) or at the tail (read by
+    /// [`RedisQueue::cancelled_peek`]). Each `LREM` then finds its entry at once, where scanning
+    /// from the other end would make removing n entries cost n² comparisons.
+    pub async fn cancelled_remove(&self, entries: &[Vec<u8>], newest: bool) -> RedisResult<()> {
+        let mut conn = self.conn.clone();
+        let ordered: Vec<&Vec<u8>> = match newest {
+            // LPUSH put the last entry at the head.
+            true => entries.iter().rev().collect(),
+            false => entries.iter().collect(),
+        };
+        let count = if newest { 1 } else { -1 };
+        for chunk in ordered.chunks(REMOVE_CHUNK) {
+            let mut pipe = redis::pipe();
+            for e in chunk {
+                pipe.cmd("LREM")
+                    .arg(&self.keys.cancelled)
+                    .arg(count)
+                    .arg(&e[..])
+                    .ignore();
+            }
+            pipe.query_async::<()>(&mut conn).await?;
         }
-        let mut pipe = redis::pipe();
-        for e in entries {
-            pipe.cmd("LREM").arg(&self.keys.cancelled).arg(1).arg(&e[..]).ignore();
-        }
-        pipe.query_async(&mut self.conn.clone()).await
+        Ok(())
     }
 }

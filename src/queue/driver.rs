@@ -174,11 +174,13 @@ impl Queue {
         }
     }
 
-    pub async fn cancelled_remove(&self, entries: &[Vec<u8>]) -> RedisResult<()> {
+    /// Removes outbox entries whose rows are committed: `newest` just written by a cancellation,
+    /// else read by [`Queue::cancelled_peek`].
+    pub async fn cancelled_remove(&self, entries: &[Vec<u8>], newest: bool) -> RedisResult<()> {
         match self {
-            Queue::Redis(q) => q.cancelled_remove(entries).await,
+            Queue::Redis(q) => q.cancelled_remove(entries, newest).await,
             Queue::Memory(m) => {
-                m.cancelled_remove(entries);
+                m.cancelled_remove(entries, newest);
                 Ok(())
             }
         }

@@ -253,6 +253,7 @@ impl MemoryQueue {
     /// settle.lua: each op applies only if the payload is still in `proc`.
     pub fn settle(&self, proc: &str, ops: &[SettleOp]) -> Vec<bool> {
         let now = now_ms();
+        let wid = proc.strip_prefix(self.keys().proc_prefix()).unwrap_or(proc);
         let mut s = self.state();
         let mut woke = false;
         let mut last = false;
@@ -280,6 +281,13 @@ impl MemoryQueue {
                 if let Some(freed) = s.caps.release(proc, p) {
                     s.ready.push_back(freed);
                     woke = true;
+                }
+                let goes_on = !matches!(op, SettleOp::Done(_));
+                let failures = s.attempts.get(p).copied().unwrap_or(0);
+                let attempts = failures + u32::from(matches!(op, SettleOp::Retry(..)));
+                if cancel::divert_if_cancelled(&mut s, (proc, wid), p, goes_on, attempts) {
+                    s.attempts.remove(p);
+                    return Some(true);
                 }
                 match op {
                     SettleOp::Done(p) => {
@@ -365,6 +373,7 @@ impl MemoryQueue {
             in_flight: s.procs.values().map(|l| l.len() as u64).sum(),
             workers: s.workers.len() as u64,
             poison: 0,
+            cancelled: s.cancelled.len() as u64,
             held: 0,
             paused: false,
             waiting: s.caps.waiting(),

@@ -159,6 +159,8 @@ pub struct Depths {
     pub in_flight: u64,
     pub workers: u64,
     pub poison: u64,
+    /// Cancelled jobs waiting for their `cancelled` rows.
+    pub cancelled: u64,
     pub held: u64,
     pub paused: bool,
     /// Jobs waiting on a flow limit, per limited step and reason (`concurrency`, `rate`).
@@ -496,6 +498,7 @@ impl RedisQueue {
         for step in held {
             inv.key(k.held(step));
         }
+        inv.key(&k.cancel).key(&k.cancelled);
         let res: Vec<i64> = inv.invoke_async(&mut self.conn.clone()).await?;
         Ok(res.into_iter().map(|r| r == 1).collect())
     }
@@ -624,16 +627,25 @@ impl RedisQueue {
     pub async fn depths(&self) -> RedisResult<Depths> {
         let k = &self.keys;
         let mut conn = self.conn.clone();
-        let (ready, delayed, workers, poison, steps, paused): (u64, u64, Vec<String>, u64, Vec<String>, bool) =
-            redis::pipe()
-                .llen(&k.ready)
-                .zcard(&k.delayed)
-                .zrange(&k.workers, 0, -1)
-                .llen(&k.poison)
-                .smembers(&k.paused_steps)
-                .exists(&k.paused)
-                .query_async(&mut conn)
-                .await?;
+        #[allow(clippy::type_complexity)]
+        let (ready, delayed, workers, poison, steps, paused, cancelled): (
+            u64,
+            u64,
+            Vec<String>,
+            u64,
+            Vec<String>,
+            bool,
+            u64,
+        ) = redis::pipe()
+            .llen(&k.ready)
+            .zcard(&k.delayed)
+            .zrange(&k.workers, 0, -1)
+            .llen(&k.poison)
+            .smembers(&k.paused_steps)
+            .exists(&k.paused)
+            .llen(&k.cancelled)
+            .query_async(&mut conn)
+            .await?;
         let mut pipe = redis::pipe();
         for w in &workers {
             pipe.llen(k.proc(w));
@@ -654,6 +666,7 @@ impl RedisQueue {
             in_flight: in_flight.iter().sum(),
             workers: workers.len() as u64,
             poison,
+            cancelled,
             held: held.iter().sum(),
             paused,
             waiting,

@@ -13,8 +13,13 @@
 -- ARGV[5+w] h   ARGV[6+w..5+w+h] the paused steps, as the caller read them
 -- Returns {0} when workers or paused steps changed since the caller read them (their lists
 -- were not declared: read again and retry), else {1, {outbox entries written}, {wid, id, ...}
--- of the jobs found in flight}.
--- An outbox entry is 'attempts|at_ms|by|payload' (a plain prefix: a payload is any bytes).
+-- of the jobs found in flight, pending} where pending is 1 when a job of that id already waits
+-- in the outbox for its row (cancelled before, its row not yet written).
+-- An outbox entry is 'attempts|at_ms|by|held|payload' (a plain prefix: a payload is any bytes;
+-- held is 0 here: the job was waiting, not held by a worker).
+-- Only jobs with a valid id match (a non-empty string of at most 200 characters without NUL,
+-- as the worker requires): a malformed payload is left where it is, for the worker to
+-- dead-letter with its reason, rather than removed with no row to record it.
 -- Matching decodes a payload only when it may match: it contains the wanted text, or a
 -- backslash (a JSON escape hides the text from a plain search). The scan is one pass over every
 -- waiting job, read in chunks; matches are removed after the pass, so indexes do not shift under
@@ -49,10 +54,17 @@ local field = 'id'
 if ARGV[1] == 'run' then field = 'run_id' end
 local want = ARGV[2]
 -- The job's id when payload `p` is one of the wanted jobs, else nil.
+local MAX_ID_CHARS = 200
+local function valid_id(id)
+  if type(id) ~= 'string' or id == '' or string.find(id, '\0', 1, true) then return false end
+  -- Characters, not bytes: count the bytes that start a UTF-8 sequence.
+  local _, chars = string.gsub(id, '[^\128-\191]', '')
+  return chars <= MAX_ID_CHARS
+end
 local function match(p)
   if not string.find(p, want, 1, true) and not string.find(p, '\\', 1, true) then return nil end
   local ok, job = pcall(cjson.decode, p)
-  if ok and type(job) == 'table' and job[field] == want and type(job.id) == 'string' then
+  if ok and type(job) == 'table' and job[field] == want and valid_id(job.id) then
     return job.id
   end
   return nil
@@ -76,7 +88,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local removed = {}
 local function remove(p)
   local sha = redis.sha1hex(p)
-  removed[#removed + 1] = (redis.call('HGET', KEYS[3], sha) or '0') .. '|' .. now .. '|' .. ARGV[3] .. '|' .. p
+  removed[#removed + 1] = (redis.call('HGET', KEYS[3], sha) or '0') .. '|' .. now .. '|' .. ARGV[3] .. '|0|' .. p
 end
 local waiting = {KEYS[1]}
 for i = 9 + w, #KEYS do waiting[#waiting + 1] = KEYS[i] end
@@ -100,7 +112,7 @@ for _, entry in ipairs(removed) do
 end
 -- Their counters go with them, as a settled job's do (after the entries kept the count).
 for _, entry in ipairs(removed) do
-  local p = string.match(entry, '^[^|]*|[^|]*|[^|]*|(.*)$')
+  local p = string.match(entry, '^[^|]*|[^|]*|[^|]*|[^|]*|(.*)$')
   local sha = redis.sha1hex(p)
   redis.call('HDEL', KEYS[3], sha)
   redis.call('HDEL', KEYS[4], sha)
@@ -114,4 +126,17 @@ for i = 1, w do
     running[#running + 1] = m[2]
   end
 end
-return {1, removed, running}
+-- A cancelled job whose row is still to be written (the canceller's write failed): asking again
+-- is answered as "already cancelled", not "no such job".
+local pending = 0
+if #removed == 0 and #running == 0 and ARGV[1] == 'id' then
+  local olen = redis.call('LLEN', KEYS[6])
+  for from = 0, olen - 1, CHUNK do
+    for _, entry in ipairs(redis.call('LRANGE', KEYS[6], from, from + CHUNK - 1)) do
+      local p = string.match(entry, '^[^|]*|[^|]*|[^|]*|[^|]*|(.*)$')
+      if p and match(p) then pending = 1 end
+    end
+    if pending == 1 then break end
+  end
+end
+return {1, removed, running, pending}

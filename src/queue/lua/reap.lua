@@ -55,9 +55,11 @@ while true do
   local p = redis.call('RPOP', KEYS[3])
   if not p then break end
   if cancelled_id(p) then
-    -- The entry is the one cancel.lua writes: 'attempts|at_ms|by|payload'.
+    -- The entry is the one cancel.lua writes, 'attempts|at_ms|by|held|payload', held by the
+    -- victim: its attempts count the one it was running.
     local sha = redis.sha1hex(p)
-    redis.call('LPUSH', KEYS[11], (redis.call('HGET', KEYS[7], sha) or '0') .. '|' .. now .. '|' .. ARGV[1] .. '|' .. p)
+    local attempts = tonumber(redis.call('HGET', KEYS[7], sha) or '0') + 1
+    redis.call('LPUSH', KEYS[11], attempts .. '|' .. now .. '|' .. ARGV[1] .. '|1|' .. p)
     redis.call('HDEL', KEYS[5], sha)
     redis.call('HDEL', KEYS[7], sha)
     cancelled = cancelled + 1

@@ -24,7 +24,13 @@
 --             the id is no longer running (active.lua). Applied only if that op found the job in
 --             our list: then the mark is still this worker's (marks are taken over only from a
 --             worker that was reaped, and reaping empties its list). It adds nothing to the reply.
+-- KEYS[#KEYS - 1] cancel HASH (`<wid>\n<job id>` -> requested at ms)   KEYS[#KEYS] cancelled LIST
 -- Returns one integer per op but 'release': 1 settled, 0 not ours.
+-- Cancels: while any cancellation is pending (one HLEN per call otherwise), a job leaving our
+-- list whose id an operator cancelled while we held it has that cancellation removed; if the op
+-- would have it wait again (retry, delay, requeue, hold: it failed, was handed back or held
+-- before our heartbeat fired its cancellation), it goes to the cancelled outbox instead, as
+-- 'attempts|at_ms|wid|1|payload', and never runs again.
 -- Caps: whatever the op, a job that leaves our list frees the cap slot it held (if it held one),
 -- and one job waiting for a slot of that step moves to the consumer end of ready, so it is
 -- claimed next. With k = 0, or while this worker holds no slot (a cap on a step it is not
@@ -42,10 +48,15 @@ if k > 0 then
   wanted[#wanted + 1] = KEYS[9]
   wanted[#wanted + 1] = 'hash'
 end
-for i = 10, #KEYS do
+local CANCEL, CANCELLED = KEYS[#KEYS - 1], KEYS[#KEYS]
+for i = 10, #KEYS - 2 do
   wanted[#wanted + 1] = KEYS[i]
   wanted[#wanted + 1] = 'list'
 end
+wanted[#wanted + 1] = CANCEL
+wanted[#wanted + 1] = 'hash'
+wanted[#wanted + 1] = CANCELLED
+wanted[#wanted + 1] = 'list'
 local err = guard(wanted)
 if err then return err end
 local waiting = {}
@@ -66,6 +77,18 @@ local function release(p)
   if waiting[step] then redis.call('LMOVE', waiting[step], KEYS[5], 'RIGHT', 'RIGHT') end
 end
 local holding = k > 0 and redis.call('EXISTS', KEYS[9]) == 1
+local cancels = redis.call('HLEN', CANCEL) > 0
+-- The worker id: KEYS[1] is `{queue}:proc:<wid>`, and a wid holds no ':proc:'.
+local wid = string.match(KEYS[1], '^.*:proc:(.*)$') or KEYS[1]
+-- The cancel field of payload p if an operator cancelled it while we held it, else nil.
+local function cancelled_field(p)
+  local ok, job = pcall(cjson.decode, p)
+  if ok and type(job) == 'table' and type(job.id) == 'string' then
+    local f = wid .. '\n' .. job.id
+    if redis.call('HEXISTS', CANCEL, f) == 1 then return f end
+  end
+  return nil
+end
 local now
 local res, done = {}, {}
 local i = 2 + 2 * k
@@ -81,6 +104,23 @@ while i <= #ARGV do
     r = redis.call('LREM', KEYS[1], -1, p)
     last = r
     res[#res + 1] = r
+  end
+  local field = nil
+  if r == 1 and cancels then field = cancelled_field(p) end
+  if field then
+    redis.call('HDEL', CANCEL, field)
+    if op ~= 'done' then
+      if not now then
+        local t = redis.call('TIME')
+        now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+      end
+      local attempts = tonumber(redis.call('HGET', KEYS[3], redis.sha1hex(p)) or '0')
+      if op == 'retry' then attempts = attempts + 1 end
+      redis.call('LPUSH', CANCELLED, attempts .. '|' .. now .. '|' .. wid .. '|1|' .. p)
+      if holding then release(p) end
+      done[#done + 1] = redis.sha1hex(p)
+      r = 2
+    end
   end
   if r == 1 then
     if holding then release(p) end

@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 
-use super::{MemoryQueue, now_ms};
+use super::{MemoryQueue, State, now_ms};
 use crate::queue::{CancelReply, CancelTarget, Payload};
 
 impl MemoryQueue {
@@ -37,7 +37,7 @@ impl MemoryQueue {
         let mut reply = CancelReply::default();
         for p in removed {
             let attempts = s.attempts.remove(&p).unwrap_or(0);
-            let mut entry = format!("{attempts}|{now}|{by}|").into_bytes();
+            let mut entry = format!("{attempts}|{now}|{by}|0|").into_bytes();
             entry.extend_from_slice(&p);
             s.cancelled.push_front(entry.clone());
             reply.removed.push(entry);
@@ -55,6 +55,12 @@ impl MemoryQueue {
             s.cancel.insert(format!("{proc}\n{id}"));
             let wid = proc.strip_prefix(&prefix).unwrap_or(&proc).to_owned();
             reply.running.push((wid, id));
+        }
+        if reply.removed.is_empty() && reply.running.is_empty() && matches!(target, CancelTarget::Id(_)) {
+            reply.pending = s
+                .cancelled
+                .iter()
+                .any(|e| outbox_payload(e).is_some_and(|p| wanted(target, p).is_some()));
         }
         reply
     }
@@ -88,7 +94,7 @@ impl MemoryQueue {
     }
 
     /// Removes outbox entries whose rows are committed.
-    pub fn cancelled_remove(&self, entries: &[Vec<u8>]) {
+    pub fn cancelled_remove(&self, entries: &[Vec<u8>], _newest: bool) {
         let mut s = self.state();
         for e in entries {
             if let Some(i) = s.cancelled.iter().position(|x| x == e) {
@@ -98,8 +104,39 @@ impl MemoryQueue {
     }
 }
 
-/// The id of payload `p` when it is one of `target`'s jobs.
+/// The id of payload `p` when it is one of `target`'s jobs (and its id is one a job can have).
 fn wanted(target: &CancelTarget, p: &[u8]) -> Option<String> {
     let job: serde_json::Value = serde_json::from_slice(p).ok()?;
-    target.matches(&job).map(str::to_owned)
+    target
+        .matches(&job)
+        .filter(|id| crate::job::valid_id(id))
+        .map(str::to_owned)
+}
+
+/// The payload of an outbox entry (`attempts|at_ms|by|held|payload`).
+fn outbox_payload(entry: &[u8]) -> Option<&[u8]> {
+    entry.splitn(5, |b| *b == b'|').nth(4)
+}
+
+/// settle.lua's share on the memory queue: whether the job `p` leaving in-flight list `proc` was
+/// cancelled while there. Its cancellation is forgotten either way; a job that would go on
+/// waiting (a retry, a requeue, a hold, a due time) goes to the outbox instead, with `attempts`.
+pub(super) fn divert_if_cancelled(
+    s: &mut State,
+    (proc, wid): (&str, &str),
+    p: &Payload,
+    goes_on: bool,
+    attempts: u32,
+) -> bool {
+    if s.cancel.is_empty() {
+        return false;
+    }
+    let Some(id) = crate::job::peek_id(p) else { return false };
+    if !s.cancel.remove(&format!("{proc}\n{id}")) || !goes_on {
+        return false;
+    }
+    let mut entry = format!("{attempts}|{}|{wid}|1|", now_ms()).into_bytes();
+    entry.extend_from_slice(p);
+    s.cancelled.push_front(entry);
+    true
 }
