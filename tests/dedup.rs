@@ -19,7 +19,8 @@ use step_worker::{Registry, StepContext};
 
 const WAIT: Duration = Duration::from_secs(20);
 const STEP: &str = "count.calls";
-/// The check is off by default (`DUPLICATE_CHECK`): every test here turns it on.
+/// The check is on by default (`DUPLICATE_CHECK`); every test here says so anyway, so that it
+/// keeps testing the check whatever the default.
 const ON: (&str, &str) = ("DUPLICATE_CHECK", "on");
 
 on_each_driver!(

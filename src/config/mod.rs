@@ -164,10 +164,10 @@ pub struct Config {
     /// it is `persist_batch_size`: one full batch can wait for its commit while steps keep
     /// running. 0 makes a finished job keep its run slot until it is settled.
     pub commit_backlog: usize,
-    /// `DUPLICATE_CHECK` (default off): on, a claimed job whose id already has a terminal result
-    /// is settled without running, and two copies of one id never run at once
-    /// ([`crate::dedup`], README guarantee 8). Off trusts producers' ids to be unique and saves
-    /// the check's cost (about half the peak rate of no-op steps, see docs/benchmark.md).
+    /// `DUPLICATE_CHECK` (default on): a claimed job whose id already has a terminal result is
+    /// settled without running, and two copies of one id never run at once ([`crate::dedup`],
+    /// README guarantee 8). Off trusts producers' ids to be unique and saves the check's cost
+    /// (about half the peak rate of no-op steps, see docs/benchmark.md).
     pub duplicate_check: bool,
     /// Dispatch of steps without a native handler to HTTP endpoints (off unless routed).
     pub http_steps: HttpSteps,
@@ -375,7 +375,7 @@ impl Config {
                 0,
                 10_000,
             )? as usize,
-            duplicate_check: parse_bool("DUPLICATE_CHECK", raw.duplicate_check.as_deref(), false)?,
+            duplicate_check: parse_bool("DUPLICATE_CHECK", raw.duplicate_check.as_deref(), true)?,
             http_steps,
             retention,
             limits,

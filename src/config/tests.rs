@@ -377,9 +377,9 @@ fn a_bad_result_retention_entry_is_named() {
 }
 
 #[test]
-fn the_duplicate_check_is_off_unless_turned_on() {
-    assert!(!config(&[]).unwrap().duplicate_check);
-    assert!(config(&[("DUPLICATE_CHECK", "on")]).unwrap().duplicate_check);
+fn the_duplicate_check_is_on_unless_turned_off() {
+    assert!(config(&[]).unwrap().duplicate_check);
+    assert!(!config(&[("DUPLICATE_CHECK", "off")]).unwrap().duplicate_check);
     let err = config(&[("DUPLICATE_CHECK", "sometimes")]).unwrap_err();
     assert_eq!(err.variable, "DUPLICATE_CHECK");
 }
