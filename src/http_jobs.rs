@@ -151,22 +151,24 @@ pub(crate) async fn cancel_answer(s: &AppState, id: String, via: &str) -> Respon
                     .into_response(),
             }
         }
-        Err(CancelError::Finished { id, status }) => {
-            let e = CancelError::Finished {
-                id,
-                status: status.clone(),
+        Err(e) => {
+            let code = match &e {
+                CancelError::Finished { .. } => StatusCode::CONFLICT,
+                CancelError::NotFound(_) => StatusCode::NOT_FOUND,
+                CancelError::Queue(_) => {
+                    s.metrics.redis_errors.with_label_values(&["cancel"]).inc();
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+                CancelError::Store(_) => {
+                    s.metrics.postgres_errors.with_label_values(&["cancel"]).inc();
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
             };
-            let body = json!({ "error": e.to_string(), "status": status });
-            (StatusCode::CONFLICT, Json(body)).into_response()
-        }
-        Err(e @ CancelError::NotFound(_)) => error(StatusCode::NOT_FOUND, e.to_string(), None),
-        Err(e @ CancelError::Queue(_)) => {
-            s.metrics.redis_errors.with_label_values(&["cancel"]).inc();
-            error(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), None)
-        }
-        Err(e @ CancelError::Store(_)) => {
-            s.metrics.postgres_errors.with_label_values(&["cancel"]).inc();
-            error(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), None)
+            let mut body = json!({ "error": e.to_string() });
+            if let CancelError::Finished { status, .. } = &e {
+                body["status"] = json!(status);
+            }
+            (code, Json(body)).into_response()
         }
     }
 }

@@ -99,13 +99,8 @@ impl Runner {
                 };
                 return Decided {
                     settle: Settle::Done,
-                    result: None,
                     dead_letter: Some(letter),
-                    attempt: None,
-                    step_label: INVALID.into(),
-                    ran_for: Duration::ZERO,
-                    span: Span::none(),
-                    hold_step: None,
+                    ..Decided::requeue(INVALID.into())
                 };
             }
         };
@@ -339,12 +334,7 @@ impl Runner {
                 Decided {
                     settle: Settle::Done,
                     result: Some(result),
-                    dead_letter: None,
-                    attempt: None,
-                    step_label: label,
-                    ran_for: Duration::ZERO,
-                    span: Span::none(),
-                    hold_step: None,
+                    ..Decided::requeue(label)
                 }
             }
             Attempt::Interrupted => {
@@ -466,10 +456,7 @@ impl Runner {
             result: Some(result),
             dead_letter: Some(letter),
             attempt,
-            step_label: label,
-            ran_for: Duration::ZERO,
-            span: Span::none(),
-            hold_step: None,
+            ..Decided::requeue(label)
         }
     }
 }
@@ -503,12 +490,7 @@ fn cancelled(
     Decided {
         settle: Settle::Done,
         result: Some(result),
-        dead_letter: None,
-        attempt: None,
-        step_label: label,
-        ran_for: Duration::ZERO,
-        span: Span::none(),
-        hold_step: None,
+        ..Decided::requeue(label)
     }
 }
 

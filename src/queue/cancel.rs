@@ -16,19 +16,17 @@ pub enum CancelTarget {
 }
 
 impl CancelTarget {
-    fn mode_and_value(&self) -> (&'static str, &str) {
+    /// The envelope field that names the wanted jobs, and its value.
+    fn field_and_value(&self) -> (&'static str, &str) {
         match self {
             CancelTarget::Id(id) => ("id", id),
-            CancelTarget::Run(run) => ("run", run),
+            CancelTarget::Run(run) => ("run_id", run),
         }
     }
 
     /// Whether a decoded payload is one of the wanted jobs: its id when it is.
     pub fn matches<'a>(&self, job: &'a serde_json::Value) -> Option<&'a str> {
-        let (field, want) = match self {
-            CancelTarget::Id(id) => ("id", id),
-            CancelTarget::Run(run) => ("run_id", run),
-        };
+        let (field, want) = self.field_and_value();
         (job.get(field)?.as_str()? == want).then_some(())?;
         job.get("id")?.as_str()
     }
@@ -75,7 +73,7 @@ impl RedisQueue {
     /// registered workers kept changing between the read and the script.
     pub async fn cancel(&self, target: &CancelTarget, by: &str) -> RedisResult<CancelReply> {
         let k = &self.keys;
-        let (mode, value) = target.mode_and_value();
+        let (field, value) = target.field_and_value();
         // The outbox entry separates its fields with `|`.
         let by = by.replace('|', "_");
         let mut conn = self.conn.clone();
@@ -94,7 +92,7 @@ impl RedisQueue {
                 .key(&k.cancelled)
                 .key(&k.workers)
                 .key(&k.paused_steps)
-                .arg(mode)
+                .arg(field)
                 .arg(value)
                 .arg(&by)
                 .arg(workers.len());
@@ -179,13 +177,7 @@ impl RedisQueue {
 
     /// The oldest entries of the cancelled outbox (without removing them).
     pub async fn cancelled_peek(&self, n: usize) -> RedisResult<Vec<Vec<u8>>> {
-        let n = n.max(1) as isize;
-        redis::cmd("LRANGE")
-            .arg(&self.keys.cancelled)
-            .arg(-n)
-            .arg(-1)
-            .query_async(&mut self.conn.clone())
-            .await
+        self.oldest(&self.keys.cancelled, n).await
     }
 
     /// Removes cancelled outbox entries whose rows are committed. `newest` says where they sit:

@@ -282,11 +282,7 @@ impl MemoryQueue {
                     s.ready.push_back(freed);
                     woke = true;
                 }
-                let goes_on = !matches!(op, SettleOp::Done(_));
-                let failures = s.attempts.get(p).copied().unwrap_or(0);
-                let attempts = failures + u32::from(matches!(op, SettleOp::Retry(..)));
-                if cancel::divert_if_cancelled(&mut s, (proc, wid), p, goes_on, attempts) {
-                    s.attempts.remove(p);
+                if cancel::divert_if_cancelled(&mut s, (proc, wid), p, op) {
                     return Some(true);
                 }
                 match op {

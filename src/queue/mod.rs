@@ -583,9 +583,15 @@ impl RedisQueue {
 
     /// The oldest entries of the poison outbox (without removing them).
     pub async fn poison_peek(&self, n: usize) -> RedisResult<Vec<Vec<u8>>> {
+        self.oldest(&self.keys.poison, n).await
+    }
+
+    /// The oldest `n` (at least one) entries of an outbox list: its tail, as entries are pushed
+    /// on the left.
+    async fn oldest(&self, list: &str, n: usize) -> RedisResult<Vec<Vec<u8>>> {
         let n = n.max(1) as isize;
         redis::cmd("LRANGE")
-            .arg(&self.keys.poison)
+            .arg(list)
             .arg(-n)
             .arg(-1)
             .query_async(&mut self.conn.clone())

@@ -8,7 +8,7 @@
 -- KEYS[7] workers ZSET   KEYS[8] paused_steps SET
 -- KEYS[9..8+w] the in-flight LIST of each worker in ARGV's order
 -- KEYS[9+w..] waiting LISTs: held lists of the paused steps, waiting lists of the limited steps
--- ARGV[1] 'id' | 'run'   ARGV[2] the job id or run id   ARGV[3] who cancels (kept in the row)
+-- ARGV[1] the envelope field that names the jobs, 'id' | 'run_id'   ARGV[2] its value   ARGV[3] who cancels (kept in the row)
 -- ARGV[4] w   ARGV[5..4+w] the registered workers, as the caller read them
 -- ARGV[5+w] h   ARGV[6+w..5+w+h] the paused steps, as the caller read them
 -- Returns {0} when workers or paused steps changed since the caller read them (their lists
@@ -50,8 +50,7 @@ if not same_set(redis.call('ZRANGE', KEYS[7], 0, -1), 5, w) or
   return {0}
 end
 
-local field = 'id'
-if ARGV[1] == 'run' then field = 'run_id' end
+local field = ARGV[1]
 local want = ARGV[2]
 -- The job's id when payload `p` is one of the wanted jobs, else nil.
 local MAX_ID_CHARS = 200
@@ -129,7 +128,7 @@ end
 -- A cancelled job whose row is still to be written (the canceller's write failed): asking again
 -- is answered as "already cancelled", not "no such job".
 local pending = 0
-if #removed == 0 and #running == 0 and ARGV[1] == 'id' then
+if #removed == 0 and #running == 0 and field == 'id' then
   local olen = redis.call('LLEN', KEYS[6])
   for from = 0, olen - 1, CHUNK do
     for _, entry in ipairs(redis.call('LRANGE', KEYS[6], from, from + CHUNK - 1)) do

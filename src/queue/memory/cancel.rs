@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 
 use super::{MemoryQueue, State, now_ms};
-use crate::queue::{CancelReply, CancelTarget, Payload};
+use crate::queue::{CancelReply, CancelTarget, Payload, SettleOp};
 
 impl MemoryQueue {
     /// Cancels `target`'s jobs, as `RedisQueue::cancel` does; `by` names who cancels.
@@ -118,23 +118,20 @@ fn outbox_payload(entry: &[u8]) -> Option<&[u8]> {
     entry.splitn(5, |b| *b == b'|').nth(4)
 }
 
-/// settle.lua's share on the memory queue: whether the job `p` leaving in-flight list `proc` was
-/// cancelled while there. Its cancellation is forgotten either way; a job that would go on
-/// waiting (a retry, a requeue, a hold, a due time) goes to the outbox instead, with `attempts`.
-pub(super) fn divert_if_cancelled(
-    s: &mut State,
-    (proc, wid): (&str, &str),
-    p: &Payload,
-    goes_on: bool,
-    attempts: u32,
-) -> bool {
+/// settle.lua's share on the memory queue: whether the job `p`, leaving in-flight list `proc` by
+/// `op`, was cancelled while there. Its cancellation is forgotten either way; a job that would go
+/// on waiting (a retry, a requeue, a hold, a due time) goes to the outbox instead, with its
+/// attempts (counting a failed one), and its counters are forgotten: true, the op is done.
+pub(super) fn divert_if_cancelled(s: &mut State, (proc, wid): (&str, &str), p: &Payload, op: &SettleOp) -> bool {
     if s.cancel.is_empty() {
         return false;
     }
     let Some(id) = crate::job::peek_id(p) else { return false };
-    if !s.cancel.remove(&format!("{proc}\n{id}")) || !goes_on {
+    if !s.cancel.remove(&format!("{proc}\n{id}")) || matches!(op, SettleOp::Done(_)) {
         return false;
     }
+    let failures = s.attempts.remove(p).unwrap_or(0);
+    let attempts = failures + u32::from(matches!(op, SettleOp::Retry(..)));
     let mut entry = format!("{attempts}|{}|{wid}|1|", now_ms()).into_bytes();
     entry.extend_from_slice(p);
     s.cancelled.push_front(entry);
